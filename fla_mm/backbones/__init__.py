@@ -1,0 +1,3 @@
+from .pyramid import FLAPyramid
+
+__all__ = ['FLAPyramid']

@@ -1,0 +1,3 @@
+from .loader import load_pretrained
+
+__all__ = ['load_pretrained']

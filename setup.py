@@ -1,0 +1,26 @@
+"""fla_mm: flash-linear-attention token mixers as OpenMMLab backbones."""
+from setuptools import find_packages, setup
+
+setup(
+    name='fla_mm',
+    version='0.1.0',
+    description='Linear-attention (FLA) vision backbones for mmsegmentation and mmdetection',
+    packages=find_packages(include=['fla_mm', 'fla_mm.*']),
+    python_requires='>=3.10',
+    # The core needs torch + mmengine (+ FLA on GPU); mmcv is built by tools/install.sh
+    # because it needs the installed torch at build time.
+    install_requires=[
+        'torch==2.13.0',
+        'mmengine==0.10.7',
+        'numpy',
+        'opencv-python',
+        'safetensors',
+        'fla-core==0.6.0',
+        'flash-linear-attention==0.6.0',
+    ],
+    extras_require={
+        'mm': ['mmcv==2.1.0', 'mmsegmentation==1.2.2', 'mmdet==3.3.0', 'ftfy', 'regex',
+               'pycocotools', 'matplotlib'],
+        'tests': ['pytest'],
+    },
+)
