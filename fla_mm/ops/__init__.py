@@ -3,6 +3,10 @@
 On CUDA tensors the FLA Triton kernel runs; on CPU the chunked PyTorch reference with the
 same math. Nothing outside this package knows which one ran.
 """
-from .families import OPS, fla_available, gla, linear_attn, retnet, simple_gla, softmax_attn
+from .families import (OPS, abc, delta_rule, fla_available, gated_delta_rule, gla, gsa, hgrn,
+                       l2norm, linear_attn, retnet, retnet_decay, rwkv6, rwkv7, simple_gla,
+                       softmax_attn, triton_bwd_broken, triton_bwd_broken_for)
 
-__all__ = ['OPS', 'fla_available', 'gla', 'linear_attn', 'retnet', 'simple_gla', 'softmax_attn']
+__all__ = ['OPS', 'abc', 'delta_rule', 'fla_available', 'gated_delta_rule', 'gla', 'gsa', 'hgrn',
+           'l2norm', 'linear_attn', 'retnet', 'retnet_decay', 'rwkv6', 'rwkv7', 'simple_gla',
+           'softmax_attn', 'triton_bwd_broken', 'triton_bwd_broken_for']

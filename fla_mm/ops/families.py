@@ -1,11 +1,21 @@
-"""Family ops: FLA kernel on CUDA, chunked reference elsewhere."""
+"""Family ops: FLA kernel on CUDA, chunked reference elsewhere. Layout [B, T, H, D].
+
+Each op takes the inputs after the family's projections, feature maps and gate activations
+(the mixer does those in PyTorch, identically on both backends) and runs only the
+recurrence: FLA's ``chunk_*`` kernel where it has one (``fused_recurrent_*`` where the chunk
+backward is refused, see :func:`triton_bwd_broken`), else the chunked reference of
+:mod:`.reference`.
+"""
 import functools
-import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 
-from .reference import chunk_decay_attn_ref
+from .reference import (abc_slots, chunk_decay_attn_ref, chunk_delta_rule_ref, chunk_dplr_ref,
+                        chunk_hgrn_ref, chunk_linear_ref, chunk_slot_attn_ref)
+
+RWKV7_LOG_DECAY_MIN = -0.6065306597126334
 
 
 @functools.lru_cache(None)
@@ -24,6 +34,45 @@ def _use_kernel(x):
     return x.is_cuda and fla_available()
 
 
+def _version_tuple(version):
+    parts = []
+    for p in version.split('+')[0].split('.')[:3]:
+        digits = ''.join(c for c in p if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
+def triton_bwd_broken_for(triton_version, capability):
+    """FLA 0.6.0 refuses the backward of chunk_simple_gla (with g) and chunk_gated_delta_rule
+    on Hopper (sm_90) with 3.4 <= Triton < 3.7.1."""
+    return capability[0] == 9 and (3, 4, 0) <= _version_tuple(triton_version) < (3, 7, 1)
+
+
+@functools.lru_cache(None)
+def triton_bwd_broken(device_index=0):
+    try:
+        import triton
+        return triton_bwd_broken_for(triton.__version__,
+                                     torch.cuda.get_device_capability(device_index))
+    except Exception:  # pragma: no cover - depends on the machine
+        return False
+
+
+@functools.lru_cache(None)
+def _warn_recurrent(name):
+    warnings.warn(f'fla_mm: FLA refuses the backward of chunk_{name} on Hopper with this Triton '
+                  f'(>= 3.4, < 3.7.1); using fused_recurrent_{name} instead (slower, same math).')
+
+
+def _needs_recurrent(name, *tensors):
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+        return False
+    if not triton_bwd_broken(tensors[0].device.index or 0):
+        return False
+    _warn_recurrent(name)
+    return True
+
+
 def gla(q, k, v, g, scale=None):
     """Gated linear attention, per-key-channel log decay ``g`` [B, T, H, K]."""
     if _use_kernel(q):
@@ -35,6 +84,9 @@ def gla(q, k, v, g, scale=None):
 def simple_gla(q, k, v, g, scale=None):
     """Scalar-decay linear attention (Mamba2/SSD form), log decay ``g`` [B, T, H]."""
     if _use_kernel(q):
+        if _needs_recurrent('simple_gla', q, k, v, g):
+            from fla.ops.simple_gla import fused_recurrent_simple_gla
+            return fused_recurrent_simple_gla(q, k, v, g, scale=scale)[0]
         from fla.ops.simple_gla import chunk_simple_gla
         return chunk_simple_gla(q, k, v, g, scale=scale)[0]
     return chunk_decay_attn_ref(q, k, v, g, scale)
@@ -64,12 +116,87 @@ def linear_attn(q, k, v, scale=None):
     return chunk_decay_attn_ref(q, k, v, None, scale)
 
 
-def softmax_attn(q, k, v, scale=None):
-    """Full (non-causal) softmax attention through SDPA: the baseline family."""
+def softmax_attn(q, k, v, scale=None, causal=False):
+    """Softmax attention through SDPA (FlashAttention / cuDNN on GPU): the baseline family."""
     o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                       scale=scale)
+                                       scale=scale, is_causal=causal)
     return o.transpose(1, 2)
 
 
-OPS = dict(gla=gla, simple_gla=simple_gla, retnet=retnet, linear_attn=linear_attn,
-           transformer=softmax_attn)
+def l2norm(x, eps=1e-6):
+    """x / sqrt(sum x^2 + eps): what FLA's ``use_qk_l2norm_in_kernel`` applies."""
+    return (x.float() * torch.rsqrt(x.float().pow(2).sum(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def delta_rule(q, k, v, beta, scale=None, qk_l2norm=True):
+    """DeltaNet: S_t = (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T, ``beta`` [B, T, H]."""
+    if _use_kernel(q):
+        from fla.ops.delta_rule import chunk_delta_rule
+        return chunk_delta_rule(q, k, v, beta, scale=scale, use_qk_l2norm_in_kernel=qk_l2norm)[0]
+    if qk_l2norm:
+        q, k = l2norm(q), l2norm(k)
+    return chunk_delta_rule_ref(q, k, v, beta, None, scale)
+
+
+def gated_delta_rule(q, k, v, g, beta, scale=None, qk_l2norm=True):
+    """Gated DeltaNet: the delta rule with a scalar log decay ``g`` [B, T, H] (fp32)."""
+    if _use_kernel(q):
+        if _needs_recurrent('gated_delta_rule', q, k, v, g, beta):
+            from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule as fn
+        else:
+            from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fn
+        return fn(q, k, v, g=g, beta=beta, scale=scale, use_qk_l2norm_in_kernel=qk_l2norm)[0]
+    if qk_l2norm:
+        q, k = l2norm(q), l2norm(k)
+    return chunk_delta_rule_ref(q, k, v, beta, g, scale)
+
+
+def hgrn(x, g):
+    """HGRN: element-wise h_t = exp(g_t) h_{t-1} + x_t over [B, T, D]."""
+    if _use_kernel(x):
+        from fla.ops.hgrn import chunk_hgrn
+        return chunk_hgrn(x, g)[0]
+    return chunk_hgrn_ref(x, g)
+
+
+def rwkv6(r, k, v, w, u, scale=1.0):
+    """RWKV6: GLA over s < t with the current token through the bonus ``u`` [H, K]."""
+    if _use_kernel(r):
+        from fla.ops.rwkv6 import chunk_rwkv6
+        return chunk_rwkv6(r, k, v, w, u, scale=scale)[0]
+    return chunk_linear_ref(r, k, v, gk=w, scale=scale, bonus=u)
+
+
+def rwkv7(r, w, k, v, a, b, scale=1.0):
+    """RWKV7: S_t = diag(exp w_t) S_{t-1} + b_t (a_t^T S_{t-1}) + k_t v_t^T, o_t = S_t^T r_t.
+
+    ``w`` must lie in [RWKV7_LOG_DECAY_MIN, 0), as RWKV7Attention makes it; the kernel gets
+    the same ``safe_gate`` / ``lower_bound`` / ``chunk_size`` hints as that layer passes.
+    """
+    if _use_kernel(r):
+        from fla.ops.rwkv7 import chunk_rwkv7
+        return chunk_rwkv7(r=r, w=w, k=k, v=v, a=a, b=b, scale=scale, safe_gate=True,
+                           lower_bound=RWKV7_LOG_DECAY_MIN, chunk_size=64)[0]
+    return chunk_dplr_ref(r, k, v, a, b, w, scale)
+
+
+def gsa(q, k, v, s, g, scale=1.0):
+    """Gated slot attention: two GLA passes through M slots (``s``, ``g`` [B, T, H, M])."""
+    if _use_kernel(q):
+        from fla.ops.gsa import chunk_gsa
+        return chunk_gsa(q, k, v, s, g, scale=scale)[0]
+    return chunk_slot_attn_ref(q, k, v, s, g, scale)
+
+
+def abc(q, k, v, s):
+    """ABC: slot attention whose slot writes and decays are a running softmax of ``s``."""
+    if _use_kernel(q):
+        from fla.ops.abc import chunk_abc
+        return chunk_abc(q, k, v, s)[0]
+    s_w, g = abc_slots(s)
+    return chunk_slot_attn_ref(q, k, v, s_w, g)
+
+
+OPS = dict(abc=abc, bitnet=softmax_attn, delta_net=delta_rule, gated_delta_net=gated_delta_rule,
+           gla=gla, gsa=gsa, hgrn=hgrn, hgrn2=gla, linear_attn=linear_attn, retnet=retnet,
+           rwkv6=rwkv6, rwkv7=rwkv7, simple_gla=simple_gla, transformer=softmax_attn)

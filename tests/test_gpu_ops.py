@@ -1,0 +1,132 @@
+"""GPU only: FLA's Triton path vs the CPU reference, and TokenMixer vs fla.layers.
+
+Run with ``pytest -s tests/test_gpu_ops.py`` to see one table line per case:
+``family dtype L  fwd=<max rel err>  grad=<max rel err>`` (max |a - b| / max |b|, the worst
+over the output and every input gradient). One B/H/D shape per dtype keeps the number of
+kernel compilations down.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fla_mm import ops
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not ops.fla_available(),
+                                reason='needs a CUDA GPU and an importable fla + triton')
+
+B, H, D = 2, 2, 64
+LENGTHS = [49, 196, 3136, 100]
+TOL = {torch.float32: 1e-3, torch.bfloat16: 2e-2}
+FAMILY_OPS = ['abc', 'bitnet', 'delta_net', 'gated_delta_net', 'gla', 'gsa', 'hgrn', 'hgrn2',
+              'linear_attn', 'retnet', 'rwkv6', 'rwkv7', 'simple_gla', 'transformer']
+
+
+def _inputs(family, T, gen):
+    """Leaves (fp32, CPU) and a function leaves -> (args, kwargs) of ``ops.OPS[family]``.
+
+    Keys 'q'/'k'/'v'/... run in the tested dtype, keys starting with '_' stay fp32 (decays
+    and gates, as the mixers hand them to the ops).
+    """
+    def r(*shape, s=1.0):
+        return torch.randn(*shape, generator=gen) * s
+
+    qkv = dict(q=r(B, T, H, D), k=r(B, T, H, D), v=r(B, T, H, D))
+    if family in ('gla', 'hgrn2'):
+        return dict(qkv, _g=r(B, T, H, D)), \
+            lambda x: ((x['q'], x['k'], x['v'], F.logsigmoid(x['_g']) / 16), {})
+    if family == 'simple_gla':
+        return dict(qkv, _g=r(B, T, H)), \
+            lambda x: ((x['q'], x['k'], x['v'], F.logsigmoid(x['_g']) / 16), {})
+    if family in ('retnet', 'transformer', 'bitnet'):
+        return qkv, lambda x: ((x['q'], x['k'], x['v']), {})
+    if family == 'linear_attn':
+        return qkv, lambda x: ((x['q'], x['k'] * 0.1, x['v']), {})
+    if family == 'delta_net':
+        return dict(qkv, _b=r(B, T, H)), \
+            lambda x: ((x['q'], x['k'], x['v'], x['_b'].sigmoid().to(x['q'].dtype)), {})
+    if family == 'gated_delta_net':
+        return dict(qkv, _a=r(B, T, H), _b=r(B, T, H)), \
+            lambda x: ((x['q'], x['k'], x['v'], -F.softplus(x['_a']) * 0.5,
+                        x['_b'].sigmoid().to(x['q'].dtype)), {})
+    if family == 'hgrn':
+        return dict(x=r(B, T, H * D), _g=r(B, T, H * D)), \
+            lambda x: ((x['x'], F.logsigmoid(x['_g'] + 2).to(x['x'].dtype)), {})
+    if family == 'rwkv6':
+        return dict(qkv, _w=r(B, T, H, D, s=0.5), u=r(H, D, s=0.5)), \
+            lambda x: ((x['q'], x['k'], x['v'], -torch.exp(x['_w'] - 1), x['u']), {})
+    if family == 'rwkv7':
+        def rwkv7(x):
+            kk = F.normalize(x['kk'].float(), dim=-1).to(x['q'].dtype)
+            a = x['a'].sigmoid()
+            w = ops.families.RWKV7_LOG_DECAY_MIN * x['_w'].sigmoid()
+            return (x['q'], w.to(x['q'].dtype), x['k'] * 0.2, x['v'], -kk, kk * a), {}
+        return dict(qkv, _w=r(B, T, H, D), kk=r(B, T, H, D), a=r(B, T, H, D)), rwkv7
+    if family == 'gsa':
+        def gsa(x):
+            f = F.logsigmoid(x['_f']) / 8
+            return (F.silu(x['q']), F.silu(x['k']), x['v'], (1 - f.exp()).to(x['q'].dtype),
+                    f), {}
+        return dict(qkv, _f=r(B, T, H, D)), gsa
+    if family == 'abc':
+        return dict(qkv, s=r(B, T, H, D)), lambda x: ((x['q'], x['k'], x['v'], x['s']), {})
+    raise KeyError(family)
+
+
+def _rel(a, b):
+    a, b = a.float().cpu(), b.float().cpu()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
+
+
+def _run(fn, leaves, device, dtype, gen_do):
+    xs = {k: (v.to(device) if k.startswith('_') else v.to(device, dtype)).requires_grad_()
+          for k, v in leaves.items()}
+    args, kwargs = fn(xs)
+    out = ops.OPS[fn.family](*args, **kwargs)
+    out.backward(gen_do.to(device, out.dtype))
+    return out, {k: x.grad for k, x in xs.items()}
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
+@pytest.mark.parametrize('L', LENGTHS)
+@pytest.mark.parametrize('family', FAMILY_OPS)
+def test_kernel_vs_reference(family, L, dtype):
+    gen = torch.Generator().manual_seed(L)
+    leaves, fn = _inputs(family, L, gen)
+    fn.family = family
+    do = torch.randn((B, L, H * D) if family == 'hgrn' else (B, L, H, D), generator=gen)
+    # the reference sees exactly the (rounded) values the kernel sees, in fp32
+    rounded = {k: v if k.startswith('_') else v.to(dtype).float() for k, v in leaves.items()}
+    out, grads = _run(fn, leaves, 'cuda', dtype, do)
+    ref_out, ref_grads = _run(fn, rounded, 'cpu', torch.float32, do.to(dtype).float())
+    e_fwd = _rel(out, ref_out)
+    e_grad = max(_rel(grads[k], ref_grads[k]) for k in grads)
+    print(f'\n{family:16s} {str(dtype)[6:]:9s} L={L:5d}  fwd={e_fwd:.2e}  grad={e_grad:.2e}')
+    assert e_fwd < TOL[dtype] and e_grad < TOL[dtype], (family, L, dtype, e_fwd, e_grad)
+
+
+@pytest.mark.parametrize('case', ['gla', 'gla_conv_unfused', 'simple_gla', 'retnet',
+                                  'linear_attn', 'delta_net', 'gated_delta_net', 'hgrn', 'hgrn2',
+                                  'rwkv6', 'rwkv7', 'gsa', 'abc', 'bitnet', 'transformer'])
+def test_mixer_vs_fla_layer(case):
+    from test_mixers import FLA_CASES, build_fla_layer, family_of
+
+    from fla_mm.layers.mixer import TokenMixer
+    torch.manual_seed(0)
+    ref = build_fla_layer(case).cuda().train()
+    m = TokenMixer(64, 4, family=family_of(case), scan='uni', **FLA_CASES[case][2]).cuda().train()
+    m.load_state_dict(ref.state_dict())
+    hw = (14, 14)
+    x = torch.randn(2, hw[0] * hw[1], 64, device='cuda')
+    xr, xm = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ref = ref(xr)[0]
+    y = m(xm, hw)
+    do = torch.randn_like(y)
+    y_ref.backward(do)
+    y.backward(do)
+    e_fwd = _rel(y, y_ref)
+    params = dict(m.named_parameters())
+    e_grad = max([_rel(xm.grad, xr.grad)] + [
+        _rel(params[n].grad, p.grad) for n, p in ref.named_parameters() if p.grad is not None])
+    print(f'\nmixer:{case:18s} fp32      L=  196  fwd={e_fwd:.2e}  grad={e_grad:.2e}')
+    tol = 2e-2 if case == 'bitnet' else 1e-3   # fused vs unfused activation quantiser
+    assert e_fwd < tol and e_grad < tol, (case, e_fwd, e_grad)

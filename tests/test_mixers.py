@@ -1,0 +1,194 @@
+"""TokenMixer: every family x scan on CPU, scan orders, options, errors, FLA parameter names."""
+import pytest
+import torch
+
+from fla_mm.layers.mixer import FAMILIES, TokenMixer
+from fla_mm.layers.scan import SCANS, merge, num_directions, scan
+
+GRIDS = [(7, 7), (14, 14), (25, 38), (1, 1), (2, 3)]
+
+
+@pytest.mark.parametrize('scan_name', SCANS)
+@pytest.mark.parametrize('family', sorted(FAMILIES))
+def test_forward_backward(family, scan_name):
+    torch.manual_seed(0)
+    m = TokenMixer(16, 2, family=family, scan=scan_name).train()
+    for hw in GRIDS:
+        x = torch.randn(1, hw[0] * hw[1], 16, requires_grad=True)
+        y = m(x, hw)
+        assert y.shape == x.shape
+        y.square().mean().backward()
+        assert torch.isfinite(x.grad).all(), (family, scan_name, hw)
+        for name, p in m.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), (family, name, hw)
+        m.zero_grad()
+
+
+@pytest.mark.parametrize('scan_name', SCANS)
+@pytest.mark.parametrize('hw', GRIDS)
+def test_scan_merge_inverse(scan_name, hw):
+    x = torch.randn(2, hw[0] * hw[1], 3, 4)
+    perm = torch.randperm(x.shape[1]) if scan_name == 'random' else None
+    y = scan(x, hw, scan_name, perm)
+    D = num_directions(scan_name)
+    assert y.shape == (D * 2, *x.shape[1:])
+    torch.testing.assert_close(merge(y, hw, scan_name, perm), D * x)
+    for d in range(D):      # each direction alone is inverted exactly
+        only = torch.zeros_like(y)
+        only[d * 2:(d + 1) * 2] = y[d * 2:(d + 1) * 2]
+        torch.testing.assert_close(merge(only, hw, scan_name, perm), x)
+
+
+def test_cross_scan_orders():
+    x = torch.arange(6.).reshape(1, 6, 1)
+    y = scan(x, (2, 3), 'cross').squeeze(-1)
+    assert y[0].tolist() == [0, 1, 2, 3, 4, 5]
+    assert y[1].tolist() == [5, 4, 3, 2, 1, 0]
+    assert y[2].tolist() == [0, 3, 1, 4, 2, 5]
+    assert y[3].tolist() == [5, 2, 4, 1, 3, 0]
+
+
+def test_random_scan_identity_at_eval():
+    torch.manual_seed(0)
+    m = TokenMixer(16, 2, family='gla', scan='random')
+    u = TokenMixer(16, 2, family='gla', scan='uni')
+    u.load_state_dict(m.state_dict())
+    x = torch.randn(2, 12, 16)
+    m.eval(), u.eval()
+    torch.testing.assert_close(m(x, (3, 4)), u(x, (3, 4)))
+    m.train()
+    assert not torch.allclose(m(x, (3, 4)), u(x, (3, 4)))
+
+
+def test_bi_is_sum_of_directions():
+    """bi = uni on the sequence + uni on the reversed sequence, merged before the output gate."""
+    torch.manual_seed(0)
+    m = TokenMixer(16, 2, family='linear_attn', scan='bi', feature_map='identity',
+                   output_norm='identity').eval()
+    x = torch.randn(1, 6, 16)
+    o_fwd = m.spec['op'](*(p(x).reshape(1, 6, 2, 8) for p in (m.q_proj, m.k_proj, m.v_proj)))
+    o_bwd = m.spec['op'](*(p(x.flip(1)).reshape(1, 6, 2, 8)
+                           for p in (m.q_proj, m.k_proj, m.v_proj))).flip(1)
+    torch.testing.assert_close(m(x, (2, 3)), m.o_proj((o_fwd + o_bwd).reshape(1, 6, 16)))
+
+
+@pytest.mark.parametrize('family', ['gla', 'simple_gla', 'gated_delta_net'])
+def test_direction_gates(family):
+    torch.manual_seed(0)
+    m = TokenMixer(16, 2, family=family, scan='cross', direction_gates=True)
+    proj = m.gk_proj if family != 'gated_delta_net' else m.a_proj
+    last = proj[-1] if isinstance(proj, torch.nn.Sequential) else proj
+    assert last.out_features % 4 == 0
+    x = torch.randn(2, 12, 16, requires_grad=True)
+    m(x, (3, 4)).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    g = torch.arange(4.).repeat_interleave(3).reshape(1, 1, 12).expand(1, 12, 12)
+    m._hw, m._perm = (3, 4), None
+    per_dir = m.scan_gate_(g)
+    for d in range(4):   # direction d carries slice d of the gate
+        assert (per_dir[d] == d).all()
+
+
+def test_direction_gates_error():
+    with pytest.raises(ValueError, match='valid: .*gla'):
+        TokenMixer(16, 2, family='retnet', direction_gates=True)
+
+
+def test_locality():
+    torch.manual_seed(0)
+    m = TokenMixer(16, 2, family='gla', scan='bi', locality=True)
+    assert m.local_conv.weight.shape == (16, 1, 3, 3)
+    x = torch.randn(2, 20, 16, requires_grad=True)
+    y = m(x, (4, 5))
+    y.sum().backward()
+    assert m.local_conv.weight.grad is not None
+    plain = TokenMixer(16, 2, family='gla', scan='bi')
+    plain.load_state_dict({k: v for k, v in m.state_dict().items()
+                           if not k.startswith('local_conv')})
+    grid = x.transpose(1, 2).reshape(2, 16, 4, 5)
+    gate = torch.sigmoid(m.local_conv(grid)).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(y, plain(x, (4, 5)) * gate)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match='valid families: .*gla.*rwkv7'):
+        TokenMixer(16, 2, family='mamba9')
+    with pytest.raises(ValueError, match='valid scans: uni, bi, cross, random'):
+        TokenMixer(16, 2, family='gla', scan='zigzag')
+    with pytest.raises(ValueError, match="valid options: .*use_short_conv"):
+        TokenMixer(16, 2, family='gla', no_such_option=1)
+    with pytest.raises(ValueError, match='divisible'):
+        TokenMixer(18, 4, family='gla')
+    with pytest.raises(ValueError, match='does not match'):
+        TokenMixer(16, 2, family='gla')(torch.randn(1, 6, 16), (2, 2))
+
+
+def test_short_conv_is_causal_per_direction():
+    torch.manual_seed(0)
+    m = TokenMixer(16, 2, family='delta_net', scan='uni').eval()
+    x = torch.randn(1, 12, 16)
+    y = m(x, (3, 4))
+    x2 = x.clone()
+    x2[:, 7:] += 1.0
+    torch.testing.assert_close(m(x2, (3, 4))[:, :7], y[:, :7])
+
+
+# fla.layers classes and the TokenMixer options that build the same module (dim 64, 4 heads).
+FLA_CASES = {
+    'gla': ('GatedLinearAttention', {}, {}),
+    'gla_conv_unfused': ('GatedLinearAttention', dict(use_short_conv=True, fuse_norm=False),
+                         dict(use_short_conv=True, fuse_norm=False)),
+    'simple_gla': ('simple_gla.SimpleGatedLinearAttention', {}, dict(use_short_conv=True)),
+    'retnet': ('MultiScaleRetention', {}, dict(expand_v=2.0)),
+    'linear_attn': ('LinearAttention', {}, {}),
+    'delta_net': ('DeltaNet', {}, {}),
+    'gated_delta_net': ('GatedDeltaNet', dict(head_dim=16, expand_v=2),
+                        dict(head_dim=16, expand_v=2.0)),
+    'hgrn': ('HGRNAttention', {}, {}),
+    'hgrn2': ('HGRN2Attention', dict(expand_ratio=16), dict(expand_ratio=16)),
+    'rwkv6': ('RWKV6Attention', {}, {}),
+    'rwkv7': ('RWKV7Attention', dict(layer_idx=0, num_hidden_layers=2, head_dim=16), {}),
+    'gsa': ('GatedSlotAttention', {}, {}),
+    'abc': ('ABCAttention', {}, {}),
+    'bitnet': ('BitAttention', {}, {}),
+    'transformer': ('Attention', {}, dict(qkv_bias=False, o_bias=False, rope_theta=10000.,
+                                          causal=True)),
+}
+
+
+def build_fla_layer(case, dim=64, num_heads=4):
+    """The fla.layers module of FLA_CASES[case], or skip where it cannot be built here."""
+    import importlib
+    import warnings
+    name, fla_kw, _ = FLA_CASES[case]
+    try:
+        if '.' in name:
+            mod, cls = name.split('.')
+            cls = getattr(importlib.import_module(f'fla.layers.{mod}'), cls)
+        else:
+            cls = getattr(importlib.import_module('fla.layers'), name)
+    except Exception as e:  # fla.layers imports triton
+        pytest.skip(f'fla.layers not importable here: {type(e).__name__}: {e}')
+    kw = dict(hidden_size=dim, **fla_kw)
+    if case not in ('hgrn', 'hgrn2'):
+        kw['num_heads'] = num_heads
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            return cls(**kw)
+    except ImportError as e:    # Attention needs flash-attn
+        pytest.skip(f'{name} cannot be built here: {e}')
+
+
+def family_of(case):
+    return case.replace('_conv_unfused', '')
+
+
+@pytest.mark.parametrize('case', sorted(FLA_CASES))
+def test_state_dict_matches_fla_layers(case):
+    ref = build_fla_layer(case)
+    m = TokenMixer(64, 4, family=family_of(case), scan='uni', **FLA_CASES[case][2])
+    want = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    assert got == want
+    m.load_state_dict(ref.state_dict())
