@@ -1,3 +1,4 @@
+from .plain import FLAPlain
 from .pyramid import FLAPyramid
 
-__all__ = ['FLAPyramid']
+__all__ = ['FLAPlain', 'FLAPyramid']

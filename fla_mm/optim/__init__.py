@@ -1,0 +1,3 @@
+from .layer_decay import FLALayerDecayOptimizerConstructor
+
+__all__ = ['FLALayerDecayOptimizerConstructor']
