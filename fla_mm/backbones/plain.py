@@ -76,6 +76,11 @@ class FLAPlain(FLABackboneBase):
         with_cp: activation checkpointing per block.
         pretrain_img_size: image size (int or (H, W)) the position embedding is stored at.
         interpolate_mode: position-embedding resize mode.
+        cls_token: prepend one learned class token that takes part in every block and is
+            dropped before the outputs (the ViT / DeiT function, so timm checkpoints load
+            with their class token; its position embedding is folded into it). The blocks
+            then see one sequence of 1 + H*W tokens, so it needs mixers that do not use the
+            2-D grid: no 'cross' scan and no locality.
         init_cfg: e.g. dict(type='Pretrained', checkpoint=PATH, prefix='backbone.').
     """
 
@@ -83,7 +88,8 @@ class FLAPlain(FLABackboneBase):
                  hybrid_layers=(), hybrid_cfg=None, block='vig', mlp_ratio=None, ffn=None,
                  norm=None, drop_path_rate=0.1, layer_scale=None, in_channels=3,
                  out_indices=(-1,), out_scales=SFP_SCALES, frozen_stages=-1, norm_eval=False,
-                 with_cp=False, pretrain_img_size=224, interpolate_mode='bicubic', init_cfg=None):
+                 with_cp=False, pretrain_img_size=224, interpolate_mode='bicubic', cls_token=False,
+                 init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         arch = resolve_arch(arch, ARCHS)
         dim, depth, heads = arch['embed_dims'], arch['depth'], arch['num_heads']
@@ -120,6 +126,7 @@ class FLAPlain(FLABackboneBase):
 
         self.patch_embed = PatchEmbed(in_channels, dim, patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.pos_hw[0] * self.pos_hw[1], dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cls_token else None
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             Block(dim, heads,
@@ -129,6 +136,11 @@ class FLAPlain(FLABackboneBase):
                   mlp_ratio=style['mlp_ratio'], ffn=style['ffn'], norm=style['norm'],
                   drop_path=dpr[i], layer_scale=layer_scale, with_cp=with_cp)
             for i in range(depth))
+        grid_mixers = [i for i, b in enumerate(self.blocks)
+                       if b.attn.scan == 'cross' or b.attn.locality]
+        if cls_token and grid_mixers:
+            raise ValueError(f'cls_token=True needs mixers that do not use the 2-D grid; blocks '
+                             f'{grid_mixers} use the cross scan or locality')
         for i in self.out_indices:
             self.add_module(f'norm{i}', nn.LayerNorm(dim, eps=1e-6))
         if out_scales is not None:
@@ -146,6 +158,8 @@ class FLAPlain(FLABackboneBase):
         if self.frozen_stages < 0:
             return []
         parts = [self.patch_embed, self.pos_embed]
+        if self.cls_token is not None:
+            parts.append(self.cls_token)
         for i in range(self.frozen_stages):
             parts.append(self.blocks[i])
             if i in self.out_indices:
@@ -177,6 +191,8 @@ class FLAPlain(FLABackboneBase):
     def _default_init(self):
         super()._default_init()
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     @property
     def num_layers(self):
@@ -184,7 +200,7 @@ class FLAPlain(FLABackboneBase):
 
     def layer_id(self, name):
         head = name.split('.')[0]
-        if head in ('patch_embed', 'pos_embed'):
+        if head in ('patch_embed', 'pos_embed', 'cls_token'):
             return 0
         if head == 'blocks':
             return int(name.split('.')[1]) + 1
@@ -197,11 +213,15 @@ class FLAPlain(FLABackboneBase):
         x = F.pad(x, (0, (-W) % p, 0, (-H) % p))
         x, hw = self.patch_embed(x)
         x = x + resize_pos_embed(self.pos_embed, self.pos_hw, hw, self.interpolate_mode)
+        n_cls, blk_hw = 0, hw
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1)
+            n_cls, blk_hw = 1, (1, x.shape[1])
         feats = []
         for i, blk in enumerate(self.blocks):
-            x = blk(x, hw)
+            x = blk(x, blk_hw)
             if i in self.out_indices:
-                f = getattr(self, f'norm{i}')(x)
+                f = getattr(self, f'norm{i}')(x[:, n_cls:])
                 feats.append(f.transpose(1, 2).reshape(x.shape[0], -1, *hw))
         if self.sfp is None:
             return tuple(f.contiguous() for f in feats)

@@ -1,56 +1,233 @@
-"""Load a pretrained checkpoint into a backbone, strictly and loudly."""
-import os
+"""Load a pretrained checkpoint into a backbone: detect, convert, resize, check, load.
 
-import torch
-from mmengine.runner.checkpoint import CheckpointLoader
+:func:`load_pretrained` is the single entry point (backbones' ``init_weights`` calls it with
+the ``init_cfg`` entries minus ``type``). Steps:
+
+1. read the file (one :class:`CheckpointError` line for a missing, corrupt or truncated
+   file), take the keys under ``prefix``;
+2. detect the format (``fla_mm``, ``hf_fla``, ``vig``, ``timm_vit``) or take ``format=``;
+3. convert the keys (:mod:`.formats`), dropping classifier heads and poolers;
+4. resize the position embedding to the model's grid (non-square grids included), then
+   ``model.adapt_state_dict(state)`` where the model has it, before any key check;
+5. check every key and shape. The dense-prediction parts a classifier never has (the
+   simple feature pyramid ``sfp.*`` and output norms ``norm{i}`` that nothing maps to) may
+   be absent as a whole and keep their initialisation; anything else missing, unexpected
+   or of another shape is an error when ``strict`` (the default) that lists the keys, names
+   the format and says how to override (``strict=False`` loads the matching keys only).
+
+Every load logs a report: tensors loaded, dropped (and why), resized, new.
+"""
+import logging
+import re
+
+from .formats import VIG_MISMATCH, Target, detect_format, get_converter
+from .io import CheckpointError, read_checkpoint
+
+_DENSE = re.compile(r'^(sfp|norm\d+)\.')
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be loaded as asked; the message says why and what to do."""
+def _pattern(key):
+    return re.sub(r'(?<=\.)\d+(?=\.)', '{i}', key)
 
 
-def _read(path):
-    if not str(path).startswith(('http://', 'https://')) and not os.path.isfile(path):
-        raise CheckpointError(f'Checkpoint file not found: {path}')
-    if str(path).endswith('.safetensors'):
-        from safetensors.torch import load_file
-        return load_file(path)
+def compact(keys, limit=25):
+    """Keys grouped by their pattern with block / stage indices as {i}: 'a.{i}.b (x12)'."""
+    groups = {}
+    for k in sorted(keys, key=lambda s: [int(t) if t.isdigit() else t
+                                         for t in re.split(r'(\d+)', s)]):
+        groups.setdefault(_pattern(k), []).append(k)
+    items = [g[0] if len(g) == 1 else f'{p} (x{len(g)})' for p, g in groups.items()]
+    more = f' ... ({len(items) - limit} more patterns)' if len(items) > limit else ''
+    return ', '.join(items[:limit]) + more
+
+
+def _compact_reasons(reasons, limit=12):
+    """{key: reason} -> 'pattern (xN): reason; ...'."""
+    by = {}
+    for k, r in reasons.items():
+        by.setdefault(r, []).append(k)
+    parts = [f'{compact(ks, 6)}: {r}' for r, ks in by.items()]
+    more = f' ... ({len(parts) - limit} more)' if len(parts) > limit else ''
+    return '; '.join(parts[:limit]) + more
+
+
+def compact_shapes(shape, limit=12):
+    """{key: (checkpoint shape, model shape)} grouped by key pattern and shapes, the stem
+    first: 'blocks.{i}.attn.q_proj.weight: checkpoint (48, 48) vs model (32, 32) (x2)'."""
+    groups = {}
+    for k in sorted(shape, key=lambda s: (s.startswith(('blocks', 'stages', 'norm', 'sfp')),
+                                          [int(t) if t.isdigit() else t
+                                           for t in re.split(r'(\d+)', s)])):
+        a, b = shape[k]
+        groups.setdefault((_pattern(k), a, b), []).append(k)
+    items = [f'{ks[0] if len(ks) == 1 else p}: checkpoint {a} vs model {b}'
+             + (f' (x{len(ks)})' if len(ks) > 1 else '') for (p, a, b), ks in groups.items()]
+    more = f' ... ({len(items) - limit} more)' if len(items) > limit else ''
+    return ', '.join(items[:limit]) + more
+
+
+def _resize_known_grid(model, state, src_hw, conv):
+    """Resize a pos_embed whose source grid is known (non-square included)."""
+    from ..layers import resize_pos_embed
+    pe = state.get('pos_embed')
+    own = getattr(model, 'pos_embed', None)
+    if pe is None or own is None or src_hw is None or pe.shape == own.shape:
+        return
+    src_hw = tuple(int(s) for s in src_hw)
+    if pe.dim() != 3 or pe.shape[1] != src_hw[0] * src_hw[1] or pe.shape[-1] != own.shape[-1]:
+        return
+    state['pos_embed'] = resize_pos_embed(pe, src_hw, model.pos_hw, model.interpolate_mode)
+    conv.resized.append(f'pos_embed: {src_hw[0]}x{src_hw[1]} -> {model.pos_hw[0]}x'
+                        f'{model.pos_hw[1]} ({model.interpolate_mode})')
+
+
+def _adapt(model, state, conv, source):
+    """``model.adapt_state_dict`` (square grids, a leading cls slot) before the key check."""
+    if not hasattr(model, 'adapt_state_dict'):
+        return
+    pe, own = state.get('pos_embed'), getattr(model, 'pos_embed', None)
+    if pe is None or own is None or pe.shape == own.shape or pe.shape[-1] != own.shape[-1]:
+        return          # nothing to resize, or a width mismatch the key check reports
+    before = tuple(pe.shape)
     try:
-        return CheckpointLoader.load_checkpoint(path, map_location='cpu')
-    except Exception as e:  # corrupt or truncated file
-        raise CheckpointError(f'Cannot read checkpoint {path}: {type(e).__name__}: {e}') from None
+        model.adapt_state_dict(state)
+    except ValueError as e:
+        raise CheckpointError(f'Checkpoint {source} ({conv.format} format): {e}. Give the '
+                              f'model the pretrain_img_size the checkpoint was trained at, or '
+                              f'convert it with tools/convert_checkpoint.py, which records '
+                              f'the grid') from None
+    after = tuple(state['pos_embed'].shape)
+    if after != before:
+        conv.resized.append(f'pos_embed: {before[1]} tokens -> {model.pos_hw[0]}x'
+                            f'{model.pos_hw[1]} ({model.interpolate_mode})')
 
 
-def extract_state_dict(ckpt):
-    for key in ('state_dict', 'model', 'module'):
-        if isinstance(ckpt, dict) and key in ckpt and isinstance(ckpt[key], dict):
-            return ckpt[key]
-    return ckpt
+def convert_for_model(model, state, meta=None, hf_config=None, prefix=None, format=None,
+                      source='<state dict>'):
+    """Convert a foreign (or own) state dict for ``model``, resize and check it.
 
-
-def load_pretrained(model, checkpoint, prefix=None, strict=True, map_location='cpu'):
-    """Load ``checkpoint`` (optionally the keys under ``prefix``) into ``model``.
-
-    With ``strict=True`` any missing or unexpected key is an error that lists them.
+    Returns ``(loadable, report)``: the tensors that match the model in name and shape, and
+    a dict with the format, what was dropped / unmapped / missing / resized and a summary.
+    Raises nothing on mismatches (the caller decides about strictness) except for a file
+    whose format cannot be told or that belongs to the other layout.
     """
-    state = extract_state_dict(_read(checkpoint))
+    meta = meta or {}
+    notes = []
     if prefix:
         prefix = prefix if prefix.endswith('.') else prefix + '.'
-        if any(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        inside = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if inside:
+            if len(inside) < len(state):
+                notes.append(f'{len(state) - len(inside)} tensors outside prefix {prefix!r} '
+                             f'ignored')
+            state = inside
+        else:
+            notes.append(f'prefix {prefix!r} matches no key; all keys used')
+    if format is None:
+        fmt, evidence = detect_format(state, meta)
+        how = f'detected from {evidence}'
+    else:
+        fmt, how = format, 'given as format='
+    conv = get_converter(fmt)(state, Target(model), hf_config)
+    conv.notes[:0] = notes
+    new_state = dict(conv.state)
+    src_hw = (meta.get('fla_mm') or {}).get('pos_hw') if fmt == 'fla_mm' else \
+        getattr(conv, 'src_hw', None)
+    _resize_known_grid(model, new_state, src_hw, conv)
+    _adapt(model, new_state, conv, source)
+
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if strict and (missing or unexpected or shape):
-        def fmt(keys):
-            return ', '.join(keys[:20]) + (f' ... ({len(keys)} in all)' if len(keys) > 20 else '')
-        raise CheckpointError(
-            f'Checkpoint {checkpoint} does not match {type(model).__name__} '
-            f'(format: fla_mm state_dict, prefix={prefix!r}). '
-            f'missing keys: [{fmt(missing)}]; unexpected keys: [{fmt(unexpected)}]; '
-            f'shape mismatches: [{fmt(shape)}]. '
-            f'Pass strict=False in init_cfg to load the matching keys only.')
-    state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(state, strict=False)
-    return dict(loaded=len(state), missing=missing, unexpected=unexpected)
+    missing = sorted(set(own) - set(new_state))
+    present = {m.group(1) for m in map(_DENSE.match, new_state) if m}
+    new = [k for k in missing if _DENSE.match(k) and _DENSE.match(k).group(1) not in present]
+    missing = [k for k in missing if k not in new]
+    unexpected = sorted(set(new_state) - set(own))
+    shape = sorted(k for k in set(own) & set(new_state) if own[k].shape != new_state[k].shape)
+    loadable = {k: v for k, v in new_state.items() if k in own and own[k].shape == v.shape}
+    report = dict(
+        format=fmt, detected=how, source=str(source), model=type(model).__name__,
+        loaded=len(loadable), loaded_keys=sorted(loadable), total=len(own),
+        missing=missing, unexpected=unexpected, unmapped=dict(conv.unmapped),
+        shape={k: (tuple(new_state[k].shape), tuple(own[k].shape)) for k in shape},
+        dropped=dict(conv.dropped), new=new, resized=list(conv.resized),
+        synthesized=dict(conv.synthesized), notes=list(conv.notes))
+    report['ok'] = not (missing or unexpected or shape or conv.unmapped)
+    report['summary'] = summarize(report)
+    return loadable, report
+
+
+def summarize(r):
+    """A few lines: loaded / dropped / resized / new / problems."""
+    lines = [f'Loaded {r["loaded"]}/{r["total"]} tensors of {r["model"]} from {r["source"]} '
+             f'({r["format"]} format, {r["detected"]})']
+    if r['dropped']:
+        lines.append(f'  dropped {len(r["dropped"])}: {_compact_reasons(r["dropped"])}')
+    if r['resized']:
+        lines.append(f'  resized: {"; ".join(r["resized"])}')
+    if r['synthesized']:
+        lines.append(f'  synthesized: {_compact_reasons(r["synthesized"])}')
+    if r['new']:
+        lines.append(f'  new (not in the checkpoint, kept at their initialisation): '
+                     f'{compact(r["new"])}')
+    for what, keys in (('missing', r['missing']), ('unexpected', r['unexpected'])):
+        if keys:
+            lines.append(f'  {what} keys: {compact(keys)}')
+    if r['unmapped']:
+        lines.append(f'  source tensors with no counterpart: {_compact_reasons(r["unmapped"])}')
+    if r['shape']:
+        lines.append(f'  shape mismatches: {compact_shapes(r["shape"])}')
+    lines += [f'  note: {n}' for n in r['notes']]
+    return '\n'.join(lines)
+
+
+def strict_error(r, prefix=None):
+    """The one-line :class:`CheckpointError` of a strict load that does not match."""
+    def fmt(keys):
+        return compact(keys) if keys else ''
+    shape = compact_shapes(r['shape'])
+    hint = ''
+    pe = r['shape'].get('patch_embed.proj.weight')
+    if pe:
+        hint = (f' The checkpoint is {pe[0][0]} channels wide, the model {pe[1][0]}: build the '
+                f'arch the checkpoint was trained with.')
+    if r['format'] == 'vig' and r['unmapped']:
+        hint += f' {VIG_MISMATCH}'
+    unmapped = f'; source tensors with no counterpart: [{_compact_reasons(r["unmapped"])}]' \
+        if r['unmapped'] else ''
+    return CheckpointError(
+        f'Checkpoint {r["source"]} ({r["format"]} format, {r["detected"]}, prefix={prefix!r}) '
+        f'does not match {r["model"]}: missing keys: [{fmt(r["missing"])}]; unexpected keys: '
+        f'[{fmt(r["unexpected"])}]{unmapped}; shape mismatches: [{shape}].{hint} Pass '
+        f'strict=False in init_cfg to load the matching keys only (or format=... if '
+        f'{r["format"]!r} is the wrong format).')
+
+
+def load_pretrained(model, checkpoint, prefix=None, strict=True, format=None,
+                    map_location='cpu', logger='current'):
+    """Load ``checkpoint`` (optionally the keys under ``prefix``) into ``model``.
+
+    Args:
+        model: an fla_mm backbone (or any module with fla_mm parameter names).
+        checkpoint: a file (.pth / .pt / .bin / .safetensors), a Hugging Face model folder,
+            or a URL.
+        prefix: take only the keys under this prefix (e.g. 'backbone.'); for fla_mm
+            checkpoints of a whole segmentor the 'backbone.' prefix is found without it.
+        strict: any missing, unexpected, unconvertible or mis-shaped key is a
+            :class:`CheckpointError` listing them; False loads the matching keys only.
+        format: None (detect), 'fla_mm', 'hf_fla', 'vig' or 'timm_vit'.
+        map_location: kept for MMEngine compatibility; tensors are read on the CPU.
+        logger: MMEngine logger name for the report.
+
+    Returns:
+        The report dict (format, loaded, dropped, resized, new, missing, unexpected, ...).
+    """
+    from mmengine.logging import print_log
+    state, meta, hf_config = read_checkpoint(checkpoint)
+    loadable, report = convert_for_model(model, state, meta, hf_config, prefix, format,
+                                         source=checkpoint)
+    if strict and not report['ok']:
+        raise strict_error(report, prefix)
+    model.load_state_dict(loadable, strict=False)
+    print_log(report['summary'], logger=logger,
+              level=logging.INFO if report['ok'] else logging.WARNING)
+    return report

@@ -1,0 +1,181 @@
+"""Backbone configs that match a checkpoint, for ``tools/convert_checkpoint.py``.
+
+``infer_backbone_cfg`` reads widths, depths and options off the tensors (and a Hugging Face
+``config.json``); ``parse_arch`` reads the ``--arch`` argument. Both give a dict with
+``type`` ('FLAPlain' or 'FLAPyramid') and the backbone's keyword arguments.
+"""
+import json
+import os.path as osp
+import re
+
+from .io import CheckpointError
+
+# timm ViT widths -> heads (ViT-Ti/S/B/L/H); other widths use 64-d heads as timm does.
+VIT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+# ViG / ViG-H sizes (configs of hustvl/ViG).
+VIG_HEADS = {192: 3, 384: 6, 768: 12}
+VIGH_HEADS = {96: [3, 6, 12, 24], 128: [4, 8, 16, 32]}
+# fla-zoo model_type (without '_vision') -> fla_mm mixer family.
+HF_FAMILIES = {'gla': 'gla', 'simple_gla': 'simple_gla', 'retnet': 'retnet',
+               'linear_attn': 'linear_attn', 'transformer': 'transformer', 'bitnet': 'bitnet',
+               'delta_net': 'delta_net', 'gated_deltanet': 'gated_delta_net',
+               'gated_delta_net': 'gated_delta_net', 'hgrn': 'hgrn', 'hgrn2': 'hgrn2',
+               'rwkv6': 'rwkv6', 'rwkv7': 'rwkv7', 'gsa': 'gsa', 'abc': 'abc'}
+LAYOUTS = {'plain': 'FLAPlain', 'pyramid': 'FLAPyramid'}
+
+
+def _count(state, pattern):
+    return len({m.group(1) for m in map(re.compile(pattern).match, state) if m})
+
+
+def _side(n):
+    import math
+    s = math.isqrt(n)
+    return s if s * s == n else None
+
+
+def _timm(state):
+    w = state['patch_embed.proj.weight']
+    dim, patch = w.shape[0], w.shape[-1]
+    depth = _count(state, r'^blocks\.(\d+)\.')
+    n = state['pos_embed'].shape[1] if 'pos_embed' in state else None
+    side = n and (_side(n) or _side(n - 1 - ('dist_token' in state)))
+    cfg = dict(type='FLAPlain',
+               arch=dict(embed_dims=dim, depth=depth,
+                         num_heads=VIT_HEADS.get(dim, max(1, dim // 64))),
+               patch_size=patch, mixer='transformer',
+               mixer_cfg=dict(qkv_bias='blocks.0.attn.qkv.bias' in state,
+                              o_bias='blocks.0.attn.proj.bias' in state),
+               mlp_ratio=state['blocks.0.mlp.fc1.weight'].shape[0] / dim,
+               cls_token='cls_token' in state, drop_path_rate=0.0, out_scales=None,
+               out_indices=(-1,))
+    if side:
+        cfg['pretrain_img_size'] = side * patch
+    if 'blocks.0.ls1.gamma' in state:
+        cfg['layer_scale'] = 1.0
+    return cfg
+
+
+def _hf(state, hf_config):
+    if not hf_config:
+        raise CheckpointError('hf_fla checkpoint without a config.json next to it: pass --arch '
+                              '(e.g. \'{"arch": {"embed_dims": 384, "depth": 12, "num_heads": '
+                              '6}, "mixer": "gla"}\')')
+    kind = str(hf_config.get('model_type', '')).replace('_vision', '')
+    if kind not in HF_FAMILIES:
+        raise CheckpointError(f'hf_fla model_type {hf_config.get("model_type")!r} has no fla_mm '
+                              f'mixer family; valid: {", ".join(sorted(HF_FAMILIES))}. Pass '
+                              f'--arch')
+    from ..layers import FAMILIES
+    family = HF_FAMILIES[kind]
+    dim = hf_config['hidden_size']
+    heads = hf_config.get('num_heads', hf_config.get('num_attention_heads'))
+    opts = {k: hf_config[k] for k in FAMILIES[family]['defaults']
+            if k in hf_config and k != 'causal'}
+    if 'hidden_act' in hf_config and 'gate_fn' in FAMILIES[family]['defaults']:
+        opts['gate_fn'] = hf_config['hidden_act']
+    swiglu = any('channel_mixer.gate_proj' in k for k in state)
+    key = next((k for k in state if re.search(r'channel_mixer\.(net\.0|gate_proj)\.weight$', k)),
+               None)
+    size = hf_config.get('image_size', 224)
+    size = size if isinstance(size, int) else tuple(size)
+    return dict(type='FLAPlain',
+                arch=dict(embed_dims=dim, depth=hf_config['num_hidden_layers'],
+                          num_heads=heads),
+                patch_size=hf_config.get('patch_size', 16), mixer=family, mixer_cfg=opts,
+                scan='uni', ffn='swiglu' if swiglu else 'mlp',
+                mlp_ratio=(state[key].shape[0] / dim) if key else 4.0,
+                pretrain_img_size=size, drop_path_rate=0.0, out_scales=None, out_indices=(-1,))
+
+
+def _vig(state):
+    mixer_cfg = dict(direction_gates=True, locality=True, expand_k=0.5, fuse_norm=False)
+    if any(k.startswith(('layers.', 'outnorm')) for k in state):
+        depths, dims = [], []
+        for i in range(_count(state, r'^layers\.(\d+)\.')):
+            depths.append(_count(state, rf'^layers\.{i}\.blocks\.(\d+)\.'))
+            w = next(v for k, v in state.items()
+                     if re.match(rf'^layers\.{i}\.blocks\.0\.(norm|ln_1)\.weight$', k))
+            dims.append(w.shape[0])
+        fc1 = state.get('layers.0.blocks.0.mlp.fc1.weight')
+        gmlp = 'layers.0.blocks.0.mlp.fc1.bias' not in state
+        hidden = fc1.shape[0] // (2 if gmlp else 1) if fc1 is not None else 4 * dims[0]
+        return dict(type='FLAPyramid',
+                    arch=dict(embed_dims=dims, depths=depths,
+                              num_heads=VIGH_HEADS.get(dims[0], [max(1, d // 32) for d in dims])),
+                    mixer='gla', mixer_cfg=mixer_cfg, scan='bi',
+                    ffn='swiglu' if gmlp else 'mlp', mlp_ratio=hidden / dims[0],
+                    drop_path_rate=0.0)
+    dim = state['blocks.0.attn_norm.weight'].shape[0]
+    swiglu = 'blocks.0.mlp.gate_proj.weight' in state
+    hidden = (state['blocks.0.mlp.gate_proj.weight'].shape[0] // 2 if swiglu
+              else state['blocks.0.mlp.fc1.weight'].shape[0])
+    n = state['pos_embed'].shape[1] if 'pos_embed' in state else 196
+    side = _side(n) or _side(n - 1) or 14
+    return dict(type='FLAPlain',
+                arch=dict(embed_dims=dim, depth=_count(state, r'^blocks\.(\d+)\.'),
+                          num_heads=VIG_HEADS.get(dim, max(1, dim // 64))),
+                mixer='gla', mixer_cfg=mixer_cfg, scan='bi', norm='rms',
+                ffn='swiglu' if swiglu else 'mlp', mlp_ratio=hidden / dim,
+                pretrain_img_size=side * 16, drop_path_rate=0.0, out_scales=None,
+                out_indices=(-1,))
+
+
+def infer_backbone_cfg(fmt, state, meta=None, hf_config=None):
+    """A backbone config whose keys and shapes match ``state`` of format ``fmt``."""
+    if fmt == 'fla_mm':
+        arch = ((meta or {}).get('fla_mm') or {}).get('arch')
+        if not arch:
+            raise CheckpointError('this fla_mm checkpoint does not record its backbone config: '
+                                  'pass --arch (a config file, plain-SIZE / pyramid-SIZE, or a '
+                                  'JSON dict of backbone arguments)')
+        return dict(arch)
+    if fmt == 'timm_vit':
+        return _timm(state)
+    if fmt == 'hf_fla':
+        state = {k[len('backbone.'):] if k.startswith('backbone.') else k: v
+                 for k, v in state.items()}
+        return _hf(state, hf_config)
+    if fmt == 'vig':
+        return _vig(state)
+    raise CheckpointError(f'Unknown format {fmt!r}')
+
+
+def parse_arch(arch):
+    """``--arch``: a config file (its model.backbone), 'plain-tiny' / 'pyramid-small' style
+    shorthand, or a JSON dict of backbone arguments (with an optional "type")."""
+    if arch.endswith('.py') and osp.isfile(arch):
+        from mmengine.config import Config
+        cfg = Config.fromfile(arch)
+        model = cfg.get('model', {})
+        bb = dict(model.get('backbone', model))
+        return bb
+    m = re.fullmatch(r'(plain|pyramid)(?:[-_:](\w+))?', arch)
+    if m:
+        cfg = dict(type=LAYOUTS[m.group(1)])
+        if m.group(2):
+            cfg['arch'] = m.group(2)
+        return cfg
+    try:
+        cfg = json.loads(arch)
+    except json.JSONDecodeError:
+        raise CheckpointError(f'--arch {arch!r} is neither a config file, plain-SIZE / '
+                              f'pyramid-SIZE, nor a JSON dict of backbone arguments') from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f'--arch JSON must be a dict, got {cfg!r}')
+    cfg.setdefault('type', 'FLAPlain')
+    return cfg
+
+
+def build_backbone(cfg):
+    from ..backbones import FLAPlain, FLAPyramid
+    cfg = dict(cfg)
+    kind = str(cfg.pop('type', 'FLAPlain')).split('.')[-1]
+    cls = {'FLAPlain': FLAPlain, 'FLAPyramid': FLAPyramid}.get(kind)
+    if cls is None:
+        raise CheckpointError(f'backbone type {kind!r}; valid: FLAPlain, FLAPyramid')
+    cfg.pop('init_cfg', None)
+    for k in ('out_indices', 'out_scales'):
+        if isinstance(cfg.get(k), list):
+            cfg[k] = tuple(cfg[k])
+    return cls(**cfg)

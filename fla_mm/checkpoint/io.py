@@ -1,0 +1,161 @@
+"""Read a checkpoint file (or a Hugging Face model folder) into a flat state dict.
+
+Every failure (missing path, corrupt or truncated file, a pickle that is not a checkpoint)
+becomes one :class:`CheckpointError` line that names the file, never a torch traceback.
+"""
+import json
+import os
+import os.path as osp
+import pickle
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded as asked; the message says why and what to do."""
+
+
+HF_WEIGHTS = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin',
+              'pytorch_model.bin.index.json')
+STATE_KEYS = ('state_dict', 'model', 'module')
+
+
+def _is_url(path):
+    return str(path).startswith(('http://', 'https://', 'open-mmlab://', 'torchvision://',
+                                 'openmmlab://', 's3://'))
+
+
+def _torch_load(path):
+    import torch
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        if 'Unsupported global' in str(e):
+            raise CheckpointError(
+                f'Checkpoint {path} holds pickled Python objects besides tensors (an MMEngine '
+                f'training checkpoint?) and torch refuses them with weights_only=True. If you '
+                f'trust the file, set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (tools/train.py does).'
+            ) from None
+        raise
+
+
+def _load_file(path):
+    """One weights file: .safetensors, or anything torch.load reads (.pth, .pt, .bin)."""
+    if path.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        return load_file(path)
+    return _torch_load(path)
+
+
+def _load_index(index_path):
+    """Sharded Hugging Face weights: the index maps each tensor to a shard file."""
+    with open(index_path) as f:
+        shards = sorted(set(json.load(f)['weight_map'].values()))
+    state = {}
+    for shard in shards:
+        state.update(_load_file(osp.join(osp.dirname(index_path), shard)))
+    return state
+
+
+def _hf_config(folder):
+    cfg = osp.join(folder, 'config.json')
+    if osp.isfile(cfg):
+        with open(cfg) as f:
+            return json.load(f)
+    return None
+
+
+def read_checkpoint(path):
+    """Read ``path`` and return ``(state, meta, hf_config)``.
+
+    ``path`` is a file (.pth / .pt / .bin / .safetensors, sharded index .json), a Hugging
+    Face model folder (model.safetensors or pytorch_model.bin, plus config.json), or a URL
+    that MMEngine's CheckpointLoader understands. ``state`` is the flat name -> tensor dict
+    (the ``state_dict`` / ``model`` / ``module`` entry when the file holds one), ``meta`` the
+    MMEngine ``meta`` dict if any, ``hf_config`` the parsed config.json next to the weights.
+    """
+    path = str(path)
+    hf_config, shown = None, path
+    try:
+        if _is_url(path):
+            from mmengine.runner.checkpoint import CheckpointLoader
+            ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu')
+        elif osp.isdir(path):
+            found = [n for n in HF_WEIGHTS if osp.isfile(osp.join(path, n))]
+            if not found:
+                raise CheckpointError(
+                    f'Checkpoint folder {path} has no weights file; expected one of '
+                    f'{", ".join(HF_WEIGHTS)}')
+            hf_config = _hf_config(path)
+            weights = shown = osp.join(path, found[0])
+            ckpt = _load_index(weights) if weights.endswith('.json') else _load_file(weights)
+        elif not osp.isfile(path):
+            raise CheckpointError(f'Checkpoint file not found: {path}')
+        else:
+            hf_config = _hf_config(osp.dirname(osp.abspath(path)))
+            ckpt = _load_index(path) if path.endswith('.json') else _load_file(path)
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001  torch, pickle, zip and safetensors errors alike
+        msg = ' '.join(str(e).split())[:300]
+        raise CheckpointError(f'Cannot read checkpoint {shown} (corrupt, truncated or not a '
+                              f'checkpoint): {type(e).__name__}: {msg}') from None
+    state, meta = split_checkpoint(ckpt, path)
+    if path.endswith('.safetensors') and not meta:
+        meta = read_safetensors_meta(path)
+    return state, meta, hf_config
+
+
+def split_checkpoint(ckpt, path='<checkpoint>'):
+    """``(state, meta)`` of a loaded checkpoint object; an error if it holds no tensors."""
+    import torch
+    meta = ckpt.get('meta') if isinstance(ckpt, dict) and isinstance(ckpt.get('meta'), dict) \
+        else {}
+    state = ckpt
+    for key in STATE_KEYS:
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
+            state = ckpt[key]
+            break
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f'Checkpoint {path} holds no state dict (got '
+                              f'{type(state).__name__}); expected a dict of tensors, or one '
+                              f'under "state_dict", "model" or "module"')
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f'Checkpoint {path} holds no tensors; top-level keys: '
+                              f'{sorted(map(str, state))[:10]}')
+    # DataParallel / DistributedDataParallel wrappers prefix every key with "module."
+    if all(k.startswith('module.') for k in tensors):
+        tensors = {k[len('module.'):]: v for k, v in tensors.items()}
+    return tensors, meta
+
+
+def save_checkpoint(state, path, meta=None):
+    """Write ``state`` as safetensors (path ends with .safetensors, meta as JSON strings in
+    the header) or as an MMEngine checkpoint ``{'state_dict', 'meta'}``."""
+    import torch
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    if path.endswith('.safetensors'):
+        from safetensors.torch import save_file
+        save_file(state, path, metadata={k: json.dumps(v) for k, v in (meta or {}).items()})
+    else:
+        torch.save({'state_dict': state, 'meta': meta or {}}, path)
+
+
+def read_safetensors_meta(path):
+    """The metadata written by :func:`save_checkpoint` into a .safetensors header (each
+    entry JSON-encoded; entries that are not JSON are skipped)."""
+    if not str(path).endswith('.safetensors') or not osp.isfile(path):
+        return {}
+    try:
+        from safetensors import safe_open
+        with safe_open(path, framework='pt') as f:
+            meta = f.metadata() or {}
+    except Exception:  # noqa: BLE001  metadata is optional; the weights were read already
+        return {}
+    out = {}
+    for k, v in meta.items():
+        try:
+            out[k] = json.loads(v)
+        except (TypeError, ValueError):
+            pass
+    return out
