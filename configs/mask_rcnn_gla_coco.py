@@ -1,0 +1,10 @@
+# Mask R-CNN + FPN with the GLA pyramid backbone (tiny, bidirectional scan) on COCO, 1x schedule.
+_base_ = [
+    '_base_/models/mask_rcnn_fla_fpn.py', '_base_/datasets/coco_instance.py',
+    '_base_/schedules/schedule_1x.py', '_base_/default_runtime.py'
+]
+model = dict(backbone=dict(arch='tiny', mixer='gla', scan='bi'),
+             neck=dict(in_channels=[96, 192, 384, 768]))
+default_hooks = dict(checkpoint=dict(by_epoch=True, interval=1, save_last=True),
+                     logger=dict(log_metric_by_epoch=True))
+log_processor = dict(by_epoch=True)

@@ -1,0 +1,38 @@
+"""Shared fixtures: small generated datasets, made once per test session."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+
+
+@pytest.fixture(scope='session')
+def toy_ade20k(tmp_path_factory):
+    from fla_mm.toy_data import make_ade20k
+    root = tmp_path_factory.mktemp('toy_ade20k')
+    make_ade20k(str(root), num_train=8, num_val=4, seed=0)
+    return str(root)
+
+
+@pytest.fixture(scope='session')
+def toy_coco(tmp_path_factory):
+    from fla_mm.toy_data import make_coco
+    root = tmp_path_factory.mktemp('toy_coco')
+    make_coco(str(root), num_train=6, num_val=3, seed=0)
+    return str(root)
+
+
+def run_tool(name, *args):
+    """Run tools/<name>.py in-process (as a user would from the repo root) and return its result."""
+    import importlib.util
+    path = os.path.join(ROOT, 'tools', f'{name}.py')
+    spec = importlib.util.spec_from_file_location(f'fla_mm_tool_{name}', path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    try:
+        spec.loader.exec_module(module)
+        return module.main(list(args))
+    finally:
+        sys.path.remove(os.path.join(ROOT, 'tools'))
