@@ -5,6 +5,8 @@ Run with ``pytest -s tests/test_gpu_ops.py`` to see one table line per case:
 over the output and every input gradient). One B/H/D shape per dtype keeps the number of
 kernel compilations down.
 """
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -72,6 +74,15 @@ def _inputs(family, T, gen):
     raise KeyError(family)
 
 
+def _report(line):
+    """Print a table line; also append it to $FLA_MM_GPU_TABLE (xdist workers hide stdout)."""
+    print(line)
+    path = os.environ.get('FLA_MM_GPU_TABLE')
+    if path:
+        with open(path, 'a') as f:
+            f.write(line.strip() + '\n')
+
+
 def _rel(a, b):
     a, b = a.float().cpu(), b.float().cpu()
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
@@ -96,11 +107,16 @@ def test_kernel_vs_reference(family, L, dtype):
     do = torch.randn((B, L, H * D) if family == 'hgrn' else (B, L, H, D), generator=gen)
     # the reference sees exactly the (rounded) values the kernel sees, in fp32
     rounded = {k: v if k.startswith('_') else v.to(dtype).float() for k, v in leaves.items()}
-    out, grads = _run(fn, leaves, 'cuda', dtype, do)
+    try:
+        out, grads = _run(fn, leaves, 'cuda', dtype, do)
+    except Exception as e:
+        _report(f'\n{family:16s} {str(dtype)[6:]:9s} L={L:5d}  ERROR {type(e).__name__}: '
+                f'{str(e).splitlines()[0][:200] if str(e) else ""}')
+        raise
     ref_out, ref_grads = _run(fn, rounded, 'cpu', torch.float32, do.to(dtype).float())
     e_fwd = _rel(out, ref_out)
     e_grad = max(_rel(grads[k], ref_grads[k]) for k in grads)
-    print(f'\n{family:16s} {str(dtype)[6:]:9s} L={L:5d}  fwd={e_fwd:.2e}  grad={e_grad:.2e}')
+    _report(f'\n{family:16s} {str(dtype)[6:]:9s} L={L:5d}  fwd={e_fwd:.2e}  grad={e_grad:.2e}')
     assert e_fwd < TOL[dtype] and e_grad < TOL[dtype], (family, L, dtype, e_fwd, e_grad)
 
 
@@ -127,6 +143,6 @@ def test_mixer_vs_fla_layer(case):
     params = dict(m.named_parameters())
     e_grad = max([_rel(xm.grad, xr.grad)] + [
         _rel(params[n].grad, p.grad) for n, p in ref.named_parameters() if p.grad is not None])
-    print(f'\nmixer:{case:18s} fp32      L=  196  fwd={e_fwd:.2e}  grad={e_grad:.2e}')
+    _report(f'\nmixer:{case:18s} fp32      L=  196  fwd={e_fwd:.2e}  grad={e_grad:.2e}')
     tol = 2e-2 if case == 'bitnet' else 1e-3   # fused vs unfused activation quantiser
     assert e_fwd < tol and e_grad < tol, (case, e_fwd, e_grad)

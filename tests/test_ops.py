@@ -217,3 +217,21 @@ def test_references_backward():
     ('3.6.0', (10, 0), False)])
 def test_triton_bwd_guard(version, cap, broken):
     assert ops.triton_bwd_broken_for(version, cap) is broken
+
+
+def test_kernel_dispatch_falls_back_where_fla_cannot_train(monkeypatch):
+    """Measured on an H200 (Triton 3.6): chunk_delta_rule refuses fp32 and
+    fused_recurrent_gated_delta_rule has no backward, so both train through the reference."""
+    from fla_mm.ops import families
+    monkeypatch.setattr(families, '_use_kernel', lambda x: True)
+    monkeypatch.setattr(families, 'triton_bwd_broken', lambda *a: True)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 9, 2, 8, requires_grad=True) for _ in range(3))
+    beta = torch.rand(1, 9, 2)
+    g = -torch.rand(1, 9, 2)
+    with pytest.warns(UserWarning, match='refuses float32'):
+        o = families.delta_rule(q, k, v, beta)
+    with pytest.warns(UserWarning, match='gated_delta_net trains through the PyTorch'):
+        og = families.gated_delta_rule(q, k, v, g, beta)
+    (o.sum() + og.sum()).backward()
+    assert torch.isfinite(q.grad).all()

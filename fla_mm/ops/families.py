@@ -59,17 +59,19 @@ def triton_bwd_broken(device_index=0):
 
 
 @functools.lru_cache(None)
-def _warn_recurrent(name):
-    warnings.warn(f'fla_mm: FLA refuses the backward of chunk_{name} on Hopper with this Triton '
-                  f'(>= 3.4, < 3.7.1); using fused_recurrent_{name} instead (slower, same math).')
+def _warn_once(message):
+    warnings.warn(message)
+
+
+def _needs_grad(*tensors):
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _needs_recurrent(name, *tensors):
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+    if not _needs_grad(*tensors) or not triton_bwd_broken(tensors[0].device.index or 0):
         return False
-    if not triton_bwd_broken(tensors[0].device.index or 0):
-        return False
-    _warn_recurrent(name)
+    _warn_once(f'fla_mm: FLA refuses the backward of chunk_{name} on Hopper with this Triton '
+               f'(>= 3.4, < 3.7.1); using fused_recurrent_{name} instead (slower, same math).')
     return True
 
 
@@ -130,9 +132,13 @@ def l2norm(x, eps=1e-6):
 
 def delta_rule(q, k, v, beta, scale=None, qk_l2norm=True):
     """DeltaNet: S_t = (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T, ``beta`` [B, T, H]."""
-    if _use_kernel(q):
+    if _use_kernel(q) and q.dtype != torch.float32:
         from fla.ops.delta_rule import chunk_delta_rule
         return chunk_delta_rule(q, k, v, beta, scale=scale, use_qk_l2norm_in_kernel=qk_l2norm)[0]
+    if _use_kernel(q):
+        _warn_once('fla_mm: FLA 0.6.0\'s chunk_delta_rule refuses float32 inputs; delta_net runs '
+                   'the PyTorch chunked reference on the GPU in float32 (use bf16/fp16 autocast '
+                   'for the Triton kernel).')
     if qk_l2norm:
         q, k = l2norm(q), l2norm(k)
     return chunk_delta_rule_ref(q, k, v, beta, None, scale)
@@ -141,11 +147,15 @@ def delta_rule(q, k, v, beta, scale=None, qk_l2norm=True):
 def gated_delta_rule(q, k, v, g, beta, scale=None, qk_l2norm=True):
     """Gated DeltaNet: the delta rule with a scalar log decay ``g`` [B, T, H] (fp32)."""
     if _use_kernel(q):
-        if _needs_recurrent('gated_delta_rule', q, k, v, g, beta):
-            from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule as fn
-        else:
-            from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fn
-        return fn(q, k, v, g=g, beta=beta, scale=scale, use_qk_l2norm_in_kernel=qk_l2norm)[0]
+        if not _needs_grad(q, k, v, g, beta) or not triton_bwd_broken(q.device.index or 0):
+            from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+            return chunk_gated_delta_rule(q, k, v, g=g, beta=beta, scale=scale,
+                                          use_qk_l2norm_in_kernel=qk_l2norm)[0]
+        # fused_recurrent_gated_delta_rule has no backward in FLA 0.6.0 (measured on an H200)
+        _warn_once('fla_mm: FLA refuses the backward of chunk_gated_delta_rule on Hopper with '
+                   'Triton >= 3.4, < 3.7.1 and its fused_recurrent form has no backward; '
+                   'gated_delta_net trains through the PyTorch chunked reference on the GPU '
+                   '(slower, same math). Install Triton >= 3.7.1 for the kernel.')
     if qk_l2norm:
         q, k = l2norm(q), l2norm(k)
     return chunk_delta_rule_ref(q, k, v, beta, g, scale)
