@@ -27,6 +27,9 @@ def test_config_builds_model(path):
     model = registry.build(cfg.model)
     backbone = model.backbone
     assert type(backbone).__module__.startswith('fla_mm.')
+    from mmengine.optim import build_optim_wrapper
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    assert len(optim_wrapper.optimizer.param_groups) >= 1
     if '/toy/' in path:
         model.eval()
         with torch.no_grad():
