@@ -17,6 +17,7 @@ setup(
         'safetensors',
         'fla-core==0.6.0',
         'flash-linear-attention==0.6.0',
+        'triton==3.7.1',  # what torch 2.13.0 pins; FLA imports it even on CPU
     ],
     extras_require={
         'mm': ['mmcv==2.1.0', 'mmsegmentation==1.2.2', 'mmdet==3.3.0', 'ftfy', 'regex',
