@@ -77,3 +77,11 @@ def test_train_cli_resume_continues(toy_ade20k, tmp_path):
     log = out.stdout + out.stderr
     assert 'resumed epoch: 0, iter: 2' in log, log[-3000:]
     assert os.path.exists(os.path.join(work, 'iter_4.pth'))
+
+
+@pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='checks the CPU message')
+def test_amp_without_gpu_is_one_clear_error(tmp_path):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'tools/train.py'), CONFIG, '--amp',
+                          '--work-dir', str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert '--amp needs a GPU' in out.stderr and 'Traceback' not in out.stderr

@@ -26,6 +26,10 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args)
     if args.amp:
+        import torch
+        if not torch.cuda.is_available():
+            sys.exit('--amp needs a GPU: MMEngine\'s AmpOptimWrapper runs on CUDA (or NPU/MLU/MUSA) '
+                     'only; drop --amp to train in fp32 on this machine.')
         wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
         if wrapper != 'AmpOptimWrapper':
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
