@@ -35,3 +35,51 @@ def test_config_builds_model(path):
         with torch.no_grad():
             feats = backbone(torch.randn(1, 3, 64, 96))
         assert [f.shape[-2:] for f in feats] == [(16, 24), (8, 12), (4, 6), (2, 3)]
+
+
+SIZES = [(layout, size) for layout in ('pyramid', 'plain') for size in ('tiny', 'small', 'base')]
+
+
+def _config(task, layout):
+    name = dict(seg='upernet_gla{}_ade20k.py', det='mask_rcnn_gla{}_coco.py')[task]
+    return os.path.join(ROOT, 'configs', name.format('_plain' if layout == 'plain' else ''))
+
+
+@pytest.mark.parametrize('layout,size', SIZES, ids=[f'{a}-{b}' for a, b in SIZES])
+@pytest.mark.parametrize('task', ['seg', 'det'])
+def test_named_size_runs_inside_upernet_and_mask_rcnn(task, layout, size):
+    """Each named size, built from the real config with only the size changed, runs forward."""
+    import importlib
+
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    scope = dict(seg='mmseg', det='mmdet')[task]
+    pytest.importorskip(scope)
+    init_default_scope(scope)
+    importlib.import_module(f'{scope}.models')
+    import fla_mm  # noqa: F401
+    cfg = Config.fromfile(_config(task, layout))
+    cfg.model.backbone.arch = size
+    if layout == 'plain':        # the real plain configs use 'small'; follow the width
+        width = dict(tiny=192, small=384, base=768)[size]
+        chans = [width] * 4
+    else:
+        chans = [96, 192, 384, 768] if size != 'base' else [128, 256, 512, 1024]
+    if task == 'seg':
+        cfg.model.decode_head.in_channels = chans
+        cfg.model.auxiliary_head.in_channels = chans[2]
+        cfg.model.decode_head.norm_cfg = cfg.model.auxiliary_head.norm_cfg = dict(type='BN')
+    else:
+        cfg.model.neck.in_channels = chans
+    model = importlib.import_module(f'{scope}.registry').MODELS.build(cfg.model).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        if task == 'seg':
+            out = model(x, mode='tensor')
+            assert out.shape == (1, 150, 16, 16)
+        else:
+            from mmdet.structures import DetDataSample
+            sample = DetDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64),
+                                                 scale_factor=(1.0, 1.0), batch_input_shape=(64, 64)))
+            (pred,) = model(x, [sample], mode='predict')
+            assert pred.pred_instances.bboxes.shape[-1] == 4
