@@ -235,3 +235,23 @@ def test_kernel_dispatch_falls_back_where_fla_cannot_train(monkeypatch):
         og = families.gated_delta_rule(q, k, v, g, beta)
     (o.sum() + og.sum()).backward()
     assert torch.isfinite(q.grad).all()
+
+
+def test_kernel_failure_names_family_kernel_and_fallback(monkeypatch):
+    """A failing FLA kernel (here: Triton with no GPU driver) gives one error that names the
+    family and the kernel and says how to fall back; the fallback then runs."""
+    pytest.importorskip('triton')
+    from fla_mm.ops import families
+    monkeypatch.setattr(families, '_use_kernel',
+                        lambda x: families.backend() == 'auto')   # pretend x is on a GPU
+    q, k, v = (torch.randn(1, 5, 2, 8) for _ in range(3))
+    g = -torch.rand(1, 5, 2, 8)
+    with pytest.raises(ops.KernelError) as err:
+        ops.gla(q, k, v, g)
+    msg = str(err.value)
+    assert "family 'gla'" in msg and 'fla/ops/' in msg and 'FLA_MM_BACKEND=reference' in msg
+    monkeypatch.setenv('FLA_MM_BACKEND', 'reference')
+    torch.testing.assert_close(ops.gla(q, k, v, g), R.chunk_decay_attn_ref(q, k, v, g))
+    monkeypatch.setenv('FLA_MM_BACKEND', 'triton')
+    with pytest.raises(ValueError, match='valid values: auto, reference'):
+        ops.gla(q, k, v, g)

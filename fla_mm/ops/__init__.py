@@ -1,12 +1,14 @@
 """One function per mixer family, one layout ([B, T, H, D]), two backends.
 
-On CUDA tensors the FLA Triton kernel runs; on CPU the chunked PyTorch reference with the
-same math. Nothing outside this package knows which one ran.
+On CUDA tensors the FLA Triton kernel runs; on CPU (or with FLA_MM_BACKEND=reference) the
+chunked PyTorch reference with the same math. Nothing outside this package knows which ran.
 """
-from .families import (OPS, abc, delta_rule, fla_available, gated_delta_rule, gla, gsa, hgrn,
-                       l2norm, linear_attn, retnet, retnet_decay, rwkv6, rwkv7, simple_gla,
-                       softmax_attn, triton_bwd_broken, triton_bwd_broken_for)
+from .families import (BACKENDS, OPS, KernelError, abc, backend, delta_rule, fla_available,
+                       gated_delta_rule, gla, gsa, hgrn, l2norm, linear_attn, retnet,
+                       retnet_decay, rwkv6, rwkv7, simple_gla, softmax_attn, triton_bwd_broken,
+                       triton_bwd_broken_for)
 
-__all__ = ['OPS', 'abc', 'delta_rule', 'fla_available', 'gated_delta_rule', 'gla', 'gsa', 'hgrn',
-           'l2norm', 'linear_attn', 'retnet', 'retnet_decay', 'rwkv6', 'rwkv7', 'simple_gla',
-           'softmax_attn', 'triton_bwd_broken', 'triton_bwd_broken_for']
+__all__ = ['BACKENDS', 'OPS', 'KernelError', 'abc', 'backend', 'delta_rule', 'fla_available',
+           'gated_delta_rule', 'gla', 'gsa', 'hgrn', 'l2norm', 'linear_attn', 'retnet',
+           'retnet_decay', 'rwkv6', 'rwkv7', 'simple_gla', 'softmax_attn', 'triton_bwd_broken',
+           'triton_bwd_broken_for']

@@ -7,6 +7,8 @@ backward is refused, see :func:`triton_bwd_broken`), else the chunked reference 
 :mod:`.reference`.
 """
 import functools
+import os
+import sys
 import warnings
 
 import torch
@@ -30,8 +32,57 @@ def fla_available():
     return True
 
 
+BACKENDS = ('auto', 'reference')
+
+
+def backend():
+    """$FLA_MM_BACKEND: 'auto' (FLA kernels on CUDA) or 'reference' (PyTorch everywhere)."""
+    value = os.environ.get('FLA_MM_BACKEND', 'auto')
+    if value not in BACKENDS:
+        raise ValueError(f'FLA_MM_BACKEND={value!r}; valid values: {", ".join(BACKENDS)}')
+    return value
+
+
 def _use_kernel(x):
-    return x.is_cuda and fla_available()
+    return x.is_cuda and backend() == 'auto' and fla_available()
+
+
+class KernelError(RuntimeError):
+    """An FLA kernel failed (compile, launch or an input it refuses); says how to fall back."""
+
+
+def _fla_frame(tb):
+    """Innermost FLA function in a traceback: the kernel entry that failed."""
+    found = None
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if f'{os.sep}fla{os.sep}ops{os.sep}' in code.co_filename:
+            parts = code.co_filename.split(os.sep)
+            found = f'{code.co_name} (fla/ops/{"/".join(parts[parts.index("ops") + 1:])})'
+        tb = tb.tb_next
+    return found
+
+
+def _explain_errors(family, op):
+    """Turn a failure inside FLA's kernels into one error naming the family, the kernel and
+    the fallback, instead of a bare Triton traceback."""
+    @functools.wraps(op)
+    def wrapped(*args, **kwargs):
+        if not _use_kernel(args[0]):
+            return op(*args, **kwargs)
+        try:
+            return op(*args, **kwargs)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:
+            kernel = _fla_frame(sys.exc_info()[2]) or f'fla.ops for {family}'
+            device = torch.cuda.get_device_name(args[0].device) if args[0].is_cuda else 'CPU'
+            raise KernelError(
+                f'fla_mm: the FLA kernel for mixer family {family!r} failed on {device}: '
+                f'{kernel}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ""}'
+                f' | To go on, run the PyTorch reference on the GPU with FLA_MM_BACKEND=reference '
+                f'(same math, slower), or pick another family or dtype.') from e
+    return wrapped
 
 
 def _version_tuple(version):
@@ -206,6 +257,12 @@ def abc(q, k, v, s):
     s_w, g = abc_slots(s)
     return chunk_slot_attn_ref(q, k, v, s_w, g)
 
+
+abc, delta_rule, gated_delta_rule, gla, gsa, hgrn, linear_attn, retnet, rwkv6, rwkv7, simple_gla = (
+    _explain_errors(name, fn) for name, fn in (
+        ('abc', abc), ('delta_net', delta_rule), ('gated_delta_net', gated_delta_rule),
+        ('gla', gla), ('gsa', gsa), ('hgrn', hgrn), ('linear_attn', linear_attn),
+        ('retnet', retnet), ('rwkv6', rwkv6), ('rwkv7', rwkv7), ('simple_gla', simple_gla)))
 
 OPS = dict(abc=abc, bitnet=softmax_attn, delta_net=delta_rule, gated_delta_net=gated_delta_rule,
            gla=gla, gsa=gsa, hgrn=hgrn, hgrn2=gla, linear_attn=linear_attn, retnet=retnet,
