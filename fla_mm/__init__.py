@@ -1,18 +1,21 @@
 """fla_mm: flash-linear-attention token mixers as OpenMMLab backbones.
 
-Importing the package registers its public modules into MMEngine's registries (MODELS and
-OPTIM_WRAPPER_CONSTRUCTORS), which mmseg and mmdet both reach through their parent registry.
+Importing the package registers its public modules into MMEngine's registries (MODELS,
+OPTIM_WRAPPER_CONSTRUCTORS and TRANSFORMS), which mmseg and mmdet both reach through their parent registry.
 This is the one place that registers.
 """
-from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS, TRANSFORMS
 
 from .backbones import FLAPlain, FLAPyramid
 from .optim import FLALayerDecayOptimizerConstructor
+from .transforms import NameFileOnError
 
 __version__ = '0.1.0'
 
 for _module in (FLAPyramid, FLAPlain):
     MODELS.register_module(module=_module, force=True)
 OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=FLALayerDecayOptimizerConstructor, force=True)
+TRANSFORMS.register_module(module=NameFileOnError, force=True)
 
-__all__ = ['FLAPlain', 'FLAPyramid', 'FLALayerDecayOptimizerConstructor', '__version__']
+__all__ = ['FLAPlain', 'FLAPyramid', 'FLALayerDecayOptimizerConstructor', 'NameFileOnError',
+           '__version__']

@@ -160,3 +160,27 @@ def test_mmdet_coco_dataset(coco):
     assert [n for _, n in toy_data.COCO_CATEGORIES] == list(ds.metainfo['classes'])
     info = ds[0]
     assert osp.isfile(info['img_path']) and len(info['instances']) >= 2
+
+
+def test_corrupt_annotation_error_names_the_file(tmp_path):
+    """The configs load annotations through NameFileOnError: a corrupt PNG names itself."""
+    pytest.importorskip('mmseg')
+    import mmseg.datasets  # noqa: F401
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import DATASETS
+
+    import fla_mm  # noqa: F401
+    root = str(tmp_path / 'ade')
+    make_ade20k(root, num_train=1, num_val=2, seed=0)
+    bad = sorted(glob.glob(os.path.join(root, 'annotations/validation/*.png')))[1]
+    with open(bad, 'wb') as f:
+        f.write(b'not a png')
+    cfg = Config.fromfile(os.path.join(ROOT, 'configs/toy/upernet_gla_toy_ade20k.py'))
+    init_default_scope('mmseg')
+    ds_cfg = cfg.val_dataloader.dataset
+    ds_cfg.data_root = root
+    dataset = DATASETS.build(ds_cfg)
+    dataset[0]
+    with pytest.raises(RuntimeError, match=os.path.basename(bad)):
+        dataset[1]

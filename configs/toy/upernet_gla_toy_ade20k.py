@@ -13,7 +13,8 @@ model = dict(
     auxiliary_head=dict(in_channels=128, channels=32, norm_cfg=norm_cfg))
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='NameFileOnError',
+         transform=dict(type='LoadAnnotations', reduce_zero_label=True)),
     dict(type='RandomResize', scale=(256, 160), ratio_range=(0.75, 1.25), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
@@ -23,7 +24,8 @@ train_pipeline = [
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(256, 160), keep_ratio=True),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='NameFileOnError',
+         transform=dict(type='LoadAnnotations', reduce_zero_label=True)),
     dict(type='PackSegInputs'),
 ]
 train_dataloader = dict(
