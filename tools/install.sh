@@ -28,7 +28,7 @@ if ! ls "$WHEELS"/mmcv-2.1.0-*.whl >/dev/null 2>&1; then
   if command -v nvcc >/dev/null 2>&1 && python -c 'import torch,sys; sys.exit(not torch.cuda.is_available())'; then
     CUDA_OPS=1; else CUDA_OPS=0; fi
   say "building mmcv 2.1.0 with compiled ops (FORCE_CUDA=$CUDA_OPS) into $WHEELS"
-  say "this happens once per machine and takes about 13 minutes on 2 CPU cores"
+  say "this happens once per machine and takes about 20 minutes on 2 CPU cores"
   start=$(date +%s)
   MAX_JOBS="${MAX_JOBS:-$(nproc)}" MMCV_WITH_OPS=1 FORCE_CUDA=$CUDA_OPS \
     $PIP wheel --no-deps --no-build-isolation -w "$WHEELS" mmcv==2.1.0
