@@ -485,3 +485,10 @@ def test_model_stats_adds_mixer_op_flops(capsys):
     from fla_mm.layers.mixer import FAMILIES
     from fla_mm import ops
     assert FAMILIES['gla']['op'] is ops.gla             # the stand-ins are removed again
+
+
+@pytest.mark.parametrize('name', ['FLAPyramid', 'FLAPlain'])
+def test_unknown_backbone_argument_lists_valid_ones(name):
+    from mmengine.registry import MODELS
+    with pytest.raises(TypeError, match=r'unknown argument\(s\) drop_rate; valid arguments: arch'):
+        MODELS.build(dict(type=name, drop_rate=0.1))

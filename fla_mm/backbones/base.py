@@ -6,6 +6,7 @@ Argument checks whose errors name the bad value and the valid choices, freezing 
 layer-wise lr-decay optimizer constructor reads.
 """
 import copy
+import inspect
 import math
 
 import torch.nn as nn
@@ -79,6 +80,14 @@ class FLABackboneBase(BaseModule):
     implements :meth:`_frozen_parts` (modules and parameters that ``frozen_stages`` fixes),
     :meth:`layer_id` and ``num_layers``.
     """
+
+    def __init__(self, init_cfg=None, unknown=None):
+        super().__init__(init_cfg=init_cfg)
+        if unknown:
+            valid = [n for n in inspect.signature(type(self).__init__).parameters
+                     if n not in ('self', 'unknown')]
+            raise TypeError(f'{type(self).__name__} got unknown argument(s) '
+                            f'{", ".join(sorted(unknown))}; valid arguments: {", ".join(valid)}')
 
     def check_input(self, x):
         if x.dim() != 4:

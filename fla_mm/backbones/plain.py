@@ -89,8 +89,8 @@ class FLAPlain(FLABackboneBase):
                  norm=None, drop_path_rate=0.1, layer_scale=None, in_channels=3,
                  out_indices=(-1,), out_scales=SFP_SCALES, frozen_stages=-1, norm_eval=False,
                  with_cp=False, pretrain_img_size=224, interpolate_mode='bicubic', cls_token=False,
-                 init_cfg=None):
-        super().__init__(init_cfg=init_cfg)
+                 init_cfg=None, **unknown):
+        super().__init__(init_cfg=init_cfg, unknown=unknown)
         arch = resolve_arch(arch, ARCHS)
         dim, depth, heads = arch['embed_dims'], arch['depth'], arch['num_heads']
         if not isinstance(patch_size, int) or patch_size < 1:

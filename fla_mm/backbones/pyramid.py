@@ -101,8 +101,8 @@ class FLAPyramid(FLABackboneBase):
                  hybrid_cfg=None, block='vig', mlp_ratio=None, ffn=None, norm=None,
                  drop_path_rate=0.1, layer_scale=None, in_channels=3, out_indices=(0, 1, 2, 3),
                  frozen_stages=-1, norm_eval=False, with_cp=False, pretrain_img_size=224,
-                 init_cfg=None):
-        super().__init__(init_cfg=init_cfg)
+                 init_cfg=None, **unknown):
+        super().__init__(init_cfg=init_cfg, unknown=unknown)
         arch = resolve_arch(arch, ARCHS)
         dims, depths, heads = arch['embed_dims'], arch['depths'], arch['num_heads']
         n = len(depths)
