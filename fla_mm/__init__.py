@@ -1,8 +1,8 @@
 """fla_mm: flash-linear-attention token mixers as OpenMMLab backbones.
 
 Importing the package registers its public modules into MMEngine's registries (MODELS,
-OPTIM_WRAPPER_CONSTRUCTORS and TRANSFORMS), which mmseg and mmdet both reach through their parent registry.
-This is the one place that registers.
+OPTIM_WRAPPER_CONSTRUCTORS and TRANSFORMS), which mmseg and mmdet both reach through their
+parent registry. This is the one place that registers.
 """
 from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS, TRANSFORMS
 

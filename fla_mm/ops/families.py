@@ -2,9 +2,10 @@
 
 Each op takes the inputs after the family's projections, feature maps and gate activations
 (the mixer does those in PyTorch, identically on both backends) and runs only the
-recurrence: FLA's ``chunk_*`` kernel where it has one (``fused_recurrent_*`` where the chunk
-backward is refused, see :func:`triton_bwd_broken`), else the chunked reference of
-:mod:`.reference`.
+recurrence: FLA's ``chunk_*`` kernel where it has one, else the chunked reference of
+:mod:`.reference`. Where FLA 0.6.0 cannot train a case (see :func:`triton_bwd_broken`,
+fp32 delta rule) an op takes FLA's ``fused_recurrent_*`` form if that has a backward, or the
+reference on the GPU, with a one-time warning.
 """
 import functools
 import os
@@ -118,8 +119,13 @@ def _needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def _chunk_bwd_refused(*tensors):
+    """FLA would refuse this op's chunk backward here (see :func:`triton_bwd_broken`)."""
+    return _needs_grad(*tensors) and triton_bwd_broken(tensors[0].device.index or 0)
+
+
 def _needs_recurrent(name, *tensors):
-    if not _needs_grad(*tensors) or not triton_bwd_broken(tensors[0].device.index or 0):
+    if not _chunk_bwd_refused(*tensors):
         return False
     _warn_once(f'fla_mm: FLA refuses the backward of chunk_{name} on Hopper with this Triton '
                f'(>= 3.4, < 3.7.1); using fused_recurrent_{name} instead (slower, same math).')
@@ -198,7 +204,7 @@ def delta_rule(q, k, v, beta, scale=None, qk_l2norm=True):
 def gated_delta_rule(q, k, v, g, beta, scale=None, qk_l2norm=True):
     """Gated DeltaNet: the delta rule with a scalar log decay ``g`` [B, T, H] (fp32)."""
     if _use_kernel(q):
-        if not _needs_grad(q, k, v, g, beta) or not triton_bwd_broken(q.device.index or 0):
+        if not _chunk_bwd_refused(q, k, v, g, beta):
             from fla.ops.gated_delta_rule import chunk_gated_delta_rule
             return chunk_gated_delta_rule(q, k, v, g=g, beta=beta, scale=scale,
                                           use_qk_l2norm_in_kernel=qk_l2norm)[0]
