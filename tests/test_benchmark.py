@@ -56,9 +56,13 @@ def test_mixer_level(tmp_path):
     result = run_tool('benchmark', 'mixer', '--families', 'gla', 'retnet', 'transformer',
                       '--scans', 'bi', 'cross', '--tokens', '16', '64', '--heads', '2',
                       '--head-dim', '16', '--out', out, *TINY)
-    # per L and mode: op (sdpa, gla, retnet) + mixer (gla x 2 scans, retnet x 2, transformer)
-    rows = check_outputs(out, result, ['op', 'mixer'], 2 * 2 * (3 + 5))
-    assert {r['name'] for r in rows if r['level'] == 'op'} == {'sdpa', 'ops.gla', 'ops.retnet'}
+    # per L and mode: op (sdpa; gla and retnet: one direction, bi two-call, bi fused)
+    # + mixer (gla x 2 scans, retnet x 2, transformer)
+    rows = check_outputs(out, result, ['op', 'mixer'], 2 * 2 * (7 + 5))
+    assert {r['name'] for r in rows if r['level'] == 'op'} == {
+        'sdpa', 'ops.gla', 'ops.gla two-call', 'ops.gla fused', 'ops.retnet',
+        'ops.retnet two-call', 'ops.retnet fused'}
+    assert {r['scan'] for r in rows if r['name'].endswith(('two-call', 'fused'))} == {'bi'}
     assert all(r['baseline'] == 'sdpa' for r in rows if r['level'] == 'op')
     gla = [r for r in rows if r['level'] == 'op' and r['family'] == 'gla']
     assert all(r['inputs'].startswith('[1, 16, 2, 16]') or r['inputs'].startswith('[1, 64, 2, 16]')

@@ -18,7 +18,10 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not ops.fla_ava
 
 B, H, D = 2, 2, 64
 LENGTHS = [49, 196, 3136, 100]
-TOL = {torch.float32: 1e-3, torch.bfloat16: 2e-2}
+# Triton's tl.dot takes fp32 inputs as TF32 (10-bit mantissa) unless TRITON_F32_DEFAULT=ieee,
+# as PyTorch's cuDNN convolutions do by default: the 1e-3 bar holds for true fp32 dots.
+F32_DOTS = os.environ.get('TRITON_F32_DEFAULT') or 'tf32'
+TOL = {torch.float32: 1e-3 if F32_DOTS == 'ieee' else 3e-3, torch.bfloat16: 2e-2}
 FAMILY_OPS = ['abc', 'bitnet', 'delta_net', 'gated_delta_net', 'gla', 'gsa', 'hgrn', 'hgrn2',
               'linear_attn', 'retnet', 'rwkv6', 'rwkv7', 'simple_gla', 'transformer']
 
@@ -97,10 +100,12 @@ def _run(fn, leaves, device, dtype, gen_do):
     return out, {k: x.grad for k, x in xs.items()}
 
 
-@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
+# one xdist group per (family, dtype): a worker compiles each kernel variant once
 @pytest.mark.parametrize('L', LENGTHS)
-@pytest.mark.parametrize('family', FAMILY_OPS)
-def test_kernel_vs_reference(family, L, dtype):
+@pytest.mark.parametrize('family,dtype', [
+    pytest.param(f, d, marks=pytest.mark.xdist_group(f'{f}-{i}'), id=f'{f}-{i}')
+    for f in FAMILY_OPS for d, i in ((torch.float32, 'fp32'), (torch.bfloat16, 'bf16'))])
+def test_kernel_vs_reference(family, dtype, L):
     gen = torch.Generator().manual_seed(L)
     leaves, fn = _inputs(family, L, gen)
     fn.family = family
@@ -116,7 +121,8 @@ def test_kernel_vs_reference(family, L, dtype):
     ref_out, ref_grads = _run(fn, rounded, 'cpu', torch.float32, do.to(dtype).float())
     e_fwd = _rel(out, ref_out)
     e_grad = max(_rel(grads[k], ref_grads[k]) for k in grads)
-    _report(f'\n{family:16s} {str(dtype)[6:]:9s} L={L:5d}  fwd={e_fwd:.2e}  grad={e_grad:.2e}')
+    label = str(dtype)[6:] + (f'/{F32_DOTS}' if dtype == torch.float32 else '')
+    _report(f'\n{family:16s} {label:12s} L={L:5d}  fwd={e_fwd:.2e}  grad={e_grad:.2e}')
     assert e_fwd < TOL[dtype] and e_grad < TOL[dtype], (family, L, dtype, e_fwd, e_grad)
 
 
@@ -146,3 +152,24 @@ def test_mixer_vs_fla_layer(case):
     _report(f'\nmixer:{case:18s} fp32      L=  196  fwd={e_fwd:.2e}  grad={e_grad:.2e}')
     tol = 2e-2 if case == 'bitnet' else 1e-3   # fused vs unfused activation quantiser
     assert e_fwd < tol and e_grad < tol, (case, e_fwd, e_grad)
+
+
+@pytest.mark.parametrize('family', ['simple_gla', 'gated_delta_net'])
+def test_hopper_fallback_warns_and_trains(family):
+    """Where FLA refuses the chunk backward (Hopper, Triton < 3.7.1) the op says so once and
+    still returns gradients (fused_recurrent / the reference on the GPU); elsewhere no warning."""
+    gen = torch.Generator().manual_seed(0)
+    leaves, fn = _inputs(family, 196, gen)
+    xs = {k: (v.cuda() if k.startswith('_') else v.cuda(torch.bfloat16)).requires_grad_()
+          for k, v in leaves.items()}
+    args, kwargs = fn(xs)
+    ops.families._warn_once.cache_clear()
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        ops.OPS[family](*args, **kwargs).float().square().sum().backward()
+    said = [str(w.message) for w in caught if 'refuses the backward' in str(w.message)]
+    assert bool(said) == ops.families.triton_bwd_broken(), said
+    assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in xs.values())
+    _report(f'\nfallback:{family:16s} bwd_broken={ops.families.triton_bwd_broken()} '
+            f'warned={bool(said)}')

@@ -470,8 +470,38 @@ def _op_of(family):
     return getattr(ops, 'OPS', {}).get(family) or FAMILIES[family]['op']
 
 
-def op_setup(family, B, L, H, d, mode, device, dtype, mixer_cfg=None):
-    """fla_mm.ops.<family> (or SDPA when family is None) on q/k/v [B, L, H, d]."""
+BI_FUSED_OPS = ('gla', 'retnet', 'simple_gla')   # families ops.bi_decay_attn runs fused
+
+
+def _bi_op(family, fn, B, L, bi):
+    """The op over both scan directions of [B, L, ...] inputs: 'two_call' = ``fn`` on
+    [x, flip(x)] batched, then flip back and add (what TokenMixer's 'bi' scan does);
+    'fused' = ops.bi_decay_attn, one kernel for both directions (gla / simple_gla / retnet)."""
+    import torch
+
+    from fla_mm import ops
+    if bi == 'fused':
+        def fused(q, k, v, g=None, **kw):
+            if g is None:   # retnet: its fixed per-head decay
+                g = ops.retnet_decay(q.shape[2], q.device).expand(*q.shape[:3])
+            return ops.bi_decay_attn(q, k, v, g, kernel='fused', **kw)
+        return fused
+
+    def scanned(t):
+        if torch.is_tensor(t) and t.dim() >= 2 and tuple(t.shape[:2]) == (B, L):
+            return torch.cat([t, t.flip(1)], 0)
+        return t
+
+    def two_call(*args, **kwargs):
+        o = fn(*[scanned(a) for a in args], **{k: scanned(v) for k, v in kwargs.items()})
+        o_f, o_b = o.chunk(2, 0)
+        return o_f + o_b.flip(1)
+    return two_call
+
+
+def op_setup(family, B, L, H, d, mode, device, dtype, mixer_cfg=None, bi=None):
+    """fla_mm.ops.<family> (or SDPA when family is None) on q/k/v [B, L, H, d]; with ``bi``
+    ('two_call' or 'fused') over both scan directions (see :func:`_bi_op`)."""
     import torch
     import torch.nn.functional as F
 
@@ -491,6 +521,8 @@ def op_setup(family, B, L, H, d, mode, device, dtype, mixer_cfg=None):
             kwargs = {k: v.detach().clone() if torch.is_tensor(v) else v
                       for k, v in kwargs.items()}
             fn = _op_of(family)
+            if bi is not None:
+                fn = _bi_op(family, fn, B, L, bi)
         leaves = []
         if mode == 'fwdbwd':
             for t in list(args) + list(kwargs.values()):
@@ -550,11 +582,17 @@ def mixer_cases(args):
                         for f in families:
                             if f == BASELINE_FAMILY:
                                 continue
-                            cases.append(Case(
-                                dict(common, level='op', name=f'ops.{f}' + op_tag, family=f,
-                                     scan='-'),
-                                op_setup(f, B, L, H, d, mode, args.device, dtype,
-                                         op_cfg), group))
+                            variants = [('-', None, '')]
+                            if 'bi' in args.scans and FAMILIES[f].get('causal', True):
+                                variants.append(('bi', 'two_call', ' two-call'))
+                                if f in BI_FUSED_OPS:
+                                    variants.append(('bi', 'fused', ' fused'))
+                            for scan, bi, tag in variants:
+                                cases.append(Case(
+                                    dict(common, level='op', name=f'ops.{f}{tag}' + op_tag,
+                                         family=f, scan=scan),
+                                    op_setup(f, B, L, H, d, mode, args.device, dtype,
+                                             op_cfg, bi), group))
                     if 'mixer' in args.levels:
                         group = ('mixer', L, B, dtype, mode)
                         for f in families:

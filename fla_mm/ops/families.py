@@ -167,6 +167,31 @@ def retnet(q, k, v, scale=None):
     return chunk_decay_attn_ref(q, k, v, g, scale)
 
 
+BI_KERNELS = ('fused', 'two_call')
+
+
+def bi_decay_attn(q, k, v, gf, gb=None, scale=None, kernel='fused'):
+    """Both scans of decayed linear attention (simple_gla / RetNet / GLA), merged.
+
+    o = fwd_scan(x) + flip(fwd_scan(flip(x))) with log decays ``gf`` / ``gb`` (fp32; [B, T, H]
+    scalar per head, or [B, T, H, K] per key channel as GLA; ``gb=None``: the same gates both
+    ways), in the original token order. On CUDA ``kernel='fused'`` runs :mod:`.fused_bi` (one
+    kernel for both directions, forward and backward); 'two_call' and the CPU run the
+    one-direction op on [x, flip(x)] batched, as the other scans do. Same function either way.
+    """
+    if kernel not in BI_KERNELS:
+        raise ValueError(f'Unknown bi-scan kernel {kernel!r}; valid: {", ".join(BI_KERNELS)}')
+    if kernel == 'fused' and _use_kernel(q):
+        from .fused_bi import fused_bi_decay_attn
+        return fused_bi_decay_attn(q, k, v, gf, gb, scale=scale)
+    gb = gf if gb is None else gb
+    cat = (lambda a: torch.cat([a, a.flip(1)], 0))
+    op = gla if gf.dim() == 4 else simple_gla
+    o = op(cat(q), cat(k), cat(v), torch.cat([gf, gb.flip(1)], 0), scale=scale)
+    o_f, o_b = o.chunk(2, 0)
+    return o_f + o_b.flip(1)
+
+
 def linear_attn(q, k, v, scale=None):
     """Linear attention without decay or normaliser."""
     if _use_kernel(q):
@@ -264,9 +289,10 @@ def abc(q, k, v, s):
     return chunk_slot_attn_ref(q, k, v, s_w, g)
 
 
-abc, delta_rule, gated_delta_rule, gla, gsa, hgrn, linear_attn, retnet, rwkv6, rwkv7, simple_gla = (
-    _explain_errors(name, fn) for name, fn in (
-        ('abc', abc), ('delta_net', delta_rule), ('gated_delta_net', gated_delta_rule),
+(abc, bi_decay_attn, delta_rule, gated_delta_rule, gla, gsa, hgrn, linear_attn, retnet, rwkv6,
+ rwkv7, simple_gla) = (_explain_errors(name, fn) for name, fn in (
+        ('abc', abc), ('simple_gla/retnet/gla (fused bi-scan)', bi_decay_attn),
+        ('delta_net', delta_rule), ('gated_delta_net', gated_delta_rule),
         ('gla', gla), ('gsa', gsa), ('hgrn', hgrn), ('linear_attn', linear_attn),
         ('retnet', retnet), ('rwkv6', rwkv6), ('rwkv7', rwkv7), ('simple_gla', simple_gla)))
 

@@ -1,0 +1,354 @@
+"""Fused bidirectional decayed linear attention (simple_gla, RetNet, GLA): both scans in one kernel.
+
+Computes, for q, k [B, T, H, K], v [B, T, H, V] and log decays gf, gb [B, T, H] (<= 0)::
+
+    o_t = scale * sum_{s <= t} exp(sum_{r=s+1..t} gf_r) (q_t . k_s) v_s      (forward scan)
+        + scale * sum_{s >= t} exp(sum_{r=t..s-1} gb_r) (q_t . k_s) v_s      (backward scan)
+
+which is exactly what the two-call path computes (``simple_gla`` on [x, flip(x)] batched,
+then ``merge``: the backward scan runs over the flipped sequence with decay gb), so the
+diagonal s = t is counted once in each direction, as in ViG and fla_mm's ``merge``.
+
+One program per (batch*head, direction) sweeps the chunks of its direction with the [K, V]
+state in registers: q, k, v and g are read once per direction, no state is stored, no flip is
+materialised (the reversed program loads its chunks in reversed token order). The backward
+kernel has the same shape: the program that sweeps left to right carries the forward
+state (for dq of the forward scan) and the adjoint state of the backward scan (for its dk, dv),
+the other program the mirror image, so each gradient piece is written once. The two
+directions' pieces are summed afterwards (plain adds, deterministic). The gate gradient
+comes from the identity dG_t = q_t . dq_t - k_t . dk_t per direction and a cumsum.
+
+Block sizes are fixed (no autotuning), so the first call compiles two kernels and nothing else.
+The kernels also run under ``TRITON_INTERPRET=1`` on CPU tensors, which is how CI checks them.
+"""
+import torch
+import triton
+import triton.language as tl
+
+CHUNK = 64        # scalar decay
+GLA_CHUNK = 16    # per-key-channel decay: the [BT, BT, BK] intra-chunk tensor bounds it
+
+
+@triton.jit
+def _chunk_ptrs(base, i_b, i_h, pos, T, H, D: tl.constexpr, BD: tl.constexpr):
+    """Pointers and mask of a [BT, BD] tile of a contiguous [B, T, H, D] tensor."""
+    cols = tl.arange(0, BD)
+    ptrs = base + ((i_b * T + pos[:, None]) * H + i_h) * D + cols[None, :]
+    mask = (pos[:, None] >= 0) & (pos[:, None] < T) & (cols[None, :] < D)
+    return ptrs, mask
+
+
+@triton.jit
+def _bi_fwd_kernel(q, k, v, g, o, scale, T, H, sg_d, sg_b, sg_t, sg_h,
+                   K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                   BV: tl.constexpr, PRECISION: tl.constexpr):
+    i_bh, i_dir = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    NT = tl.cdiv(T, BT)
+    ar = tl.arange(0, BT)
+    causal = ar[:, None] >= ar[None, :]          # in sweep order: key s not after query t
+    o_dir = o + i_dir * (tl.num_programs(0) // H) * T * H * V
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    for i in range(0, NT):
+        # chunk i of the sweep; the reversed direction walks chunks and tokens backwards
+        c = i + i_dir * (NT - 1 - 2 * i)
+        pos = c * BT + ar + i_dir * (BT - 1 - 2 * ar)
+        p_q, m_k = _chunk_ptrs(q, i_b, i_h, pos, T, H, K, BK)
+        p_k, _ = _chunk_ptrs(k, i_b, i_h, pos, T, H, K, BK)
+        p_v, m_v = _chunk_ptrs(v, i_b, i_h, pos, T, H, V, BV)
+        b_q = tl.load(p_q, mask=m_k, other=0.)
+        b_k = tl.load(p_k, mask=m_k, other=0.)
+        b_v = tl.load(p_v, mask=m_v, other=0.)
+        m_t = (pos >= 0) & (pos < T)
+        b_g = tl.load(g + i_dir * sg_d + i_b * sg_b + pos * sg_t + i_h * sg_h, mask=m_t,
+                      other=0.).to(tl.float32)
+        C = tl.cumsum(b_g, 0)                     # decay from the chunk's entry to t
+        C_last = tl.sum(b_g, 0)
+        A = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)
+        A = A * tl.exp(tl.where(causal, C[:, None] - C[None, :], float('-inf')))
+        b_o = tl.dot(A.to(b_v.dtype), b_v, input_precision=PRECISION)
+        b_o += tl.dot((b_q * tl.exp(C)[:, None]).to(b_q.dtype), S.to(b_q.dtype),
+                      input_precision=PRECISION)
+        p_o, _ = _chunk_ptrs(o_dir, i_b, i_h, pos, T, H, V, BV)
+        tl.store(p_o, (b_o * scale).to(p_o.dtype.element_ty), mask=m_v)
+        b_kd = (b_k * tl.exp(C_last - C)[:, None]).to(b_k.dtype)
+        S = S * tl.exp(C_last) + tl.dot(tl.trans(b_kd), b_v, input_precision=PRECISION)
+
+
+@triton.jit
+def _bi_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, scale, T, H, sg_d, sg_b, sg_t,
+                   sg_h, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                   BV: tl.constexpr, PRECISION: tl.constexpr, NEED_DG: tl.constexpr):
+    """Program (bh, d) sweeps in direction d. 'own' = scan direction d (state S, gives its
+    dq); 'other' = the opposite scan, whose adjoint state dH runs the same way (gives its dk,
+    dv). Outputs are [2, B, T, H, *] by the scan direction they belong to. The gate gradient
+    of scan d is sum over the tokens its decay reaches of (q.dq - k.dk): dg holds, per scan
+    direction, [the running sum of q.dq before t in its own sweep | the running sum of k.dk up
+    to t in the other program's sweep] ([2, 2, B, T, H]) and dg_tot the total of q.dq
+    ([2, B, H]), so dg = dg_tot - dg[:, 0] - dg[:, 1] with no scan left to do. The dots
+    behind dq and dk take fp32 operands (TF32 for 16-bit inputs): dq and dk cancel in
+    q.dq - k.dk, and summed over 16k tokens bf16 operand rounding would show."""
+    i_bh, i_dir = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_oth = 1 - i_dir
+    B = tl.num_programs(0) // H
+    NT = tl.cdiv(T, BT)
+    ar = tl.arange(0, BT)
+    causal = ar[:, None] >= ar[None, :]          # [t, s]: s not after t, in sweep order
+    anti = ar[:, None] <= ar[None, :]            # [t, s]: s not before t
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    dH = tl.zeros([BK, BV], dtype=tl.float32)
+    run_q = tl.sum(tl.zeros([BT], dtype=tl.float32), 0)     # running sums of q.dq, k.dk
+    run_k = tl.sum(tl.zeros([BT], dtype=tl.float32), 0)
+    for i in range(0, NT):
+        c = i + i_dir * (NT - 1 - 2 * i)
+        pos = c * BT + ar + i_dir * (BT - 1 - 2 * ar)
+        p_q, m_k = _chunk_ptrs(q, i_b, i_h, pos, T, H, K, BK)
+        p_k, _ = _chunk_ptrs(k, i_b, i_h, pos, T, H, K, BK)
+        p_v, m_v = _chunk_ptrs(v, i_b, i_h, pos, T, H, V, BV)
+        p_do, _ = _chunk_ptrs(do, i_b, i_h, pos, T, H, V, BV)
+        b_q = tl.load(p_q, mask=m_k, other=0.)
+        b_k = tl.load(p_k, mask=m_k, other=0.)
+        b_v = tl.load(p_v, mask=m_v, other=0.)
+        b_do = tl.load(p_do, mask=m_v, other=0.)
+        qf, kf = b_q.to(tl.float32), b_k.to(tl.float32)
+        m_t = (pos >= 0) & (pos < T)
+        p_g = g + i_b * sg_b + pos * sg_t + i_h * sg_h
+        g_own = tl.load(p_g + i_dir * sg_d, mask=m_t, other=0.).to(tl.float32)
+        g_oth = tl.load(p_g + i_oth * sg_d, mask=m_t, other=0.).to(tl.float32)
+        C = tl.cumsum(g_own, 0)                  # own scan: decay r = s+1..t
+        C_last = tl.sum(g_own, 0)
+        E = tl.cumsum(g_oth, 0) - g_oth          # other scan: decay r = t..s-1 = E_s - E_t
+        E_tot = tl.sum(g_oth, 0)
+
+        A = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)     # q_t . k_s
+        dA = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)   # do_t . v_s
+        # own scan: dq
+        M = tl.exp(tl.where(causal, C[:, None] - C[None, :], float('-inf')))
+        b_dq = tl.dot(dA * M, kf, input_precision=PRECISION)
+        b_dq += tl.exp(C)[:, None] * tl.dot(b_do.to(tl.float32), tl.trans(S),
+                                            input_precision=PRECISION)
+        b_dq *= scale
+        p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+        tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
+        b_kd = (b_k * tl.exp(C_last - C)[:, None]).to(b_k.dtype)
+        S = S * tl.exp(C_last) + tl.dot(tl.trans(b_kd), b_v, input_precision=PRECISION)
+        # other scan: dk, dv
+        N = tl.exp(tl.where(anti, E[None, :] - E[:, None], float('-inf')))
+        b_dk = tl.dot(tl.trans(dA * N), qf, input_precision=PRECISION)
+        b_dk += tl.exp(E)[:, None] * tl.dot(b_v.to(tl.float32), tl.trans(dH),
+                                            input_precision=PRECISION)
+        b_dk *= scale
+        b_dv = tl.dot(tl.trans(A * N).to(b_do.dtype), b_do, input_precision=PRECISION)
+        b_dv += tl.exp(E)[:, None] * tl.dot(b_k, dH.to(b_k.dtype), input_precision=PRECISION)
+        b_dv *= scale
+        p_dk, _ = _chunk_ptrs(dk + i_oth * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+        p_dv, _ = _chunk_ptrs(dv + i_oth * B * T * H * V, i_b, i_h, pos, T, H, V, BV)
+        tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_k)
+        tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
+        b_qd = (b_q * tl.exp(E_tot - E)[:, None]).to(b_q.dtype)
+        dH = dH * tl.exp(E_tot) + tl.dot(tl.trans(b_qd), b_do, input_precision=PRECISION)
+        if NEED_DG:
+            p_dg = dg + (i_b * T + pos) * H + i_h
+            a = tl.sum(qf * b_dq, 1)
+            b = tl.sum(kf * b_dk, 1)
+            tl.store(p_dg + (i_dir * 2) * B * T * H, run_q + tl.cumsum(a, 0) - a, mask=m_t)
+            tl.store(p_dg + (i_oth * 2 + 1) * B * T * H, run_k + tl.cumsum(b, 0), mask=m_t)
+            run_q += tl.sum(a, 0)
+            run_k += tl.sum(b, 0)
+    if NEED_DG:
+        tl.store(dg_tot + (i_dir * B + i_b) * H + i_h, run_q)
+
+
+@triton.jit
+def _bi_gla_fwd_kernel(q, k, v, g, o, scale, T, H, sg_d, sg_b, sg_t, sg_h,
+                       K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                       BV: tl.constexpr, PRECISION: tl.constexpr):
+    """:func:`_bi_fwd_kernel` with per-key-channel decays g [2, B, T, H, K] (GLA). The
+    intra-chunk scores sum q_tc k_sc exp(C_tc - C_sc) over channels as a [BT, BT, BK] tensor:
+    exact for any decay (no exp(C_t) * exp(-C_s) split that could overflow), hence BT=16."""
+    i_bh, i_dir = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    NT = tl.cdiv(T, BT)
+    ar = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    causal = ar[:, None] >= ar[None, :]
+    o_dir = o + i_dir * (tl.num_programs(0) // H) * T * H * V
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    for i in range(0, NT):
+        c = i + i_dir * (NT - 1 - 2 * i)
+        pos = c * BT + ar + i_dir * (BT - 1 - 2 * ar)
+        p_q, m_k = _chunk_ptrs(q, i_b, i_h, pos, T, H, K, BK)
+        p_k, _ = _chunk_ptrs(k, i_b, i_h, pos, T, H, K, BK)
+        p_v, m_v = _chunk_ptrs(v, i_b, i_h, pos, T, H, V, BV)
+        b_q = tl.load(p_q, mask=m_k, other=0.)
+        b_k = tl.load(p_k, mask=m_k, other=0.)
+        b_v = tl.load(p_v, mask=m_v, other=0.)
+        p_g = g + i_dir * sg_d + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
+        b_g = tl.load(p_g, mask=m_k, other=0.).to(tl.float32)
+        C = tl.cumsum(b_g, 0)                                    # [BT, BK]
+        C_last = tl.sum(b_g, 0)                                  # [BK]
+        D = tl.where(causal[:, :, None], C[:, None, :] - C[None, :, :], float('-inf'))
+        A = tl.sum(b_q.to(tl.float32)[:, None, :] * b_k.to(tl.float32)[None, :, :] * tl.exp(D), 2)
+        b_o = tl.dot(A.to(b_v.dtype), b_v, input_precision=PRECISION)
+        b_o += tl.dot((b_q * tl.exp(C)).to(b_q.dtype), S.to(b_q.dtype), input_precision=PRECISION)
+        p_o, _ = _chunk_ptrs(o_dir, i_b, i_h, pos, T, H, V, BV)
+        tl.store(p_o, (b_o * scale).to(p_o.dtype.element_ty), mask=m_v)
+        b_kd = (b_k * tl.exp(C_last[None, :] - C)).to(b_k.dtype)
+        S = S * tl.exp(C_last)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PRECISION)
+
+
+@triton.jit
+def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, scale, T, H, sg_d, sg_b, sg_t,
+                       sg_h, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                       BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
+                       NEED_DG: tl.constexpr):
+    """:func:`_bi_bwd_kernel` with per-key-channel decays; dg is [2, 2, B, T, H, K] and
+    dg_tot [2, B, H, K]."""
+    i_bh, i_dir = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_oth = 1 - i_dir
+    B = tl.num_programs(0) // H
+    NT = tl.cdiv(T, BT)
+    ar = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    causal = ar[:, None] >= ar[None, :]
+    anti = ar[:, None] <= ar[None, :]
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    dH = tl.zeros([BK, BV], dtype=tl.float32)
+    run_q = tl.zeros([BK], dtype=tl.float32)
+    run_k = tl.zeros([BK], dtype=tl.float32)
+    for i in range(0, NT):
+        c = i + i_dir * (NT - 1 - 2 * i)
+        pos = c * BT + ar + i_dir * (BT - 1 - 2 * ar)
+        p_q, m_k = _chunk_ptrs(q, i_b, i_h, pos, T, H, K, BK)
+        p_k, _ = _chunk_ptrs(k, i_b, i_h, pos, T, H, K, BK)
+        p_v, m_v = _chunk_ptrs(v, i_b, i_h, pos, T, H, V, BV)
+        p_do, _ = _chunk_ptrs(do, i_b, i_h, pos, T, H, V, BV)
+        b_q = tl.load(p_q, mask=m_k, other=0.)
+        b_k = tl.load(p_k, mask=m_k, other=0.)
+        b_v = tl.load(p_v, mask=m_v, other=0.)
+        b_do = tl.load(p_do, mask=m_v, other=0.)
+        p_g = g + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
+        g_own = tl.load(p_g + i_dir * sg_d, mask=m_k, other=0.).to(tl.float32)
+        g_oth = tl.load(p_g + i_oth * sg_d, mask=m_k, other=0.).to(tl.float32)
+        C = tl.cumsum(g_own, 0)
+        C_last = tl.sum(g_own, 0)
+        E = tl.cumsum(g_oth, 0) - g_oth
+        E_tot = tl.sum(g_oth, 0)
+        qf, kf = b_q.to(tl.float32), b_k.to(tl.float32)
+        dA = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)    # do_t . v_s
+        # own scan: dq
+        M = tl.exp(tl.where(causal[:, :, None], C[:, None, :] - C[None, :, :], float('-inf')))
+        b_dq = tl.sum(dA[:, :, None] * kf[None, :, :] * M, 1)
+        b_dq += tl.exp(C) * tl.dot(b_do.to(tl.float32), tl.trans(S), input_precision=PRECISION)
+        b_dq *= scale
+        p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+        tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
+        b_kd = (b_k * tl.exp(C_last[None, :] - C)).to(b_k.dtype)
+        S = S * tl.exp(C_last)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PRECISION)
+        # other scan: dk, dv
+        N = tl.exp(tl.where(anti[:, :, None], E[None, :, :] - E[:, None, :], float('-inf')))
+        b_dk = tl.sum(dA[:, :, None] * qf[:, None, :] * N, 0)
+        b_dk += tl.exp(E) * tl.dot(b_v.to(tl.float32), tl.trans(dH), input_precision=PRECISION)
+        b_dk *= scale
+        A = tl.sum(qf[:, None, :] * kf[None, :, :] * N, 2)
+        b_dv = tl.dot(tl.trans(A).to(b_do.dtype), b_do, input_precision=PRECISION)
+        b_dv += tl.dot((b_k * tl.exp(E)).to(b_k.dtype), dH.to(b_k.dtype),
+                       input_precision=PRECISION)
+        b_dv *= scale
+        p_dk, _ = _chunk_ptrs(dk + i_oth * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+        p_dv, _ = _chunk_ptrs(dv + i_oth * B * T * H * V, i_b, i_h, pos, T, H, V, BV)
+        tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_k)
+        tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
+        b_qd = (b_q * tl.exp(E_tot[None, :] - E)).to(b_q.dtype)
+        dH = dH * tl.exp(E_tot)[:, None] + tl.dot(tl.trans(b_qd), b_do, input_precision=PRECISION)
+        if NEED_DG:
+            p_dg, _ = _chunk_ptrs(dg, i_b, i_h, pos, T, H, K, BK)
+            a = qf * b_dq
+            b = kf * b_dk
+            tl.store(p_dg + (i_dir * 2) * B * T * H * K, run_q[None, :] + tl.cumsum(a, 0) - a,
+                     mask=m_k)
+            tl.store(p_dg + (i_oth * 2 + 1) * B * T * H * K, run_k[None, :] + tl.cumsum(b, 0),
+                     mask=m_k)
+            run_q += tl.sum(a, 0)
+            run_k += tl.sum(b, 0)
+    if NEED_DG:
+        tl.store(dg_tot + ((i_dir * B + i_b) * H + i_h) * K + ck, run_q, mask=ck < K)
+
+
+def _meta(q, v, per_channel):
+    K, V = q.shape[-1], v.shape[-1]
+    BK, BV = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
+    if BK > 128 or BV > 128:
+        raise ValueError(f'fused bidirectional kernel: head dims up to 128 (got K={K}, V={V})')
+    return dict(K=K, V=V, BT=GLA_CHUNK if per_channel else CHUNK, BK=BK, BV=BV,
+                PRECISION='ieee' if q.dtype == torch.float32 else 'tf32')
+
+
+# launch configs (fixed: nothing to autotune on a cold machine); head dims > 64 double warps
+# (measured on an H200 at B=8, H=6, d=64, bf16: 3 stages halve the forward at 16k tokens)
+FWD_CONFIG = dict(num_warps=4, num_stages=3)
+BWD_CONFIG = dict(num_warps=4, num_stages=2)
+
+
+def _config(meta, backward):
+    cfg = dict(BWD_CONFIG if backward else FWD_CONFIG)
+    if meta['BK'] * meta['BV'] > 64 * 64:
+        cfg['num_warps'] = max(cfg['num_warps'], 8)
+    return cfg
+
+
+class _FusedBiDecayAttn(torch.autograd.Function):
+    """g: [2, B, T, H] (scalar decay) or [2, B, T, H, K] (per key channel), direction first."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, scale):
+        B, T, H, _ = q.shape
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        per_channel = g.dim() == 5
+        if per_channel and g.stride(-1) != 1:
+            g = g.contiguous()
+        meta = _meta(q, v, per_channel)
+        kernel = _bi_gla_fwd_kernel if per_channel else _bi_fwd_kernel
+        o2 = q.new_empty(2, B, T, H, v.shape[-1], dtype=v.dtype)
+        kernel[(B * H, 2)](q, k, v, g, o2, scale, T, H, *g.stride()[:4], **meta,
+                           **_config(meta, False))
+        ctx.save_for_backward(q, k, v, g)
+        ctx.scale, ctx.meta, ctx.per_channel = scale, meta, per_channel
+        return o2[0] + o2[1]
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, g = ctx.saved_tensors
+        B, T, H, K = q.shape
+        meta = ctx.meta
+        need_dg = ctx.needs_input_grad[3]
+        dq2, dk2 = q.new_empty(2, *q.shape), k.new_empty(2, *k.shape)
+        dv2 = v.new_empty(2, *v.shape)
+        if need_dg:
+            dg = q.new_empty(2, 2, *g.shape[1:], dtype=torch.float32)
+            dg_tot = q.new_empty(2, B, H, *g.shape[4:], dtype=torch.float32)
+        else:
+            dg = dg_tot = q.new_empty(1)
+        kernel = _bi_gla_bwd_kernel if ctx.per_channel else _bi_bwd_kernel
+        kernel[(B * H, 2)](q, k, v, g, do.contiguous(), dq2, dk2, dv2, dg, dg_tot, ctx.scale, T,
+                           H, *g.stride()[:4], **meta, NEED_DG=need_dg, **_config(meta, True))
+        # gradient of each direction's log decays: the kernels left the sums (see above)
+        dgrad = dg_tot.unsqueeze(2) - dg[:, 0] - dg[:, 1] if need_dg else None
+        return dq2[0] + dq2[1], dk2[0] + dk2[1], dv2[0] + dv2[1], dgrad, None
+
+
+def fused_bi_decay_attn(q, k, v, gf, gb=None, scale=None):
+    """Both scans of decayed linear attention in one kernel pair (see module docstring).
+
+    ``gf`` / ``gb``: log decays of the forward / backward scan, [B, T, H] (simple_gla, RetNet)
+    or [B, T, H, K] (GLA); ``gb=None``: the same tensor. A stride-0 expanded tensor is read
+    without being materialised.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if gb is None or gb is gf:
+        g = gf.unsqueeze(0).expand(2, *gf.shape)
+    else:
+        g = torch.stack([gf, gb])
+    return _FusedBiDecayAttn.apply(q, k, v, g, scale)
