@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import fla_mm  # noqa: F401  (registers)
 from fla_mm.backbones import FLAPlain, FLAPyramid
@@ -412,6 +413,66 @@ def test_illama_pyramid_overrides():
     blk = m.stages[1].blocks[0]
     assert isinstance(blk.ln_1, RMSNorm) and blk.attn.scan == 'bi'
     assert blk.channel_mixer.up_proj.out_features == 64
+
+
+def test_stems_norms_and_ffn_widths_default_to_the_old_layouts():
+    m = pyramid()
+    assert isinstance(m.patch_embed.proj[1], nn.BatchNorm2d)
+    assert m.stages[0].blocks[0].ln_1.eps == 1e-6 and m.norm0.eps == 1e-5
+    p = plain()
+    assert isinstance(p.patch_embed.proj, nn.Conv2d) and p.patch_embed.proj.kernel_size == (16, 16)
+    assert isinstance(p.norm3, nn.LayerNorm) and p.norm3.eps == 1e-6
+    assert p.blocks[0].channel_mixer.fc1.out_features == 128
+
+
+def test_norm_eps_out_norm_and_mlp_multiple_of():
+    m = pyramid(norm_eps=1e-5, out_norm='rms', ffn='swiglu', mlp_ratio=8 / 3, mlp_multiple_of=32)
+    assert {b.ln_2.eps for b in all_blocks(m)} == {1e-5}
+    assert isinstance(m.norm3, RMSNorm) and m.norm3.eps == 1e-5
+    assert [s.blocks[0].channel_mixer.up_proj.out_features for s in m.stages] == [64, 96, 96, 192]
+    p = plain(norm='rms', out_norm='rms', norm_eps=1e-5, ffn='swiglu', mlp_ratio=512 / 192)
+    assert isinstance(p.norm3, RMSNorm) and p.norm3.eps == 1e-5 and p.blocks[0].ln_1.eps == 1e-5
+    assert p.blocks[0].channel_mixer.up_proj.out_features == 85    # int(32 * 8 / 3)
+    from fla_mm.layers.blocks import ffn_hidden
+    assert [ffn_hidden(d, h / d) for d, h in ((192, 512), (49, 1), (7, 13))] == [512, 1, 13]
+    assert ffn_hidden(128, 8 / 3, 32) == 352 and ffn_hidden(384, 8 / 3, 256) == 1024
+
+
+def _ln2d(x, m):
+    return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], m.weight, m.bias,
+                        m.eps).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize('layout', ['pyramid', 'plain'])
+def test_vig_stems_compute_vigs_patch_embeddings(layout):
+    """ViG-H's v2 stem (conv 3/2, LayerNorm, GELU, conv 3/2, LayerNorm) and ViG's
+    V2PatchEmbed (conv 9/8, LayerNorm, SiLU, conv 3/2, LayerNorm), both eps 1e-5."""
+    torch.manual_seed(0)
+    if layout == 'pyramid':
+        m, act, stride, x = pyramid(stem='vig_h'), F.gelu, 2, torch.randn(2, 3, 30, 21)
+    else:
+        m, act, stride, x = plain(stem='vig'), F.silu, 8, torch.randn(2, 3, 64, 48)
+    st = m.patch_embed
+    for t in (st.proj[1], st.norm):
+        nn.init.normal_(t.weight, 1.0, 0.2)
+        nn.init.normal_(t.bias, 0.0, 0.2)
+    c1, ln1, c2 = st.proj[0], st.proj[1], st.proj[3]
+    assert c1.kernel_size == (stride + 1,) * 2 and ln1.eps == st.norm.eps == 1e-5
+    h = F.conv2d(x, c1.weight, c1.bias, stride, 1)
+    h = F.conv2d(act(_ln2d(h, ln1)), c2.weight, c2.bias, 2, 1)
+    ref = F.layer_norm(h.flatten(2).transpose(1, 2), h.shape[1:2], st.norm.weight, st.norm.bias,
+                       1e-5)
+    tokens, hw = st(x)
+    assert hw == tuple(h.shape[2:]) and (tokens - ref).abs().max() <= 1e-6
+
+
+def test_bad_stem_and_out_norm_name_the_choices():
+    with pytest.raises(ValueError, match="Unknown stem 'conv'; valid: patch, conv_bn, vig_h, vig"):
+        pyramid(stem='conv')
+    with pytest.raises(ValueError, match="Unknown out_norm 'bn'; valid: ln, rms"):
+        plain(out_norm='bn')
+    with pytest.raises(ValueError, match='patch_size divisible by 4'):
+        plain(stem='vig', patch_size=6)
 
 
 def test_repmixer_block_reparameterize_exact():

@@ -9,6 +9,7 @@ tensor must land back where it came from.
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 from fla_mm import FLAPlain, FLAPyramid
 from fla_mm.checkpoint import (CheckpointError, detect_format, load_pretrained,
                                read_checkpoint)
-from fla_mm.layers import FAMILIES
+from fla_mm.checkpoint.arch import build_backbone
+from fla_mm.layers import FAMILIES, TokenMixer
 
 from conftest import run_tool
 
@@ -267,6 +269,28 @@ def test_hf_fla_bin_file_swiglu_and_report(tmp_path):
                        src.blocks[1].channel_mixer.up_proj.weight)
 
 
+def test_hf_fla_config_sets_the_architecture():
+    """config.json -> backbone: block / final LayerNorm eps (layer_norm_eps), the mixer's
+    options, the scan (only fla-zoo's uni-scan is the same function), family quirks."""
+    from fla_mm.checkpoint.arch import infer_backbone_cfg
+    hf = dict(model_type='gla_vision', hidden_size=DIM, num_hidden_layers=DEPTH, num_heads=HEADS,
+              image_size=64, patch_size=16, layer_norm_eps=1e-5, norm_eps=1e-6,
+              train_scan_type='uni-scan', hidden_act='swish', qkv_bias=True)
+    cfg = infer_backbone_cfg('hf_fla', to_hf(plain(mixer='gla').state_dict(), DEPTH), None, hf)
+    assert cfg['norm_eps'] == 1e-5 and cfg['scan'] == 'uni' and cfg['mixer'] == 'gla'
+    assert cfg['mixer_cfg']['norm_eps'] == 1e-6 and 'qkv_bias' not in cfg['mixer_cfg']
+    assert build_backbone(cfg).norm1.eps == 1e-5
+    hf.update(model_type='hgrn2_vision', test_scan_type='bi-scan')
+    cfg = infer_backbone_cfg('hf_fla', {}, None, hf)
+    assert 'norm_eps' not in cfg['mixer_cfg'] and cfg['scan'] == 'bi'   # FLA: always 1e-5
+    hf.update(model_type='transformer_vision')
+    state = to_hf(plain(mixer='transformer', mixer_cfg=dict(qkv_bias=False, o_bias=False))
+                  .state_dict(), DEPTH)
+    cfg = infer_backbone_cfg('hf_fla', state, None, hf)
+    assert cfg['mixer_cfg'] == dict(qkv_bias=False, o_bias=False, rope_theta=10000.0,
+                                    causal=False)
+
+
 def test_hf_fla_truncated_file_is_one_clear_error(tmp_path):
     folder = hf_folder(tmp_path, to_hf(plain().state_dict(), DEPTH))
     f = folder / 'model.safetensors'
@@ -290,151 +314,326 @@ def test_hf_fla_wrong_family_lists_keys(tmp_path):
 
 
 # ------------------------------------------------------------------------------ ViG / ViG-H
+# Checkpoints in the key layouts of hustvl/ViG (classification/models/vig.py, vig_h.py) with
+# the widths of its code, and reference forwards written here from the equations of ViG's
+# modules on those keys. fla_mm loads them strictly and must compute the same function.
 
-VIG_MIXER = dict(direction_gates=True, locality=True, fuse_norm=False)
-
-
-def to_vig_attn(state, src, dst, out):
-    """fla_mm gla mixer -> ViG GatedLinearAttention keys (+ the ViG-only tensors)."""
-    out[dst + 'qkv_proj.weight'] = torch.cat([state[src + f'{n}_proj.weight'] for n in 'qkv'])
-    for name in ('gk_proj.0.weight', 'gk_proj.1.weight', 'gk_proj.1.bias', 'g_proj.weight',
-                 'o_proj.weight'):
-        out[dst + name] = state[src + name]
-    norm = 'g_norm.weight' if src + 'g_norm.weight' in state else 'g_norm_swish_gate.weight'
-    out[dst + 'g_norm.weight'] = state[src + norm]
-    out[dst + 'in_proj.0.weight'] = state[src + 'local_conv.weight']
-    width = state[src + 'g_proj.weight'].shape[0]
-    out[dst + 'g_proj.bias'] = torch.randn(width)
-    out[dst + 'l_norm.weight'] = torch.randn(state[src + 'o_proj.weight'].shape[1] // 2)
+def _rand(seed):
+    g = torch.Generator().manual_seed(seed)
+    return lambda *s, scale=0.2: torch.randn(*s, generator=g) * scale
 
 
-def to_vig_swiglu(state, src, dst, out, fused, down):
-    out[dst + fused] = torch.cat([state[src + 'gate_proj.weight'], state[src + 'up_proj.weight']])
-    out[dst + down] = state[src + 'down_proj.weight']
+def vig_attn_state(p, dim, heads, r):
+    """ViG GatedLinearAttention / GLA2D tensors (expand_k 0.5, expand_v 1, rank-16 gates)."""
+    key, s = dim // 2, dim ** -0.5
+    return {p + 'in_proj.0.weight': r(dim, 1, 3, 3), p + 'qkv_proj.weight':
+            r(2 * key + dim, dim, scale=s), p + 'gk_proj.0.weight': r(16, dim, scale=s),
+            p + 'gk_proj.1.weight': r(2 * key, 16), p + 'gk_proj.1.bias': r(2 * key),
+            p + 'o_proj.weight': r(dim, dim, scale=s), p + 'g_norm.weight': 1 + r(dim // heads),
+            p + 'l_norm.weight': 1 + r(dim // heads), p + 'g_proj.weight': r(dim, dim, scale=s),
+            p + 'g_proj.bias': r(dim)}
 
 
-def vig_source(**kw):
-    torch.manual_seed(0)
-    m = plain(mixer='gla', mixer_cfg=VIG_MIXER, norm='rms', ffn='swiglu', out_scales=None, **kw)
-    m.init_weights()
-    for blk in m.blocks:
-        torch.nn.init.zeros_(blk.attn.local_conv.bias)   # ViG's conv has no bias
-    return m
+def vig_h_state(dims, depths, heads, seed=0, outnorms=False):
+    """HierViG with the released options (v2 stem, ln2d, v3 downsampling, gMlp)."""
+    r = _rand(seed)
+    sd = {'patch_embed.0.weight': r(dims[0] // 2, 3, 3, 3), 'patch_embed.0.bias': r(dims[0] // 2),
+          'patch_embed.2.weight': 1 + r(dims[0] // 2), 'patch_embed.2.bias': r(dims[0] // 2),
+          'patch_embed.5.weight': r(dims[0], dims[0] // 2, 3, 3, scale=0.1),
+          'patch_embed.5.bias': r(dims[0]), 'patch_embed.7.weight': 1 + r(dims[0]),
+          'patch_embed.7.bias': r(dims[0])}
+    for i, (d, n, h) in enumerate(zip(dims, depths, heads)):
+        hidden = 32 * ((int(d * 4 * 2 / 3) + 31) // 32)         # gMlp's width rule
+        for j in range(n):
+            b = f'layers.{i}.blocks.{j}.'
+            sd.update({b + 'norm.weight': 1 + r(d), b + 'norm.bias': r(d),
+                       b + 'norm2.weight': 1 + r(d), b + 'norm2.bias': r(d),
+                       b + 'mlp.fc1.weight': r(2 * hidden, d, scale=0.1),
+                       b + 'mlp.fc2.weight': r(d, hidden, scale=0.1)})
+            sd.update(vig_attn_state(b + 'op.', d, h, r))
+        if i < len(dims) - 1:
+            sd.update({f'layers.{i}.downsample.1.weight': r(dims[i + 1], d, 3, 3, scale=0.1),
+                       f'layers.{i}.downsample.1.bias': r(dims[i + 1]),
+                       f'layers.{i}.downsample.3.weight': 1 + r(dims[i + 1]),
+                       f'layers.{i}.downsample.3.bias': r(dims[i + 1])})
+        if outnorms:
+            sd.update({f'outnorm{i}.weight': 1 + r(d), f'outnorm{i}.bias': r(d)})
+    if not outnorms:
+        sd.update({'classifier.norm.weight': 1 + r(dims[-1]), 'classifier.norm.bias': r(dims[-1]),
+                   'classifier.head.weight': r(10, dims[-1]), 'classifier.head.bias': r(10)})
+    return sd
 
 
-def to_vig(state):
-    out = {'patch_embed.proj.weight': state['patch_embed.proj.weight'],
-           'patch_embed.proj.bias': state['patch_embed.proj.bias'],
-           'pos_embed': state['pos_embed'], 'norm.weight': torch.randn(DIM),
-           'head.weight': torch.randn(10, DIM), 'head.bias': torch.randn(10)}
-    for i in range(DEPTH):
-        s, d = f'blocks.{i}.', f'blocks.{i}.'
-        out[d + 'attn_norm.weight'] = state[s + 'ln_1.weight']
-        out[d + 'mlp_norm.weight'] = state[s + 'ln_2.weight']
-        to_vig_attn(state, s + 'attn.', d + 'attn.', out)
-        to_vig_swiglu(state, s + 'channel_mixer.', d + 'mlp.', out, 'gate_proj.weight',
-                      'down_proj.weight')
-    return out
+def vig_state(dim, depth, grid, seed=0):
+    """Plain ViG with the released options (V2PatchEmbed, GLAMLP, no class token)."""
+    r = _rand(seed)
+    hidden = 256 * ((int(dim * 4 * 2 / 3) + 255) // 256)        # GLAMLP's width rule
+    sd = {'patch_embed.proj.0.weight': r(dim // 2, 3, 9, 9, scale=0.05),
+          'patch_embed.proj.0.bias': r(dim // 2), 'patch_embed.proj.1.weight': 1 + r(dim // 2),
+          'patch_embed.proj.1.bias': r(dim // 2),
+          'patch_embed.proj.3.weight': r(dim, dim // 2, 3, 3, scale=0.05),
+          'patch_embed.proj.3.bias': r(dim), 'patch_embed.proj.4.weight': 1 + r(dim),
+          'patch_embed.proj.4.bias': r(dim), 'pos_embed': r(1, grid * grid, dim),
+          'norm.weight': 1 + r(dim), 'head.weight': r(10, dim), 'head.bias': r(10)}
+    for i in range(depth):
+        b = f'blocks.{i}.'
+        sd.update({b + 'attn_norm.weight': 1 + r(dim), b + 'mlp_norm.weight': 1 + r(dim),
+                   b + 'mlp.gate_proj.weight': r(2 * hidden, dim, scale=0.1),
+                   b + 'mlp.down_proj.weight': r(dim, hidden, scale=0.1)})
+        sd.update(vig_attn_state(b + 'attn.', dim, dim // 64, r))
+    return sd
 
 
-def test_vig_plain_lands_where_it_should(tmp_path):
-    src = vig_source()
-    state = src.state_dict()
-    path = tmp_path / 'vig_t.pth'
-    torch.save({'model': to_vig(state)}, path)
-    assert detect_format(read_checkpoint(str(path))[0])[0] == 'vig'
-    with pytest.raises(CheckpointError, match=r'vig format.*l_norm.weight \(x2\).*'
-                                              r'strict=False') as e:
-        load(vig_source(), path)
-    assert_one_line(e)
-    torch.manual_seed(3)
-    dst = plain(mixer='gla', mixer_cfg=VIG_MIXER, norm='rms', ffn='swiglu', out_scales=None)
-    rep = load_pretrained(dst, str(path), strict=False)
-    assert set(rep['dropped']) == {'head.weight', 'head.bias'}
-    assert {k.split('.')[-2] for k in rep['unmapped'] if k.startswith('blocks')} == \
-        {'g_proj', 'l_norm'}
-    assert 'norm.weight' in rep['unmapped'] and 'ViG weights are an initialisation' in \
-        rep['summary']
-    for k, v in state.items():
-        if k.startswith('norm1.'):
-            continue                                    # ViG's final RMSNorm has no counterpart
-        assert torch.equal(dst.state_dict()[k], v), k
-    assert not rep['missing'] and set(rep['new']) == {'norm1.bias', 'norm1.weight'}
-    # fused norm-gate mixers take g_norm into g_norm_swish_gate
-    fused = plain(mixer='gla', mixer_cfg=dict(direction_gates=True, locality=True), norm='rms',
-                  ffn='swiglu', out_scales=None)
-    load_pretrained(fused, str(path), strict=False)
-    assert torch.equal(fused.blocks[0].attn.g_norm_swish_gate.weight,
-                       state['blocks.0.attn.g_norm.weight'])
+def gla_recurrence(q, k, v, g, scale):
+    """S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t, o_t = scale * q_t S_t ([B, T, H, D])."""
+    S = q.new_zeros(q.shape[0], q.shape[2], q.shape[3], v.shape[3])
+    out = []
+    for t in range(q.shape[1]):
+        S = S * g[:, t].exp()[..., None] + k[:, t, :, :, None] * v[:, t, :, None, :]
+        out.append(torch.einsum('bhk,bhkv->bhv', q[:, t] * scale, S))
+    return torch.stack(out, 1)
 
 
-def pyramid_vig(**kw):
-    return pyramid(mixer='gla', mixer_cfg=VIG_MIXER, ffn='swiglu', **kw)
+def rms(x, w, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
 
-def to_vig_h(state, old_names=False):
-    out = {'patch_embed.0.weight': state['patch_embed.proj.0.weight'],
-           'patch_embed.0.bias': state['patch_embed.proj.0.bias'],
-           'patch_embed.2.weight': torch.randn(8), 'patch_embed.2.bias': torch.randn(8),
-           'patch_embed.5.weight': state['patch_embed.proj.3.weight'],
-           'patch_embed.5.bias': state['patch_embed.proj.3.bias'],
-           'patch_embed.7.weight': state['patch_embed.norm.weight'],
-           'patch_embed.7.bias': state['patch_embed.norm.bias'],
-           'classifier.norm.weight': state['norm3.weight'],
-           'classifier.norm.bias': state['norm3.bias'],
-           'classifier.head.weight': torch.randn(10, 64), 'classifier.head.bias': torch.randn(10)}
-    for i in range(4):
-        s, d = f'stages.{i}.blocks.0.', f'layers.{i}.blocks.0.'
-        for a, b in (('ln_1', 'norm'), ('ln_2', 'norm2')):
-            out[d + b + '.weight'] = state[s + a + '.weight']
-            out[d + b + '.bias'] = state[s + a + '.bias']
-        to_vig_attn(state, s + 'attn.', d + 'op.', out)
-        to_vig_swiglu(state, s + 'channel_mixer.', d + 'mlp.', out, 'fc1.weight', 'fc2.weight')
-        if i < 3:
-            ds = f'stages.{i + 1}.downsample.'
-            for a, b in (('reduction', '1'), ('norm', '3')):
-                out[f'layers.{i}.downsample.{b}.weight'] = state[ds + a + '.weight']
-                out[f'layers.{i}.downsample.{b}.bias'] = state[ds + a + '.bias']
-    if old_names:       # names of earlier ViG-H code, renamed by ViG on load
-        out = {k.replace('.blocks.0.norm.', '.blocks.0.ln_1.').replace('.op.', '.self_attention.')
-               .replace('classifier.norm.', 'norm.').replace('classifier.head.', 'head.')
-               .replace('patch_embed.0.', 'patch_embed.proj.'): v for k, v in out.items()}
-    return out
+def vig_mixer_reference(w, x, hw, heads, o_scale=0.5, conv_act=False, out_act=False, eps=1e-6):
+    """ViG's GLA2D / GatedLinearAttention forward (eval), from its equations: everything comes
+    from l = DWConv3x3(x); forward and backward GLA with their own gates; their sum times
+    o_scale; g_norm(o) and l_norm(l) mixed by sigmoid(g_proj(l)); o_proj."""
+    B, L, C = x.shape
+    grid = x.transpose(1, 2).reshape(B, C, *hw)
+    loc = F.conv2d(grid, w['in_proj.0.weight'], w.get('in_proj.0.bias'), padding=1, groups=C)
+    loc = loc.flatten(2).transpose(1, 2)
+    if conv_act:
+        loc = F.silu(loc)
+    key = w['gk_proj.1.weight'].shape[0] // 2
+    q, k, v = F.linear(loc, w['qkv_proj.weight']).split([key, key, C], -1)
+    gk = F.linear(F.linear(loc, w['gk_proj.0.weight']), w['gk_proj.1.weight'],
+                  w['gk_proj.1.bias'])
+    gf, gb = (F.logsigmoid(gk) / 16).chunk(2, -1)
+
+    def heads_(t):
+        return t.reshape(B, L, heads, -1)
+    scale = (key // heads) ** -0.5
+    fwd = gla_recurrence(heads_(q), heads_(k), heads_(v), heads_(gf), scale)
+    bwd = gla_recurrence(*(heads_(t).flip(1) for t in (q, k, v, gb)), scale).flip(1)
+    s = torch.sigmoid(heads_(F.linear(loc, w['g_proj.weight'], w['g_proj.bias'])))
+    o = (rms((fwd + bwd) * o_scale, w['g_norm.weight'], eps) * s
+         + rms(heads_(loc), w['l_norm.weight'], eps) * (1 - s)).reshape(B, L, C)
+    return F.linear(F.silu(o) if out_act else o, w['o_proj.weight'])
 
 
-@pytest.mark.parametrize('old_names', [False, True])
-def test_vig_h_lands_where_it_should(tmp_path, old_names):
-    torch.manual_seed(0)
-    src = pyramid_vig()
-    src.init_weights()
-    for stage in src.stages:
-        torch.nn.init.zeros_(stage.blocks[0].attn.local_conv.bias)
-    state = src.state_dict()
+def _sub(sd, prefix):
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def _ln2d(x, w, b, eps=1e-5):
+    return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), w, b, eps).permute(0, 3, 1, 2)
+
+
+def vig_h_reference(sd, x, heads):
+    """ViG-H (Backbone_HierViG) stage outputs from ViG-H's keys: v2 stem, pre-norm blocks
+    (LayerNorm eps 1e-5, GLA2D, gMlp SwiGLU), 3x3 stride-2 downsampling, output norms
+    (outnorm{i}; a classifier checkpoint: classifier.norm on the last stage, none before)."""
+    h = F.conv2d(x, sd['patch_embed.0.weight'], sd['patch_embed.0.bias'], 2, 1)
+    h = F.gelu(_ln2d(h, sd['patch_embed.2.weight'], sd['patch_embed.2.bias']))
+    h = F.conv2d(h, sd['patch_embed.5.weight'], sd['patch_embed.5.bias'], 2, 1)
+    h = _ln2d(h, sd['patch_embed.7.weight'], sd['patch_embed.7.bias'])
+    outs = []
+    for i, nh in enumerate(heads):
+        B, C, H, W = h.shape
+        t = h.flatten(2).transpose(1, 2)
+        for j in range(len({k.split('.')[3] for k in sd if k.startswith(f'layers.{i}.blocks')})):
+            b = f'layers.{i}.blocks.{j}.'
+            y = F.layer_norm(t, (C,), sd[b + 'norm.weight'], sd[b + 'norm.bias'], 1e-5)
+            t = t + vig_mixer_reference(_sub(sd, b + 'op.'), y, (H, W), nh)
+            y = F.layer_norm(t, (C,), sd[b + 'norm2.weight'], sd[b + 'norm2.bias'], 1e-5)
+            gate, up = F.linear(y, sd[b + 'mlp.fc1.weight']).chunk(2, -1)
+            t = t + F.linear(F.silu(gate) * up, sd[b + 'mlp.fc2.weight'])
+        h = t.transpose(1, 2).reshape(B, C, H, W)
+        norm = f'outnorm{i}.' if f'outnorm{i}.weight' in sd else \
+            'classifier.norm.' if i == len(heads) - 1 else None
+        outs.append(_ln2d(h, sd[norm + 'weight'], sd[norm + 'bias']) if norm else
+                    _ln2d(h, None, None))
+        if i < len(heads) - 1:
+            h = F.conv2d(h, sd[f'layers.{i}.downsample.1.weight'],
+                         sd[f'layers.{i}.downsample.1.bias'], 2, 1)
+            h = _ln2d(h, sd[f'layers.{i}.downsample.3.weight'], sd[f'layers.{i}.downsample.3.bias'])
+    return outs
+
+
+def vig_reference(sd, x, heads):
+    """Plain ViG forward_features ('feat'): V2PatchEmbed (conv 9/8 - LayerNorm2d - SiLU -
+    conv 3/2 - LayerNorm2d), + pos_embed (bicubic to the grid), RMSNorm (eps 1e-6) pre-norm
+    blocks of GatedLinearAttention (eval: the directions' sum halved twice) and GLAMLP, final
+    RMSNorm."""
+    h = F.conv2d(x, sd['patch_embed.proj.0.weight'], sd['patch_embed.proj.0.bias'], 8, 1)
+    h = F.silu(_ln2d(h, sd['patch_embed.proj.1.weight'], sd['patch_embed.proj.1.bias']))
+    h = F.conv2d(h, sd['patch_embed.proj.3.weight'], sd['patch_embed.proj.3.bias'], 2, 1)
+    h = _ln2d(h, sd['patch_embed.proj.4.weight'], sd['patch_embed.proj.4.bias'])
+    B, C, H, W = h.shape
+    pe = sd['pos_embed']
+    s = math.isqrt(pe.shape[1])
+    if (H, W) != (s, s):
+        pe = F.interpolate(pe.reshape(1, s, s, C).permute(0, 3, 1, 2), size=(H, W),
+                           mode='bicubic', align_corners=False).flatten(2).transpose(1, 2)
+    t = h.flatten(2).transpose(1, 2) + pe
+    for i in range(len({k.split('.')[1] for k in sd if k.startswith('blocks.')})):
+        b = f'blocks.{i}.'
+        t = t + vig_mixer_reference(_sub(sd, b + 'attn.'), rms(t, sd[b + 'attn_norm.weight'],
+                                                                1e-6), (H, W), heads, 0.25)
+        gate, up = F.linear(rms(t, sd[b + 'mlp_norm.weight'], 1e-6),
+                            sd[b + 'mlp.gate_proj.weight']).chunk(2, -1)
+        t = t + F.linear(F.silu(gate) * up, sd[b + 'mlp.down_proj.weight'])
+    return rms(t, sd['norm.weight'], 1e-6).transpose(1, 2).reshape(B, C, H, W)
+
+
+VIG_H_DIMS, VIG_H_HEADS = [32, 64, 64, 128], [1, 2, 2, 4]     # heads = dim // 32 as inferred
+
+
+def vig_backbone(path):
+    """The backbone that tools/convert_checkpoint.py infers from the checkpoint."""
+    from fla_mm.checkpoint.arch import build_backbone, infer_backbone_cfg
+    cfg = infer_backbone_cfg('vig', read_checkpoint(str(path))[0])
+    return build_backbone(cfg).eval(), cfg
+
+
+@pytest.mark.parametrize('outnorms', [False, True])
+def test_vig_h_reproduces_vig_h(tmp_path, outnorms):
+    sd = vig_h_state(VIG_H_DIMS, [1, 2, 1, 1], VIG_H_HEADS, outnorms=outnorms)
     path = tmp_path / 'vig_h.pth'
-    torch.save({'model': to_vig_h(state, old_names)}, path)
-    with pytest.raises(CheckpointError, match=r'missing keys: \[patch_embed.proj.1.bias'):
-        load(pyramid_vig(), path)
-    torch.manual_seed(5)
-    dst = pyramid_vig()
-    rep = load_pretrained(dst, str(path), strict=False)
-    assert rep['format'] == 'vig'
-    assert set(rep['dropped']) == {'classifier.head.weight', 'classifier.head.bias'}
-    assert {'patch_embed.2.weight', 'patch_embed.2.bias'} <= set(rep['unmapped'])
-    assert all(k.startswith('patch_embed.proj.1.') for k in rep['missing'])
-    assert sorted({k.split('.')[0] for k in rep['new']}) == ['norm0', 'norm1', 'norm2']
-    for k, v in state.items():
-        if k.startswith(('patch_embed.proj.1.', 'norm0.', 'norm1.', 'norm2.')):
-            continue
-        assert torch.equal(dst.state_dict()[k], v), k
+    torch.save({'model': sd}, path)
+    m, cfg = vig_backbone(path)
+    assert cfg['arch']['num_heads'] == VIG_H_HEADS and cfg['mixer'] == 'vig_gla'
+    rep = load_pretrained(m, str(path))                 # strict
+    assert rep['format'] == 'vig' and rep['ok'] and not rep['unmapped']
+    assert set(rep['dropped']) == (set() if outnorms else
+                                   {'classifier.head.weight', 'classifier.head.bias'})
+    assert set(rep['new']) == (set() if outnorms else
+                               {f'norm{i}.{p}' for i in range(3) for p in ('weight', 'bias')})
+    if not outnorms:        # stages 0-2 of a classifier checkpoint: LayerNorms at their init
+        assert all((getattr(m, f'norm{i}').weight == 1).all() for i in range(3))
+    widths = [s.blocks[0].channel_mixer.down_proj.in_features for s in m.stages]
+    assert widths == [96, 192, 192, 352]            # gMlp: ceil32(int(8 * dim / 3))
+    for shape in [(32, 32), (44, 28)]:
+        x = torch.randn(2, 3, *shape)
+        with torch.no_grad():
+            ref = vig_h_reference(sd, x, VIG_H_HEADS)
+            out = m(x)
+        for a, b in zip(out, ref):
+            assert a.shape == b.shape and (a - b).abs().max() <= 1e-5
 
 
-def test_vig_h_into_plain_is_refused(tmp_path):
+def test_vig_h_every_tensor_lands_where_it_should(tmp_path):
+    sd = vig_h_state(VIG_H_DIMS, [1, 1, 1, 1], VIG_H_HEADS)
     path = tmp_path / 'vig_h.pth'
-    torch.save({'model': to_vig_h(pyramid_vig().state_dict())}, path)
+    old = {re.sub(r'(blocks\.\d+)\.norm\.', r'\1.ln_1.', k.replace('.op.', '.self_attention.'))
+           .replace('classifier.norm.', 'norm.').replace('classifier.head.', 'head.')
+           .replace('patch_embed.0.', 'patch_embed.proj.').replace('patch_embed.2.',
+                                                                    'patch_embed.norm.'): v
+           for k, v in sd.items()}              # names of earlier ViG-H code, renamed on load
+    torch.save({'model': old}, path)
+    m, _ = vig_backbone(path)
+    load_pretrained(m, str(path))
+    own = m.state_dict()
+    b, a = 'layers.2.blocks.0.', 'stages.2.blocks.0.'
+    q, k, v = sd[b + 'op.qkv_proj.weight'].split([32, 32, 64])
+    gate, up = sd[b + 'mlp.fc1.weight'].chunk(2)
+    pairs = {'patch_embed.2.weight': 'patch_embed.proj.1.weight',
+             'patch_embed.5.weight': 'patch_embed.proj.3.weight',
+             'patch_embed.7.bias': 'patch_embed.norm.bias',
+             b + 'norm.bias': a + 'ln_1.bias', b + 'norm2.weight': a + 'ln_2.weight',
+             b + 'op.in_proj.0.weight': a + 'attn.local_conv.weight',
+             b + 'op.gk_proj.1.bias': a + 'attn.gk_proj.1.bias',
+             b + 'op.g_proj.bias': a + 'attn.g_proj.bias',
+             b + 'op.l_norm.weight': a + 'attn.l_norm.weight',
+             b + 'mlp.fc2.weight': a + 'channel_mixer.down_proj.weight',
+             'layers.1.downsample.1.weight': 'stages.2.downsample.reduction.weight',
+             'layers.1.downsample.3.bias': 'stages.2.downsample.norm.bias',
+             'classifier.norm.weight': 'norm3.weight'}
+    for src, dst in pairs.items():
+        assert torch.equal(own[dst], sd[src]), dst
+    for t, dst in ((q, 'q_proj'), (k, 'k_proj'), (v, 'v_proj')):
+        assert torch.equal(own[a + f'attn.{dst}.weight'], t)
+    assert torch.equal(own[a + 'channel_mixer.gate_proj.weight'], gate)
+    assert torch.equal(own[a + 'channel_mixer.up_proj.weight'], up)
+
+
+def test_vig_h_into_the_wrong_model_is_one_clear_error(tmp_path):
+    path = tmp_path / 'vig_h.pth'
+    torch.save({'model': vig_h_state(VIG_H_DIMS, [1, 1, 1, 1], VIG_H_HEADS)}, path)
     with pytest.raises(CheckpointError, match='ViG-H checkpoint .*build FLAPyramid, not '
                                               'FLAPlain') as e:
         load(plain(), path)
     assert_one_line(e)
+    m = FLAPyramid(arch=dict(embed_dims=VIG_H_DIMS, depths=[1, 1, 1, 1], num_heads=VIG_H_HEADS),
+                   mixer='vig_gla', norm_eps=1e-5, ffn='swiglu', mlp_ratio=8 / 3,
+                   mlp_multiple_of=32)                  # BatchNorm stem: not ViG-H's
+    with pytest.raises(CheckpointError, match=r'missing keys: \[patch_embed.proj.1.bias.*'
+                                              r'stem="vig_h".*fla_mm builds ViG') as e:
+        load(m, path)
+    assert_one_line(e)
+
+
+def test_vig_reproduces_vig(tmp_path):
+    sd = vig_state(128, 2, grid=4)
+    path = tmp_path / 'vig_s.pth'
+    torch.save({'model': sd}, path)
+    m, cfg = vig_backbone(path)
+    assert cfg['stem'] == 'vig' and cfg['mixer_cfg'] == dict(o_scale=0.25)
+    rep = load_pretrained(m, str(path))
+    assert rep['ok'] and set(rep['dropped']) == {'head.weight', 'head.bias'} and not rep['new']
+    assert m.blocks[0].channel_mixer.down_proj.in_features == 512   # GLAMLP: ceil256(8d/3)
+    own = m.state_dict()
+    q, k, v = sd['blocks.1.attn.qkv_proj.weight'].split([64, 64, 128])
+    assert torch.equal(own['blocks.1.attn.k_proj.weight'], k)
+    assert torch.equal(own['patch_embed.norm.weight'], sd['patch_embed.proj.4.weight'])
+    assert torch.equal(own['norm1.weight'], sd['norm.weight'])
+    assert torch.equal(own['blocks.0.ln_2.weight'], sd['blocks.0.mlp_norm.weight'])
+    for shape in [(64, 64), (96, 48)]:
+        x = torch.randn(2, 3, *shape)
+        with torch.no_grad():
+            ref = vig_reference(sd, x, heads=2)
+            out = m(x)[0]
+        assert out.shape == ref.shape and (out - ref).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize('opts', [dict(), dict(conv_act='silu', out_act='swish', o_scale=0.25)])
+def test_vig_gla_mixer_is_vigs_equations(opts):
+    """One vig_gla mixer against the reference written from ViG's equations (bi scan)."""
+    r = _rand(0)
+    w = vig_attn_state('', 32, 2, r)
+    m = TokenMixer(32, 2, family='vig_gla', scan='bi', **opts).eval()
+    q, k, v = w['qkv_proj.weight'].split([16, 16, 32])
+    own = {'local_conv.weight': w['in_proj.0.weight'], 'q_proj.weight': q, 'k_proj.weight': k,
+           'v_proj.weight': v, **{n: w[n] for n in w if n not in ('in_proj.0.weight',
+                                                                  'qkv_proj.weight')}}
+    m.load_state_dict(own)
+    x = torch.randn(2, 20, 32)
+    with torch.no_grad():
+        ref = vig_mixer_reference(w, x, (4, 5), 2, o_scale=opts.get('o_scale', 0.5),
+                                  conv_act='conv_act' in opts, out_act='out_act' in opts)
+        assert (m(x, (4, 5)) - ref).abs().max() <= 1e-5
+
+
+def test_vig_options_the_tensors_do_not_show():
+    """ViG-T's released config sets use_act_in_conv and use_out_act; the others do not."""
+    from fla_mm.checkpoint.arch import infer_backbone_cfg
+    for dim, acts in ((192, dict(conv_act='silu', out_act='swish')), (384, {})):
+        cfg = infer_backbone_cfg('vig', vig_state(dim, 1, 2))
+        assert cfg['mixer_cfg'] == dict(o_scale=0.25, **acts)
+        assert cfg['arch']['num_heads'] == dim // 64 and cfg['pretrain_img_size'] == 32
+
+
+def test_vig_gla_needs_the_grid():
+    with pytest.raises(ValueError, match='injects locality itself'):
+        TokenMixer(32, 2, family='vig_gla', locality=True)
+    with pytest.raises(ValueError, match='cls_token=True needs mixers .*vig_gla'):
+        plain(mixer='vig_gla', cls_token=True)
+    with pytest.raises(ValueError, match='expand_v must be 1.0'):
+        TokenMixer(32, 2, family='vig_gla', expand_v=2.0)
 
 
 # ----------------------------------------------------------------------------------- fla_mm
@@ -570,14 +769,22 @@ def test_convert_tool_timm_round_trip(tmp_path, ext, capsys):
         assert (patch_tokens(m(x)[0]) - ref).abs().max() <= 1e-5
 
 
-def test_convert_tool_vig_needs_no_strict_and_errors_cleanly(tmp_path, capsys):
+def test_convert_tool_vig_h_infers_the_architecture(tmp_path, capsys):
+    sd = vig_h_state(VIG_H_DIMS, [1, 1, 1, 1], VIG_H_HEADS)
     src = tmp_path / 'vig_h.pth'
-    torch.save({'model': to_vig_h(pyramid_vig().state_dict())}, src)
+    torch.save({'model': sd}, src)
     dst = tmp_path / 'vig_h_fla.pth'
-    arch = json.dumps(dict(type='FLAPyramid', arch=dict(embed_dims=[16, 32, 32, 64],
-                                                        depths=[1, 1, 1, 1],
-                                                        num_heads=[1, 2, 2, 4]),
-                           mixer='gla', mixer_cfg=VIG_MIXER, ffn='swiglu'))
+    assert run_tool('convert_checkpoint', str(src), str(dst)) == 0
+    assert 'Wrote' in capsys.readouterr().out
+    state, meta, _ = read_checkpoint(str(dst))
+    assert meta['fla_mm']['arch']['stem'] == 'vig_h'
+    m, _ = vig_backbone(src)
+    assert load_pretrained(m, str(dst))['format'] == 'fla_mm'
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert (m(x)[3] - vig_h_reference(sd, x, VIG_H_HEADS)[3]).abs().max() <= 1e-5
+    arch = json.dumps(dict(type='FLAPyramid', arch=dict(embed_dims=VIG_H_DIMS, depths=[1] * 4,
+                                                        num_heads=VIG_H_HEADS), mixer='gla'))
     assert run_tool('convert_checkpoint', str(src), str(dst), '--arch', arch) == 1
     assert 'error: Checkpoint' in capsys.readouterr().err
     assert run_tool('convert_checkpoint', str(src), str(dst), '--arch', arch,

@@ -2,7 +2,7 @@
 
     python tools/convert_checkpoint.py deit_small_patch16_224.pth deit_s.pth --format timm_vit
     python tools/convert_checkpoint.py hf_gla_folder/ gla_s.safetensors --format hf_fla
-    python tools/convert_checkpoint.py vig_h_t.pth vig_h_t.pth --format vig --no-strict
+    python tools/convert_checkpoint.py vig_h_t.pth vig_h_t.pth --format vig
     python tools/convert_checkpoint.py X.pth Y.pth --arch '{"arch": "small", "mixer": "gla"}'
 
 The target backbone comes from ``--arch`` (a config file, whose model.backbone is used;

@@ -6,8 +6,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers import Block, LayerNorm2d, block_style, resize_pos_embed
+from ..layers.blocks import NORMS
 from .base import (FLABackboneBase, check_indices, check_mixers, per_item, resolve_arch,
                    to_2tuple)
+from .stem import build_stem
 
 # DeiT-T / S / B widths.
 ARCHS = {
@@ -31,18 +33,6 @@ def _sfp_branch(dim, scale):
     return nn.MaxPool2d(2, 2, ceil_mode=True)
 
 
-class PatchEmbed(nn.Module):
-    """Non-overlapping patch projection (timm's ``patch_embed.proj``)."""
-
-    def __init__(self, in_channels, dim, patch_size):
-        super().__init__()
-        self.proj = nn.Conv2d(in_channels, dim, patch_size, patch_size)
-
-    def forward(self, x):
-        x = self.proj(x)
-        return x.flatten(2).transpose(1, 2), tuple(x.shape[2:])
-
-
 class FLAPlain(FLABackboneBase):
     """Single-stride linear-attention backbone (ViG / DeiT layout) with a feature pyramid.
 
@@ -62,6 +52,12 @@ class FLAPlain(FLABackboneBase):
         hybrid_layers: block indices that use softmax attention ('transformer').
         hybrid_cfg: TokenMixer options of those blocks (``mixer_cfg`` is not applied to them).
         block, mlp_ratio, ffn, norm: block style ('vig' or 'illama') and overrides.
+        mlp_multiple_of: round FFN widths up to a multiple of this (ViG's and FLA's SwiGLU:
+            256 with ``mlp_ratio=8/3``).
+        norm_eps: eps of the block and output norms (None: 1e-6).
+        out_norm: output norms 'ln' (LayerNorm) or 'rms' (ViG's final RMSNorm).
+        stem: 'patch' (one patch_size conv) or a conv stem, e.g. 'vig' (ViG's two-conv
+            V2PatchEmbed); see :mod:`fla_mm.backbones.stem`.
         drop_path_rate: stochastic depth, rising linearly over the blocks.
         layer_scale: initial per-channel residual scale, or None.
         in_channels: image channels.
@@ -80,13 +76,14 @@ class FLAPlain(FLABackboneBase):
             dropped before the outputs (the ViT / DeiT function, so timm checkpoints load
             with their class token; its position embedding is folded into it). The blocks
             then see one sequence of 1 + H*W tokens, so it needs mixers that do not use the
-            2-D grid: no 'cross' scan and no locality.
+            2-D grid: no 'cross' scan, no locality and no vig_gla.
         init_cfg: e.g. dict(type='Pretrained', checkpoint=PATH, prefix='backbone.').
     """
 
     def __init__(self, arch='small', patch_size=16, mixer='gla', scan=None, mixer_cfg=None,
                  hybrid_layers=(), hybrid_cfg=None, block='vig', mlp_ratio=None, ffn=None,
-                 norm=None, drop_path_rate=0.1, layer_scale=None, in_channels=3,
+                 norm=None, mlp_multiple_of=1, norm_eps=1e-6, out_norm='ln', stem='patch',
+                 drop_path_rate=0.1, layer_scale=None, in_channels=3,
                  out_indices=(-1,), out_scales=SFP_SCALES, frozen_stages=-1, norm_eval=False,
                  with_cp=False, pretrain_img_size=224, interpolate_mode='bicubic', cls_token=False,
                  init_cfg=None, **unknown):
@@ -114,6 +111,9 @@ class FLAPlain(FLABackboneBase):
             raise ValueError(f'frozen_stages={frozen_stages!r}; valid: -1 (none), 0 (patch '
                              f'and position embedding) ... {depth} (all blocks)')
         style = block_style(block, scan=scan, mlp_ratio=mlp_ratio, ffn=ffn, norm=norm)
+        if out_norm not in NORMS:
+            raise ValueError(f'Unknown out_norm {out_norm!r}; valid: {", ".join(NORMS)}')
+        norm_eps = 1e-6 if norm_eps is None else norm_eps
         self.in_channels, self.patch_size, self.depth = in_channels, patch_size, depth
         self.frozen_stages, self.norm_eval = frozen_stages, norm_eval
         self.pretrain_img_size = to_2tuple(pretrain_img_size, 'pretrain_img_size')
@@ -124,7 +124,7 @@ class FLAPlain(FLABackboneBase):
         self.interpolate_mode = interpolate_mode
         self.out_scales = out_scales
 
-        self.patch_embed = PatchEmbed(in_channels, dim, patch_size)
+        self.patch_embed = build_stem(stem, in_channels, dim, patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.pos_hw[0] * self.pos_hw[1], dim))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cls_token else None
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
@@ -134,15 +134,16 @@ class FLAPlain(FLABackboneBase):
                              scan=style['scan'],
                              **((hybrid_cfg if i in hybrid else mixer_cfgs[i]) or {})),
                   mlp_ratio=style['mlp_ratio'], ffn=style['ffn'], norm=style['norm'],
-                  drop_path=dpr[i], layer_scale=layer_scale, with_cp=with_cp)
+                  norm_eps=norm_eps, mlp_multiple_of=mlp_multiple_of, drop_path=dpr[i],
+                  layer_scale=layer_scale, with_cp=with_cp)
             for i in range(depth))
         grid_mixers = [i for i, b in enumerate(self.blocks)
-                       if b.attn.scan == 'cross' or b.attn.locality]
+                       if b.attn.scan == 'cross' or b.attn.locality or b.attn.spec.get('grid')]
         if cls_token and grid_mixers:
             raise ValueError(f'cls_token=True needs mixers that do not use the 2-D grid; blocks '
-                             f'{grid_mixers} use the cross scan or locality')
+                             f'{grid_mixers} use the cross scan, locality or vig_gla')
         for i in self.out_indices:
-            self.add_module(f'norm{i}', nn.LayerNorm(dim, eps=1e-6))
+            self.add_module(f'norm{i}', NORMS[out_norm](dim, eps=norm_eps))
         if out_scales is not None:
             self.sfp = nn.ModuleList(_sfp_branch(dim, s) for s in out_scales)
             self.out_strides = [patch_size / s for s in out_scales]

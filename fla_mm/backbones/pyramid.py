@@ -2,7 +2,9 @@
 import torch.nn as nn
 
 from ..layers import Block, RepMixerBlock, block_style
+from ..layers.blocks import NORMS
 from .base import FLABackboneBase, check_indices, check_mixers, per_item, resolve_arch
+from .stem import build_stem
 
 # ViG-H-T / S / B scale (Swin-T / S / B widths).
 ARCHS = {
@@ -12,22 +14,6 @@ ARCHS = {
 }
 
 CONV_MIXERS = ('repmixer',)
-
-
-class Stem(nn.Module):
-    """Two stride-2 3x3 convs: image -> tokens at stride ceil(H/4) x ceil(W/4)."""
-
-    def __init__(self, in_channels, dim):
-        super().__init__()
-        self.proj = nn.Sequential(
-            nn.Conv2d(in_channels, dim // 2, 3, 2, 1), nn.BatchNorm2d(dim // 2), nn.GELU(),
-            nn.Conv2d(dim // 2, dim, 3, 2, 1))
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x):
-        x = self.proj(x)
-        hw = tuple(x.shape[2:])
-        return self.norm(x.flatten(2).transpose(1, 2)), hw
 
 
 class Downsample(nn.Module):
@@ -80,6 +66,13 @@ class FLAPyramid(FLABackboneBase):
         hybrid_cfg: TokenMixer options of those blocks (``mixer_cfg`` is not applied to them).
         block: block style, 'vig' (LayerNorm + GELU MLP, bi scan) or 'illama' (RMSNorm +
             SwiGLU, causal uni scan); ``mlp_ratio``, ``ffn``, ``norm`` override its defaults.
+        mlp_multiple_of: round FFN widths up to a multiple of this (ViG-H: 32 with
+            ``mlp_ratio=8/3``).
+        norm_eps: eps of the block and output norms; None: 1e-6 in blocks, 1e-5 in the
+            output norms (ViG-H: 1e-5 everywhere). Stem and downsampling norms use 1e-5.
+        out_norm: output norms 'ln' (LayerNorm) or 'rms'.
+        stem: 'conv_bn' (conv-BN-GELU-conv), 'vig_h' (conv-LN-GELU-conv, ViG-H), 'patch'
+            (one 4x4 conv); see :mod:`fla_mm.backbones.stem`.
         drop_path_rate: stochastic depth, rising linearly over all blocks.
         layer_scale: initial per-channel residual scale, or None (RepMixer stages use 1e-5
             when None, as FastViT).
@@ -99,6 +92,7 @@ class FLAPyramid(FLABackboneBase):
 
     def __init__(self, arch='tiny', mixer='gla', scan=None, mixer_cfg=None, hybrid_layers=(),
                  hybrid_cfg=None, block='vig', mlp_ratio=None, ffn=None, norm=None,
+                 mlp_multiple_of=1, norm_eps=None, out_norm='ln', stem='conv_bn',
                  drop_path_rate=0.1, layer_scale=None, in_channels=3, out_indices=(0, 1, 2, 3),
                  frozen_stages=-1, norm_eval=False, with_cp=False, pretrain_img_size=224,
                  init_cfg=None, **unknown):
@@ -119,12 +113,14 @@ class FLAPyramid(FLABackboneBase):
             raise ValueError(f'frozen_stages={frozen_stages!r}; valid: -1 (none), 0 (stem) '
                              f'... {n} (stem and all stages)')
         style = block_style(block, scan=scan, mlp_ratio=mlp_ratio, ffn=ffn, norm=norm)
+        if out_norm not in NORMS:
+            raise ValueError(f'Unknown out_norm {out_norm!r}; valid: {", ".join(NORMS)}')
         self.in_channels, self.frozen_stages, self.norm_eval = in_channels, frozen_stages, norm_eval
         self.pretrain_img_size = pretrain_img_size
         self.depths, self.mixers = list(depths), mixers
         dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
 
-        self.patch_embed = Stem(in_channels, dims[0])
+        self.patch_embed = build_stem(stem, in_channels, dims[0], self.patch_size)
         self.stages = nn.ModuleList()
         idx = 0
         for i, depth in enumerate(depths):
@@ -140,12 +136,15 @@ class FLAPyramid(FLABackboneBase):
                     blocks.append(Block(
                         dims[i], heads[i], mixer=dict(family=family, scan=style['scan'], **cfg),
                         mlp_ratio=style['mlp_ratio'], ffn=style['ffn'], norm=style['norm'],
+                        norm_eps=1e-6 if norm_eps is None else norm_eps,
+                        mlp_multiple_of=mlp_multiple_of,
                         drop_path=dpr[idx], layer_scale=layer_scale, with_cp=with_cp))
                 idx += 1
             down = Downsample(dims[i - 1], dims[i]) if i > 0 else None
             self.stages.append(Stage(blocks, down))
         for i in self.out_indices:
-            self.add_module(f'norm{i}', nn.LayerNorm(dims[i]))
+            self.add_module(f'norm{i}', NORMS[out_norm](
+                dims[i], eps=1e-5 if norm_eps is None else norm_eps))
         self.num_features = list(dims)
         self.out_channels = [dims[i] for i in self.out_indices]
         self.out_strides = [4 * 2 ** i for i in self.out_indices]

@@ -21,6 +21,10 @@ HF_FAMILIES = {'gla': 'gla', 'simple_gla': 'simple_gla', 'retnet': 'retnet',
                'delta_net': 'delta_net', 'gated_deltanet': 'gated_delta_net',
                'gated_delta_net': 'gated_delta_net', 'hgrn': 'hgrn', 'hgrn2': 'hgrn2',
                'rwkv6': 'rwkv6', 'rwkv7': 'rwkv7', 'gsa': 'gsa', 'abc': 'abc'}
+# fla-zoo scan types -> fla_mm scans. Only uni-scan (fla-zoo's default) computes the same
+# function: fla-zoo runs the whole mixer (output norm and gate included) per direction and
+# sums its bi-scan directions without flipping the reversed one back.
+HF_SCANS = {'uni-scan': 'uni', 'bi-scan': 'bi', 'cross-scan': 'cross', 'random-scan': 'random'}
 LAYOUTS = {'plain': 'FLAPlain', 'pyramid': 'FLAPyramid'}
 
 
@@ -72,24 +76,33 @@ def _hf(state, hf_config):
     heads = hf_config.get('num_heads', hf_config.get('num_attention_heads'))
     opts = {k: hf_config[k] for k in FAMILIES[family]['defaults']
             if k in hf_config and k != 'causal'}
-    if 'hidden_act' in hf_config and 'gate_fn' in FAMILIES[family]['defaults']:
+    if 'hidden_act' in hf_config and family in ('gla', 'retnet'):   # fla-zoo passes it there
         opts['gate_fn'] = hf_config['hidden_act']
+    if family == 'hgrn2':       # FLA's HGRN2Attention normalises with eps 1e-5, not norm_eps
+        opts.pop('norm_eps', None)
+    if family == 'transformer':     # fla-zoo's FullAttention: rotary at base 10000, no causal mask
+        opts.update(qkv_bias=any(k.endswith('attn.q_proj.bias') for k in state),
+                    o_bias=any(k.endswith('attn.o_proj.bias') for k in state),
+                    rope_theta=10000.0, causal=False)
     swiglu = any('channel_mixer.gate_proj' in k for k in state)
     key = next((k for k in state if re.search(r'channel_mixer\.(net\.0|gate_proj)\.weight$', k)),
                None)
     size = hf_config.get('image_size', 224)
     size = size if isinstance(size, int) else tuple(size)
+    scan = hf_config.get('test_scan_type') or hf_config.get('train_scan_type') or 'uni-scan'
     return dict(type='FLAPlain',
                 arch=dict(embed_dims=dim, depth=hf_config['num_hidden_layers'],
                           num_heads=heads),
                 patch_size=hf_config.get('patch_size', 16), mixer=family, mixer_cfg=opts,
-                scan='uni', ffn='swiglu' if swiglu else 'mlp',
+                scan=HF_SCANS.get(scan, 'uni'), norm_eps=hf_config.get('layer_norm_eps', 1e-6),
+                ffn='swiglu' if swiglu else 'mlp',
                 mlp_ratio=(state[key].shape[0] / dim) if key else 4.0,
                 pretrain_img_size=size, drop_path_rate=0.0, out_scales=None, out_indices=(-1,))
 
 
 def _vig(state):
-    mixer_cfg = dict(direction_gates=True, locality=True, expand_k=0.5, fuse_norm=False)
+    """The architecture of hustvl/ViG's released configs (configs/vig, configs/vig-h) at the
+    checkpoint's widths; only ViG-T sets USE_ACT_IN_CONV and USE_OUT_ACT (see VIG_OPTIONS)."""
     if any(k.startswith(('layers.', 'outnorm')) for k in state):
         depths, dims = [], []
         for i in range(_count(state, r'^layers\.(\d+)\.')):
@@ -99,26 +112,38 @@ def _vig(state):
             dims.append(w.shape[0])
         fc1 = state.get('layers.0.blocks.0.mlp.fc1.weight')
         gmlp = 'layers.0.blocks.0.mlp.fc1.bias' not in state
-        hidden = fc1.shape[0] // (2 if gmlp else 1) if fc1 is not None else 4 * dims[0]
+        ffn = (dict(ffn='swiglu', mlp_ratio=8 / 3, mlp_multiple_of=32) if gmlp else
+               dict(ffn='mlp', mlp_ratio=fc1.shape[0] / dims[0] if fc1 is not None else 4.0))
+        conv_bias = any(k.endswith('.in_proj.0.bias') for k in state)
         return dict(type='FLAPyramid',
                     arch=dict(embed_dims=dims, depths=depths,
                               num_heads=VIGH_HEADS.get(dims[0], [max(1, d // 32) for d in dims])),
-                    mixer='gla', mixer_cfg=mixer_cfg, scan='bi',
-                    ffn='swiglu' if gmlp else 'mlp', mlp_ratio=hidden / dims[0],
-                    drop_path_rate=0.0)
+                    mixer='vig_gla', mixer_cfg=dict(conv_bias=True) if conv_bias else None,
+                    scan='bi', stem='vig_h', norm_eps=1e-5, drop_path_rate=0.0, **ffn)
     dim = state['blocks.0.attn_norm.weight'].shape[0]
     swiglu = 'blocks.0.mlp.gate_proj.weight' in state
     hidden = (state['blocks.0.mlp.gate_proj.weight'].shape[0] // 2 if swiglu
               else state['blocks.0.mlp.fc1.weight'].shape[0])
+    v2 = 'patch_embed.proj.0.weight' in state
+    patch = 16 if v2 else state['patch_embed.proj.weight'].shape[-1]
     n = state['pos_embed'].shape[1] if 'pos_embed' in state else 196
     side = _side(n) or _side(n - 1) or 14
-    return dict(type='FLAPlain',
-                arch=dict(embed_dims=dim, depth=_count(state, r'^blocks\.(\d+)\.'),
-                          num_heads=VIG_HEADS.get(dim, max(1, dim // 64))),
-                mixer='gla', mixer_cfg=mixer_cfg, scan='bi', norm='rms',
-                ffn='swiglu' if swiglu else 'mlp', mlp_ratio=hidden / dim,
-                pretrain_img_size=side * 16, drop_path_rate=0.0, out_scales=None,
-                out_indices=(-1,))
+    mixer_cfg = dict(o_scale=0.25)
+    if dim == 192:                                      # ViG-T
+        mixer_cfg.update(conv_act='silu', out_act='swish')
+    if 'blocks.0.attn.in_proj.0.bias' in state:
+        mixer_cfg['conv_bias'] = True
+    cfg = dict(type='FLAPlain',
+               arch=dict(embed_dims=dim, depth=_count(state, r'^blocks\.(\d+)\.'),
+                         num_heads=VIG_HEADS.get(dim, max(1, dim // 64))),
+               patch_size=patch, stem='vig' if v2 else 'patch', mixer='vig_gla',
+               mixer_cfg=mixer_cfg, scan='bi', norm='rms', out_norm='rms', norm_eps=1e-6,
+               ffn='swiglu' if swiglu else 'mlp', mlp_ratio=hidden / dim,
+               pretrain_img_size=side * patch, drop_path_rate=0.0, out_scales=None,
+               out_indices=(-1,))
+    if 'blocks.0.gamma1' in state:
+        cfg['layer_scale'] = 1.0
+    return cfg
 
 
 def infer_backbone_cfg(fmt, state, meta=None, hf_config=None):

@@ -40,12 +40,33 @@ Formats (``FORMATS``):
         dropped: head.*, head_dist.*, fc_norm.*
 ``vig``
     ViG (plain, -> FLAPlain) and ViG-H (hierarchical, -> FLAPyramid) official checkpoints
-    (``model`` key). ViG-H's old names are renamed first as ViG does on load
+    (``model`` key), or ViG-H's OpenMMLab backbone (``outnorm{i}``), into the architecture
+    that reproduces them (``tools/convert_checkpoint.py`` infers it; see
+    :func:`fla_mm.checkpoint.arch.infer_backbone_cfg`): ``mixer='vig_gla'``, ``scan='bi'``,
+    SwiGLU FFNs at ViG's widths, and for ViG-H ``stem='vig_h'``, ``norm_eps=1e-5``,
+    ``mlp_multiple_of=32``; for ViG ``stem='vig'``, ``norm='rms'``, ``out_norm='rms'``,
+    ``mlp_multiple_of=256``. ViG-H's old names are renamed first as ViG does on load
     (``patch_embed.proj`` -> ``patch_embed.0``, ``patch_embed.norm`` -> ``patch_embed.2``,
     ``layers.i.blocks.j.ln_1`` -> ``.norm``, ``.self_attention`` -> ``.op``, ``norm`` ->
-    ``classifier.norm``, ``head`` -> ``classifier.head``). See :data:`VIG_MISMATCH` for what
-    fla_mm's layouts cannot represent: a ViG checkpoint never loads strictly, and with
-    ``strict=False`` it is an initialisation, not ViG's function.
+    ``classifier.norm``, ``head`` -> ``classifier.head``)::
+
+        patch_embed.{0,2,5,7} (ViG-H) / patch_embed.proj.{0,1,3,4} (ViG)
+                                          -> patch_embed.proj.{0,1,3}, patch_embed.norm
+        layers.i.blocks.j.{norm,norm2}   -> stages.i.blocks.j.{ln_1,ln_2}
+        blocks.i.{attn_norm,mlp_norm}    -> blocks.i.{ln_1,ln_2}; gamma{1,2} -> gamma_{1,2}
+        <op|attn>.in_proj.0.*            -> attn.local_conv.*
+        <op|attn>.qkv_proj.weight        -> attn.{q,k,v}_proj.weight (split)
+        <op|attn>.{gk_proj,g_proj,o_proj,g_norm,l_norm}.* -> attn.<same>
+        mlp.{fc1|gate_proj} (fused SwiGLU) -> channel_mixer.{gate_proj,up_proj} (split)
+        mlp.{fc2|down_proj}              -> channel_mixer.down_proj
+        layers.i.downsample.{1,3}        -> stages.{i+1}.downsample.{reduction,norm}
+        classifier.norm / norm (final)   -> norm{last}; outnorm{i} -> norm{i}
+        dropped: classifier.head.*, head.*
+
+    :data:`VIG_MISMATCH` lists ViG's options that fla_mm does not build (none of the
+    released models uses them); :data:`VIG_OPTIONS` the ones the tensors do not show. Plain
+    ViG on image sides that are not multiples of 16 differs at the border: FLAPlain pads the
+    image to the patch grid, ViG's conv stem does not.
 """
 import math
 import re
@@ -57,19 +78,18 @@ from .io import CheckpointError
 FORMATS = ('fla_mm', 'hf_fla', 'vig', 'timm_vit')
 
 VIG_MISMATCH = (
-    'ViG\'s GLA mixer differs from fla_mm\'s gla mixer (direction_gates=True, locality=True): '
-    '(1) ViG feeds DWConv3x3(x) (+SiLU) into the q/k/v/gate projections, fla_mm multiplies the '
-    'mixer output by sigmoid(DWConv3x3(x)) (the conv weight maps, the function does not); '
-    '(2) ViG mixes g_norm(o) and l_norm(local) with sigmoid(g_proj(x) + bias), fla_mm gates '
-    'g_norm(o) with swish(g_proj(x)) (g_proj.bias and l_norm have no counterpart); '
-    '(3) plain ViG: RMSNorm block norms (build with norm="rms"), SwiGLU FFN with a fused '
-    'gate_proj (split into gate_proj / up_proj; ffn="swiglu") or a SiLU MLP (fla_mm: GELU), '
-    'a final RMSNorm (fla_mm\'s output norm is a LayerNorm) and the v2 two-conv patch '
-    'embedding (fla_mm: one 16x16 conv); '
-    '(4) ViG-H: the stem\'s LayerNorm after the first conv (fla_mm: BatchNorm), block '
-    'LayerNorm eps 1e-5 (fla_mm: 1e-6), gMlp widths rounded up to a multiple of 32 (fla_mm: '
-    'int(dim * mlp_ratio), one ratio for all stages) and the v2 2x2 downsampling conv '
-    '(fla_mm: 3x3 stride 2, as ViG-H v3).')
+    'fla_mm builds ViG and ViG-H as released (configs/vig, configs/vig-h of hustvl/ViG) but '
+    'not these options of ViG\'s code: a class token (IF_CLS_TOKEN, mid_clstok), rotary '
+    'embeddings (ROPE_MODE other than "none"), USE_DIRPE, USE_LOWER_BOUND, USE_MSG, IF_RC_PE, '
+    'SCAN_MODE "zigzag", USE_ACT_IN_PATCH, USE_SWIGLU=False (a SiLU MLP), ViG-H\'s v1 patch '
+    'embedding, its v1 / v2 downsampling and NORM_LAYER "bn".')
+
+VIG_OPTIONS = (
+    'ViG options that the tensors do not show must match the source config: '
+    'mixer_cfg conv_act="silu" for USE_ACT_IN_CONV=True and out_act="swish" for '
+    'USE_OUT_ACT=True (both set in the released ViG-T only), o_scale=0.25 for plain ViG (its '
+    'eval path halves the two directions\' sum twice; ViG-H and ViG training: the default, '
+    'their mean).')
 
 
 class Conversion:
@@ -320,44 +340,32 @@ _VIGH_RENAMES = (
     (r'^head\.', 'classifier.head.'),
 )
 
+# ViG's mixer tensors that keep their name in fla_mm's vig_gla mixer.
+_VIG_ATTN_SAME = ('gk_proj.0.weight', 'gk_proj.1.weight', 'gk_proj.1.bias', 'g_proj.weight',
+                  'g_proj.bias', 'o_proj.weight', 'g_norm.weight', 'l_norm.weight')
 
-def _vig_attn(conv, target, state, src, dst):
-    """ViG's GatedLinearAttention / GLA2D (under ``src``) -> fla_mm's gla mixer (``dst``)."""
+
+def _vig_attn(conv, state, src, dst):
+    """ViG's GatedLinearAttention / GLA2D (under ``src``) -> fla_mm's vig_gla mixer."""
     gk = state.get(src + 'gk_proj.1.weight')
     for k in [k for k in state if k.startswith(src)]:
         v, name = state[k], k[len(src):]
-        if name == 'qkv_proj.weight':
-            if gk is None:
-                conv.unmap(k, 'qkv_proj without gk_proj: cannot tell the key width')
-                continue
-            key_dim = gk.shape[0] // 2
-            q, kk, vv = v.split([key_dim, key_dim, v.shape[0] - 2 * key_dim], 0)
-            conv.put(dst + 'q_proj.weight', q)
-            conv.put(dst + 'k_proj.weight', kk)
-            conv.put(dst + 'v_proj.weight', vv)
-        elif name.startswith('gk_proj.') or name in ('o_proj.weight', 'g_proj.weight'):
+        if name == 'qkv_proj.weight' and gk is not None:
+            key_dim = gk.shape[0] // 2                  # ViG: two direction gates, always
+            for n, part in zip('qkv', v.split([key_dim, key_dim, v.shape[0] - 2 * key_dim])):
+                conv.put(f'{dst}{n}_proj.weight', part)
+        elif name in ('in_proj.0.weight', 'in_proj.0.bias'):
+            conv.put(dst + 'local_conv.' + name.rsplit('.', 1)[1], v)
+        elif name in _VIG_ATTN_SAME:
             conv.put(dst + name, v)
-        elif name == 'g_norm.weight':
-            alt = dst + 'g_norm_swish_gate.weight'
-            conv.put(alt if target.has(alt) else dst + 'g_norm.weight', v)
-        elif name == 'in_proj.0.weight':
-            conv.put(dst + 'local_conv.weight', v)
-            if src + 'in_proj.0.bias' not in state and target.has(dst + 'local_conv.bias'):
-                conv.put(dst + 'local_conv.bias', v.new_zeros(v.shape[0]))
-                conv.synthesized[dst + 'local_conv.bias'] = 'zeros (ViG\'s conv has no bias)'
-        elif name == 'in_proj.0.bias':
-            conv.put(dst + 'local_conv.bias', v)
-        elif name == 'g_proj.bias':
-            conv.unmap(k, 'fla_mm\'s g_proj has no bias (ViG: sigmoid(g_proj(x)) mixes the '
-                          'global and local branches)')
-        elif name == 'l_norm.weight':
-            conv.unmap(k, 'ViG\'s local-branch norm; fla_mm\'s locality gates the output')
         else:
-            conv.unmap(k, 'no counterpart in fla_mm\'s gla mixer')
+            conv.unmap(k, 'no counterpart in fla_mm\'s vig_gla mixer (ViG use_dirpe / rope_mode '
+                          'are not supported)')
 
 
-def _vig_ffn(conv, state, src, dst):
-    """ViG FFNs: fused SwiGLU (GLAMLP.gate_proj / gMlp.fc1 without bias) or a 2-layer MLP."""
+def _vig_ffn(conv, state, src, dst, gelu_mlp):
+    """ViG FFNs: a fused SwiGLU (GLAMLP.gate_proj / gMlp.fc1 without bias) is split into
+    gate_proj / up_proj; ViG-H's GELU Mlp keeps fc1 / fc2."""
     fused = src + ('gate_proj.weight' if src + 'gate_proj.weight' in state else 'fc1.weight')
     swiglu = src + 'gate_proj.weight' in state or (src + 'fc1.weight' in state
                                                     and src + 'fc1.bias' not in state)
@@ -369,54 +377,67 @@ def _vig_ffn(conv, state, src, dst):
             conv.put(dst + 'up_proj.weight', up)
         elif swiglu and name in ('down_proj.weight', 'fc2.weight'):
             conv.put(dst + 'down_proj.weight', v)
-        elif not swiglu and name.split('.')[0] in ('fc1', 'fc2'):
+        elif not swiglu and gelu_mlp and name.split('.')[0] in ('fc1', 'fc2'):
             conv.put(dst + name, v)
         else:
-            conv.unmap(k, 'no counterpart in fla_mm\'s FFN')
+            conv.unmap(k, 'no counterpart in fla_mm\'s FFN (plain ViG\'s SiLU MLP, '
+                          'USE_SWIGLU=False, is not supported)')
+
+
+def _vig_stem(conv, target, k, v, names, bn_slot):
+    """ViG's two-conv stem (``names``: ViG key prefix -> fla_mm's) into a conv stem."""
+    src = next((p for p in names if k.startswith(p)), None)
+    if src is None:
+        conv.unmap(k, 'no counterpart in fla_mm\'s stems')
+    elif names[src] == 'patch_embed.proj.1.' and target.has(bn_slot):
+        conv.unmap(k, 'the ViG stem has a LayerNorm after its first conv, the model a '
+                      'BatchNorm: build it with the ViG stem (stem="vig_h" / "vig")')
+    else:
+        conv.put(names[src] + k[len(src):], v)
 
 
 def _convert_vig_plain(conv, state, target):
     if target.layout != 'plain':
         raise CheckpointError(f'this is a plain ViG checkpoint (blocks.*); build FLAPlain, '
                               f'not {target.name}')
+    v2 = {'patch_embed.proj.0.': 'patch_embed.proj.0.', 'patch_embed.proj.1.':
+          'patch_embed.proj.1.', 'patch_embed.proj.3.': 'patch_embed.proj.3.',
+          'patch_embed.proj.4.': 'patch_embed.norm.'}
     cls = 'cls_token' in state
     for k, v in state.items():
         m = re.match(r'^blocks\.(\d+)\.(.*)$', k)
         if m:
             i, rest = m.groups()
             b = f'blocks.{i}.'
-            if rest.startswith('attn.'):
+            if rest.startswith(('attn.', 'mlp.')):
                 continue
-            if rest.startswith('mlp.'):
-                continue
-            if rest == 'attn_norm.weight':
-                conv.put(b + 'ln_1.weight', v)
-            elif rest == 'mlp_norm.weight':
-                conv.put(b + 'ln_2.weight', v)
-            elif rest in ('gamma1', 'gamma2'):
-                conv.put(b + 'gamma_' + rest[-1], v)
+            new = {'attn_norm.weight': 'ln_1.weight', 'mlp_norm.weight': 'ln_2.weight',
+                   'gamma1': 'gamma_1', 'gamma2': 'gamma_2'}.get(rest)
+            if new:
+                conv.put(b + new, v)
             else:
                 conv.unmap(k, 'no counterpart in fla_mm\'s block')
         elif k in ('patch_embed.proj.weight', 'patch_embed.proj.bias'):
-            conv.put(k, v)
+            conv.put(k, v)                               # ViG v1: one patch_size conv
         elif k.startswith('patch_embed.'):
-            conv.unmap(k, 'ViG v2 patch embedding (two convs with LayerNorms); FLAPlain has '
-                          'one patch_size x patch_size conv')
+            _vig_stem(conv, target, k, v, v2, 'patch_embed.proj.1.running_mean')
         elif k == 'pos_embed':
             # ViG appends its class token at the end, with the last position slot
             conv.put('pos_embed', v[:, :-1] if cls and not square_side(v.shape[1]) else v)
         elif k == 'cls_token':
-            conv.unmap(k, 'ViG\'s class token (appended after the patches) has no counterpart')
+            conv.unmap(k, 'ViG\'s class token (appended after the patches, left out of the '
+                          'local conv) has no counterpart')
         elif k == 'norm.weight':
-            conv.unmap(k, 'ViG\'s final RMSNorm; fla_mm\'s output norm is a LayerNorm')
+            final_norm(conv, target, k, 'weight', v)
         elif k.startswith('head.'):
             conv.drop(k, 'classification head')
         else:
-            conv.unmap(k, 'no counterpart in FLAPlain')
+            conv.unmap(k, 'no counterpart in FLAPlain (ViG use_lower_bound / if_rc_pe are '
+                          'not supported)')
     blocks = sorted({int(k.split('.')[1]) for k in state if re.match(r'^blocks\.\d+\.', k)})
     for i in blocks:
-        _vig_attn(conv, target, state, f'blocks.{i}.attn.', f'blocks.{i}.attn.')
-        _vig_ffn(conv, state, f'blocks.{i}.mlp.', f'blocks.{i}.channel_mixer.')
+        _vig_attn(conv, state, f'blocks.{i}.attn.', f'blocks.{i}.attn.')
+        _vig_ffn(conv, state, f'blocks.{i}.mlp.', f'blocks.{i}.channel_mixer.', False)
 
 
 def _convert_vig_h(conv, state, target):
@@ -430,8 +451,8 @@ def _convert_vig_h(conv, state, target):
         renamed[k] = v
     state = renamed
     v2_stem = 'patch_embed.5.weight' in state
-    stem = {'patch_embed.0.': 'patch_embed.proj.0.', 'patch_embed.5.': 'patch_embed.proj.3.',
-            'patch_embed.7.': 'patch_embed.norm.'}
+    stem = {'patch_embed.0.': 'patch_embed.proj.0.', 'patch_embed.2.': 'patch_embed.proj.1.',
+            'patch_embed.5.': 'patch_embed.proj.3.', 'patch_embed.7.': 'patch_embed.norm.'}
     for k, v in state.items():
         m = re.match(r'^layers\.(\d+)\.blocks\.(\d+)\.(.*)$', k)
         d = re.match(r'^layers\.(\d+)\.downsample\.(\d+|\w+)\.(.*)$', k)
@@ -450,23 +471,17 @@ def _convert_vig_h(conv, state, target):
             i, part, rest = d.groups()
             s = f'stages.{int(i) + 1}.downsample.'
             w = state.get(f'layers.{i}.downsample.1.weight')
-            if part == '1' and w is not None and tuple(w.shape[-2:]) == (3, 3):
-                conv.put(s + 'reduction.' + rest, v)
-            elif part == '3' and w is not None and tuple(w.shape[-2:]) == (3, 3):
-                conv.put(s + 'norm.' + rest, v)
+            if part in ('1', '3') and w is not None and tuple(w.shape[-2:]) == (3, 3):
+                conv.put(s + ('reduction.' if part == '1' else 'norm.') + rest, v)
             else:
                 conv.unmap(k, 'ViG-H v1 / v2 downsampling (patch merging or a 2x2 conv); '
                               'FLAPyramid downsamples with a 3x3 stride-2 conv (ViG-H v3)')
         elif k.startswith('patch_embed.'):
-            src = next((p for p in stem if k.startswith(p)), None)
-            if v2_stem and src is not None:
-                conv.put(stem[src] + k[len(src):], v)
-            elif v2_stem and k.startswith('patch_embed.2.'):
-                conv.unmap(k, 'ViG-H stem LayerNorm after the first conv; FLAPyramid\'s stem '
-                              'has a BatchNorm there')
+            if v2_stem:
+                _vig_stem(conv, target, k, v, stem, 'patch_embed.proj.1.running_mean')
             else:
-                conv.unmap(k, 'ViG-H v1 patch embedding (one 4x4 conv); FLAPyramid\'s stem is '
-                              'two 3x3 stride-2 convs (ViG-H v2)')
+                conv.unmap(k, 'ViG-H v1 patch embedding (one 4x4 conv and a norm); '
+                              'FLAPyramid\'s stems are the v2 two-conv ones')
         elif k.startswith('classifier.norm.'):
             final_norm(conv, target, k, k.split('.', 2)[2], v)
         elif k.startswith('classifier.head.'):
@@ -479,8 +494,8 @@ def _convert_vig_h(conv, state, target):
                      if re.match(r'^layers\.\d+\.blocks\.\d+\.', k)})
     for i, j in blocks:
         src, dst = f'layers.{i}.blocks.{j}.', f'stages.{i}.blocks.{j}.'
-        _vig_attn(conv, target, state, src + 'op.', dst + 'attn.')
-        _vig_ffn(conv, state, src + 'mlp.', dst + 'channel_mixer.')
+        _vig_attn(conv, state, src + 'op.', dst + 'attn.')
+        _vig_ffn(conv, state, src + 'mlp.', dst + 'channel_mixer.', True)
 
 
 def convert_vig(state, target, hf_config=None):
@@ -489,7 +504,7 @@ def convert_vig(state, target, hf_config=None):
         _convert_vig_h(conv, state, target)
     else:
         _convert_vig_plain(conv, state, target)
-    conv.notes.append('ViG weights are an initialisation, not ViG\'s function: ' + VIG_MISMATCH)
+    conv.notes.append(VIG_OPTIONS)
     return conv
 
 
@@ -504,5 +519,5 @@ def get_converter(fmt):
     return CONVERTERS[fmt]
 
 
-__all__ = ['FORMATS', 'VIG_MISMATCH', 'Conversion', 'Target', 'detect_format',
+__all__ = ['FORMATS', 'VIG_MISMATCH', 'VIG_OPTIONS', 'Conversion', 'Target', 'detect_format',
            'get_converter', 'resize_timm']

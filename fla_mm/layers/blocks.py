@@ -57,6 +57,19 @@ class LayerNorm2d(nn.LayerNorm):
 
 
 FFNS = dict(mlp=Mlp, swiglu=SwiGLU)
+
+
+def ffn_hidden(dim, mlp_ratio, multiple_of=1):
+    """FFN width: int(dim * mlp_ratio) rounded up to a multiple of ``multiple_of``.
+
+    With mlp_ratio=8/3 this is the width rule of ViG-H's gMlp (multiple_of=32) and of ViG's
+    GLAMLP and fla.modules.GatedMLP (256). The 1e-6 absorbs float error, so a ratio read off
+    a checkpoint (hidden / dim) gives ``hidden`` back.
+    """
+    hidden = int(dim * mlp_ratio + 1e-6)
+    return -(-hidden // multiple_of) * multiple_of
+
+
 NORMS = dict(ln=nn.LayerNorm, rms=RMSNorm)
 
 # Defaults a backbone fills in from its ``block`` argument; explicit arguments win.
@@ -83,6 +96,7 @@ class Block(nn.Module):
         dim, num_heads: token channels and mixer heads.
         mixer: TokenMixer options (family, scan, ...).
         mlp_ratio, ffn: FFN hidden width as a multiple of ``dim``; 'mlp' or 'swiglu'.
+        mlp_multiple_of: round the FFN width up to a multiple of this (:func:`ffn_hidden`).
         norm: 'ln' (LayerNorm) or 'rms' (RMSNorm).
         drop_path: stochastic-depth probability of both residual branches.
         layer_scale: initial value of per-channel residual scales (gamma_1, gamma_2), or None.
@@ -90,7 +104,7 @@ class Block(nn.Module):
     """
 
     def __init__(self, dim, num_heads, mixer=None, mlp_ratio=4.0, ffn='mlp', drop_path=0.0,
-                 layer_scale=None, with_cp=False, norm='ln', norm_eps=1e-6):
+                 layer_scale=None, with_cp=False, norm='ln', norm_eps=1e-6, mlp_multiple_of=1):
         super().__init__()
         if ffn not in FFNS:
             raise ValueError(f'Unknown ffn {ffn!r}; valid: {", ".join(FFNS)}')
@@ -99,7 +113,7 @@ class Block(nn.Module):
         self.ln_1 = NORMS[norm](dim, eps=norm_eps)
         self.attn = TokenMixer(dim, num_heads, **(mixer or {}))
         self.ln_2 = NORMS[norm](dim, eps=norm_eps)
-        self.channel_mixer = FFNS[ffn](dim, int(dim * mlp_ratio))
+        self.channel_mixer = FFNS[ffn](dim, ffn_hidden(dim, mlp_ratio, mlp_multiple_of))
         self.drop_path = DropPath(drop_path)
         self.with_cp = with_cp
         if layer_scale:

@@ -603,6 +603,47 @@ def mix_slots(m, x):
     return m.o_proj(o.reshape(B, L, -1))
 
 
+# ViG / ViG-H (hustvl/ViG): GLA whose every input comes from a depthwise 3x3 conv of the grid.
+
+def build_vig_gla(m, dim, num_heads, cfg):
+    key_dim, value_dim = _dims(m, cfg, dim, num_heads)
+    if value_dim != dim:
+        raise ValueError(f'vig_gla normalises the local branch per value head: expand_v must '
+                         f'be 1.0, got {cfg["expand_v"]}')
+    m.num_gates = num_directions(m.scan)          # ViG: one decay gate per direction, always
+    m.local_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=cfg['conv_bias'])
+    m.conv_act, m.out_act = _act(cfg['conv_act']), _act(cfg['out_act'])
+    _qkv(m, dim, key_dim, value_dim)
+    m.gk_proj = nn.Sequential(nn.Linear(dim, cfg['gate_low_rank_dim'], bias=False),
+                              nn.Linear(cfg['gate_low_rank_dim'], key_dim * m.num_gates))
+    m.g_proj = nn.Linear(dim, value_dim)
+    m.g_norm = RMSNorm(m.head_v_dim, cfg['norm_eps'])
+    m.l_norm = RMSNorm(m.head_v_dim, cfg['norm_eps'])
+    m.o_proj = nn.Linear(value_dim, dim, bias=False)
+
+
+def mix_vig_gla(m, x):
+    """ViG's GLA2D / GatedLinearAttention, from the equations of its forward:
+    l = act(DWConv3x3(x)); q, k, v, gates and the output gate all come from l;
+    o = o_scale * merge(GLA per direction); s = sigmoid(g_proj(l));
+    y = o_proj(out_act(g_norm(o) * s + l_norm(l) * (1 - s)))."""
+    B, L, C = x.shape
+    x = m.local_conv(x.transpose(1, 2).reshape(B, C, *m._hw)).flatten(2).transpose(1, 2)
+    if m.conv_act is not None:
+        x = m.conv_act(x)
+    q, k, v = _scanned_qkv(m, x)
+    q, k, v = _heads(q, m.head_k_dim), _heads(k, m.head_k_dim), _heads(v, m.head_v_dim)
+    g = F.logsigmoid(m.gk_proj(x).float()) / m.cfg['gate_logit_normalizer']
+    if m.cfg['clamp_min'] is not None:
+        g = g.clamp_min(m.cfg['clamp_min'])
+    o = m.merge_(m.spec['op'](q, k, v, _heads(m.scan_gate_(g), m.head_k_dim)))
+    scale = m.cfg['o_scale']
+    o = o * (1.0 / m.num_gates if scale is None else scale)
+    s = torch.sigmoid(_heads(m.g_proj(x), m.head_v_dim))
+    o = (m.g_norm(o) * s + m.l_norm(_heads(x, m.head_v_dim)) * (1 - s)).reshape(B, L, -1)
+    return m.o_proj(o if m.out_act is None else m.out_act(o))
+
+
 _CONV = dict(use_short_conv=False, conv_size=4, conv_bias=False)
 _NORM = dict(norm_eps=1e-5, elementwise_affine=True)
 _GATED_OUT = dict(gate_fn='swish', fuse_norm=True, use_output_gate=True)
@@ -712,6 +753,19 @@ FAMILIES = {
                       use_input_gate=False, use_output_gate=True, use_norm=True, clamp_min=-32.0,
                       clamp_max=32.0, **_CONV, **_NORM),
         note='exact (rotary along each scanned sequence).'),
+    'vig_gla': dict(
+        op=ops.gla, build=build_vig_gla, mix=mix_vig_gla, gate='key', causal=True, grid=True,
+        fla=None,
+        defaults=dict(expand_k=0.5, expand_v=1.0, gate_low_rank_dim=16, gate_logit_normalizer=16,
+                      clamp_min=None, conv_act=None, conv_bias=False, out_act=None,
+                      o_scale=None, norm_eps=1e-6),
+        note='ViG / ViG-H\'s mixer (hustvl/ViG GLA2D, GatedLinearAttention with rope_mode '
+             '"none"), exact: one decay gate per scan direction (always), the depthwise 3x3 '
+             'conv local_conv (conv_bias: ViG use_bias_in_dwconv) feeding every projection '
+             '(conv_act="silu": use_act_in_conv), o_scale times the merged directions '
+             '(None: their mean, as ViG-H and ViG training; ViG\'s eval path: 0.25), g_norm '
+             'and l_norm mixed by sigmoid(g_proj), out_act="swish": use_out_act. Needs the '
+             '2-D grid; no fla.layers counterpart.'),
 }
 
 SIGNATURE_OPTIONS = ('expand_k', 'expand_v', 'gate_low_rank_dim', 'gate_logit_normalizer')
@@ -775,6 +829,9 @@ class TokenMixer(nn.Module):
         if bi_kernel not in ops.BI_KERNELS:
             raise ValueError(f'Unknown bi_kernel {bi_kernel!r}; valid: {", ".join(ops.BI_KERNELS)}')
         self.bi_kernel = bi_kernel
+        if locality and spec.get('grid'):
+            raise ValueError(f'family {family!r} injects locality itself (its local_conv '
+                             f'feeds the projections); locality=True is for the other families')
         spec['build'](self, dim, num_heads, cfg)
         self.locality = locality
         if locality:
