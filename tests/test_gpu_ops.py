@@ -130,9 +130,20 @@ def test_kernel_vs_reference(family, dtype, L):
                                   'linear_attn', 'delta_net', 'gated_delta_net', 'hgrn', 'hgrn2',
                                   'rwkv6', 'rwkv7', 'gsa', 'abc', 'bitnet', 'transformer'])
 def test_mixer_vs_fla_layer(case):
+    """TokenMixer vs the fla.layers module with the same weights, on FLA's kernels (fp32).
+
+    Where the fla.layers module itself cannot run here, the check narrows instead of being
+    dropped: FLA's DeltaNet refuses fp32, so delta_net compares under bf16 autocast (2e-2);
+    where FLA refuses its own backward (Hopper, Triton < 3.7.1: simple_gla, gated_delta_net)
+    only the forward is compared; BitAttention needs flash-attn (skipped without it).
+    """
+    import importlib.util
+
     from test_mixers import FLA_CASES, build_fla_layer, family_of
 
     from fla_mm.layers.mixer import TokenMixer
+    if case == 'bitnet' and importlib.util.find_spec('flash_attn') is None:
+        pytest.skip('fla.layers.BitAttention needs flash-attn, not installed here')
     torch.manual_seed(0)
     ref = build_fla_layer(case).cuda().train()
     m = TokenMixer(64, 4, family=family_of(case), scan='uni', **FLA_CASES[case][2]).cuda().train()
@@ -140,18 +151,28 @@ def test_mixer_vs_fla_layer(case):
     hw = (14, 14)
     x = torch.randn(2, hw[0] * hw[1], 64, device='cuda')
     xr, xm = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y_ref = ref(xr)[0]
-    y = m(xm, hw)
+    bf16 = case == 'delta_net'
+    with torch.autocast('cuda', torch.bfloat16, enabled=bf16):
+        y_ref = ref(xr)[0]
+        y = m(xm, hw)
     do = torch.randn_like(y)
-    y_ref.backward(do)
-    y.backward(do)
     e_fwd = _rel(y, y_ref)
-    params = dict(m.named_parameters())
-    e_grad = max([_rel(xm.grad, xr.grad)] + [
-        _rel(params[n].grad, p.grad) for n, p in ref.named_parameters() if p.grad is not None])
-    _report(f'\nmixer:{case:18s} fp32      L=  196  fwd={e_fwd:.2e}  grad={e_grad:.2e}')
-    tol = 2e-2 if case == 'bitnet' else 1e-3   # fused vs unfused activation quantiser
-    assert e_fwd < tol and e_grad < tol, (case, e_fwd, e_grad)
+    try:
+        y_ref.backward(do)
+    except RuntimeError as e:
+        if '#640' not in str(e):
+            raise
+        e_grad = None     # FLA refuses its own backward on this GPU / Triton
+    else:
+        y.backward(do)
+        params = dict(m.named_parameters())
+        e_grad = max([_rel(xm.grad, xr.grad)] + [
+            _rel(params[n].grad, p.grad) for n, p in ref.named_parameters() if p.grad is not None])
+    dtype = 'bf16' if bf16 else 'fp32'
+    grad = 'n/a (FLA refuses its backward here)' if e_grad is None else f'{e_grad:.2e}'
+    _report(f'\nmixer:{case:18s} {dtype:9s} L=  196  fwd={e_fwd:.2e}  grad={grad}')
+    tol = 2e-2 if case == 'bitnet' or bf16 else 1e-3   # bitnet: fused vs unfused quantiser
+    assert e_fwd < tol and (e_grad is None or e_grad < tol), (case, e_fwd, e_grad)
 
 
 @pytest.mark.parametrize('family', ['simple_gla', 'gated_delta_net'])
@@ -160,7 +181,7 @@ def test_hopper_fallback_warns_and_trains(family):
     still returns gradients (fused_recurrent / the reference on the GPU); elsewhere no warning."""
     gen = torch.Generator().manual_seed(0)
     leaves, fn = _inputs(family, 196, gen)
-    xs = {k: (v.cuda() if k.startswith('_') else v.cuda(torch.bfloat16)).requires_grad_()
+    xs = {k: (v.cuda() if k.startswith('_') else v.to('cuda', torch.bfloat16)).requires_grad_()
           for k, v in leaves.items()}
     args, kwargs = fn(xs)
     ops.families._warn_once.cache_clear()
