@@ -17,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 INTERPRETED = r'''
 import torch, torch.nn.functional as F
+import fla_mm.ops.fused_bi as fused_bi
 from fla_mm.ops.fused_bi import fused_bi_decay_attn
 from fla_mm.ops.reference import chunk_decay_attn_ref
 
@@ -28,8 +29,11 @@ def two_call(q, k, v, gf, gb, scale):
 
 torch.manual_seed(0)
 worst = 0.0
-for T in (1, 17, 64, 100):
-    for gates in ('shared', 'separate', 'constant', 'shared-gla', 'separate-gla'):
+CASES = [(T, gates, 1) for T in (1, 17, 64, 100)
+         for gates in ('shared', 'separate', 'constant', 'shared-gla', 'separate-gla')]
+CASES += [(T, gates, 3) for T in (130, 300) for gates in ('shared', 'separate')]  # segments
+for T, gates, segments in CASES:
+        fused_bi.SEGMENTS = segments
         B, H, K, V = 2, 2, 16, 32
         x = [torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)]
         shape = (B, T, H, K) if gates.endswith('gla') else (B, T, H)
@@ -52,7 +56,7 @@ for T in (1, 17, 64, 100):
         # (at T=1 the gate gradient is exactly 0 and ours is q.dq - k.dk ~ 1e-7: floor 1)
         errs += [(p.grad - q.grad).abs().max() / q.grad.abs().max().clamp_min(1.0)
                  for p, q in zip(a, b)]
-        print(T, gates, ' '.join('%.1e' % e for e in errs))
+        print(T, gates, segments, ' '.join('%.1e' % e for e in errs))
         worst = max(worst, max(e.item() for e in errs))
 print('WORST', worst)
 '''

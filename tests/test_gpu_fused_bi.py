@@ -112,3 +112,24 @@ def test_fused_bi_mixer_trains_and_matches_two_call(family):
             [_rel(p.grad, q.grad) for p, q in zip(a.parameters(), b.parameters())])
     _report(f'\nfused_bi mixer {family} fp32 L=784  vs two-call={e:.2e}')
     assert e < TWO_CALL_TOL[torch.float32]
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
+@pytest.mark.parametrize('L', [3136, 16384])
+def test_fused_bi_segments(L, dtype, monkeypatch):
+    """Cutting each sweep into segments (fused_bi.SEGMENTS) computes the same function."""
+    from fla_mm.ops import fused_bi
+    gen = torch.Generator(device='cuda').manual_seed(L)
+    r = (lambda *s: torch.randn(*s, device='cuda', generator=gen))
+    leaves = [r(B, L, H, D), r(B, L, H, D), r(B, L, H, D), F.logsigmoid(r(B, L, H) + 3) / 4,
+              F.logsigmoid(r(B, L, H) + 3) / 4]
+    do = r(B, L, H, D)
+    fn = (lambda q, k, v, gf, gb: ops.bi_decay_attn(q, k, v, gf, gb, kernel='fused'))
+    monkeypatch.setattr(fused_bi, 'SEGMENTS', 6)
+    seg, g_seg = _run(fn, leaves, 'separate', dtype, do)
+    rounded = [t.to(dtype).float() if i < 3 else t for i, t in enumerate(leaves)]
+    ref, g_ref = _run(lambda *a: _reference(*a, D ** -0.5), rounded, 'separate', torch.float32,
+                      do.to(dtype).float())
+    e_ref = max([_rel(seg, ref)] + [_rel(a, b) for a, b in zip(g_seg, g_ref)])
+    _report(f'\nfused_bi segments=6 {str(dtype)[6:]:9s} L={L:6d}  vs reference={e_ref:.2e}')
+    assert e_ref < TOL[dtype], (L, dtype, e_ref)

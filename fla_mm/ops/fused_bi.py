@@ -18,6 +18,11 @@ the other program the mirror image, so each gradient piece is written once. The 
 directions' pieces are summed afterwards (plain adds, deterministic). The gate gradient
 comes from the identity dG_t = q_t . dq_t - k_t . dk_t per direction and a cumsum.
 
+With ``SEGMENTS`` > 1 (scalar decay) each sweep is cut into that many runs of chunks, one
+program each, after a small kernel has summed every segment's local state: more programs
+for the GPU at the cost of one extra pass over k, v (and q, do). It is exact (tested) but
+not yet measured on a GPU, so the default stays 1, the configuration measured in README.
+
 Block sizes are fixed (no autotuning), so the first call compiles two kernels and nothing else.
 The kernels also run under ``TRITON_INTERPRET=1`` on CPU tensors, which is how CI checks them.
 """
@@ -39,17 +44,86 @@ def _chunk_ptrs(base, i_b, i_h, pos, T, H, D: tl.constexpr, BD: tl.constexpr):
 
 
 @triton.jit
-def _bi_fwd_kernel(q, k, v, g, o, scale, T, H, sg_d, sg_b, sg_t, sg_h,
+def _kv_tile(base, BK: tl.constexpr, BV: tl.constexpr):
+    return base + tl.arange(0, BK)[:, None] * BV + tl.arange(0, BV)[None, :]
+
+
+@triton.jit
+def _segment_start(S, seg_S, seg_G, row, i_seg, NSEG, BK: tl.constexpr, BV: tl.constexpr):
+    """State entering segment i_seg: the local states of the segments before it, decayed."""
+    for j in range(0, i_seg):
+        S = S * tl.exp(tl.load(seg_G + row * NSEG + j)) + \
+            tl.load(_kv_tile(seg_S + (row * NSEG + j) * BK * BV, BK, BV))
+    return S
+
+
+@triton.jit
+def _bi_seg_state_kernel(q, k, v, g, do, seg_S, seg_G, seg_dH, seg_E, T, H, sg_d, sg_b, sg_t,
+                         sg_h, CPS, NSEG, K: tl.constexpr, V: tl.constexpr,
+                         BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                         PRECISION: tl.constexpr, BACKWARD: tl.constexpr):
+    """Segments: the sweep of one direction is cut into NSEG runs of CPS chunks, one program
+    each, for parallelism. This kernel sums each segment's own contribution to the state
+    (and, for the backward, to the other scan's adjoint state) from zero, with the segment's
+    total log decay; the sweep kernels start segment j from the decayed sum over j' < j."""
+    i_bh, i_dir, i_seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_oth = 1 - i_dir
+    row = i_dir * (tl.num_programs(0)) + i_bh
+    NT = tl.cdiv(T, BT)
+    ar = tl.arange(0, BT)
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    dH = tl.zeros([BK, BV], dtype=tl.float32)
+    G = tl.sum(tl.zeros([BT], dtype=tl.float32), 0)
+    Eg = tl.sum(tl.zeros([BT], dtype=tl.float32), 0)
+    for i in range(i_seg * CPS, tl.minimum(i_seg * CPS + CPS, NT)):
+        c = i + i_dir * (NT - 1 - 2 * i)
+        pos = c * BT + ar + i_dir * (BT - 1 - 2 * ar)
+        p_k, m_k = _chunk_ptrs(k, i_b, i_h, pos, T, H, K, BK)
+        p_v, m_v = _chunk_ptrs(v, i_b, i_h, pos, T, H, V, BV)
+        b_k = tl.load(p_k, mask=m_k, other=0.)
+        b_v = tl.load(p_v, mask=m_v, other=0.)
+        m_t = (pos >= 0) & (pos < T)
+        p_g = g + i_b * sg_b + pos * sg_t + i_h * sg_h
+        g_own = tl.load(p_g + i_dir * sg_d, mask=m_t, other=0.).to(tl.float32)
+        C = tl.cumsum(g_own, 0)
+        C_last = tl.sum(g_own, 0)
+        b_kd = (b_k * tl.exp(C_last - C)[:, None]).to(b_k.dtype)
+        S = S * tl.exp(C_last) + tl.dot(tl.trans(b_kd), b_v, input_precision=PRECISION)
+        G += C_last
+        if BACKWARD:
+            p_q, _ = _chunk_ptrs(q, i_b, i_h, pos, T, H, K, BK)
+            p_do, _ = _chunk_ptrs(do, i_b, i_h, pos, T, H, V, BV)
+            b_q = tl.load(p_q, mask=m_k, other=0.)
+            b_do = tl.load(p_do, mask=m_v, other=0.)
+            g_oth = tl.load(p_g + i_oth * sg_d, mask=m_t, other=0.).to(tl.float32)
+            E = tl.cumsum(g_oth, 0) - g_oth
+            E_tot = tl.sum(g_oth, 0)
+            b_qd = (b_q * tl.exp(E_tot - E)[:, None]).to(b_q.dtype)
+            dH = dH * tl.exp(E_tot) + tl.dot(tl.trans(b_qd), b_do, input_precision=PRECISION)
+            Eg += E_tot
+    tl.store(_kv_tile(seg_S + (row * NSEG + i_seg) * BK * BV, BK, BV), S)
+    tl.store(seg_G + row * NSEG + i_seg, G)
+    if BACKWARD:
+        tl.store(_kv_tile(seg_dH + (row * NSEG + i_seg) * BK * BV, BK, BV), dH)
+        tl.store(seg_E + row * NSEG + i_seg, Eg)
+
+
+@triton.jit
+def _bi_fwd_kernel(q, k, v, g, o, seg_S, seg_G, scale, T, H, sg_d, sg_b, sg_t, sg_h, CPS, NSEG,
                    K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                   BV: tl.constexpr, PRECISION: tl.constexpr):
-    i_bh, i_dir = tl.program_id(0), tl.program_id(1)
+                   BV: tl.constexpr, PRECISION: tl.constexpr, SEGMENTED: tl.constexpr):
+    i_bh, i_dir, i_seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)
     ar = tl.arange(0, BT)
     causal = ar[:, None] >= ar[None, :]          # in sweep order: key s not after query t
     o_dir = o + i_dir * (tl.num_programs(0) // H) * T * H * V
     S = tl.zeros([BK, BV], dtype=tl.float32)
-    for i in range(0, NT):
+    if SEGMENTED:
+        S = _segment_start(S, seg_S, seg_G, i_dir * tl.num_programs(0) + i_bh, i_seg, NSEG,
+                           BK, BV)
+    for i in range(i_seg * CPS, tl.minimum(i_seg * CPS + CPS, NT)):
         # chunk i of the sweep; the reversed direction walks chunks and tokens backwards
         c = i + i_dir * (NT - 1 - 2 * i)
         pos = c * BT + ar + i_dir * (BT - 1 - 2 * ar)
@@ -76,9 +150,10 @@ def _bi_fwd_kernel(q, k, v, g, o, scale, T, H, sg_d, sg_b, sg_t, sg_h,
 
 
 @triton.jit
-def _bi_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, scale, T, H, sg_d, sg_b, sg_t,
-                   sg_h, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                   BV: tl.constexpr, PRECISION: tl.constexpr, NEED_DG: tl.constexpr):
+def _bi_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg_dH, seg_E, scale,
+                   T, H, sg_d, sg_b, sg_t, sg_h, CPS, NSEG, K: tl.constexpr, V: tl.constexpr,
+                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                   PRECISION: tl.constexpr, NEED_DG: tl.constexpr, SEGMENTED: tl.constexpr):
     """Program (bh, d) sweeps in direction d. 'own' = scan direction d (state S, gives its
     dq); 'other' = the opposite scan, whose adjoint state dH runs the same way (gives its dk,
     dv). Outputs are [2, B, T, H, *] by the scan direction they belong to. The gate gradient
@@ -87,8 +162,9 @@ def _bi_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, scale, T, H, sg_d, sg
     to t in the other program's sweep] ([2, 2, B, T, H]) and dg_tot the total of q.dq
     ([2, B, H]), so dg = dg_tot - dg[:, 0] - dg[:, 1] with no scan left to do. The dots
     behind dq and dk take fp32 operands (TF32 for 16-bit inputs): dq and dk cancel in
-    q.dq - k.dk, and summed over 16k tokens bf16 operand rounding would show."""
-    i_bh, i_dir = tl.program_id(0), tl.program_id(1)
+    q.dq - k.dk, and summed over 16k tokens bf16 operand rounding would show. With segments
+    (SEGMENTED) dg holds the per-token q.dq and k.dk instead and the sums are taken after."""
+    i_bh, i_dir, i_seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     i_oth = 1 - i_dir
     B = tl.num_programs(0) // H
@@ -98,9 +174,13 @@ def _bi_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, scale, T, H, sg_d, sg
     anti = ar[:, None] <= ar[None, :]            # [t, s]: s not before t
     S = tl.zeros([BK, BV], dtype=tl.float32)
     dH = tl.zeros([BK, BV], dtype=tl.float32)
+    if SEGMENTED:
+        row = i_dir * tl.num_programs(0) + i_bh
+        S = _segment_start(S, seg_S, seg_G, row, i_seg, NSEG, BK, BV)
+        dH = _segment_start(dH, seg_dH, seg_E, row, i_seg, NSEG, BK, BV)
     run_q = tl.sum(tl.zeros([BT], dtype=tl.float32), 0)     # running sums of q.dq, k.dk
     run_k = tl.sum(tl.zeros([BT], dtype=tl.float32), 0)
-    for i in range(0, NT):
+    for i in range(i_seg * CPS, tl.minimum(i_seg * CPS + CPS, NT)):
         c = i + i_dir * (NT - 1 - 2 * i)
         pos = c * BT + ar + i_dir * (BT - 1 - 2 * ar)
         p_q, m_k = _chunk_ptrs(q, i_b, i_h, pos, T, H, K, BK)
@@ -152,11 +232,15 @@ def _bi_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, scale, T, H, sg_d, sg
             p_dg = dg + (i_b * T + pos) * H + i_h
             a = tl.sum(qf * b_dq, 1)
             b = tl.sum(kf * b_dk, 1)
-            tl.store(p_dg + (i_dir * 2) * B * T * H, run_q + tl.cumsum(a, 0) - a, mask=m_t)
-            tl.store(p_dg + (i_oth * 2 + 1) * B * T * H, run_k + tl.cumsum(b, 0), mask=m_t)
+            if SEGMENTED:
+                tl.store(p_dg + (i_dir * 2) * B * T * H, a, mask=m_t)
+                tl.store(p_dg + (i_oth * 2 + 1) * B * T * H, b, mask=m_t)
+            else:
+                tl.store(p_dg + (i_dir * 2) * B * T * H, run_q + tl.cumsum(a, 0) - a, mask=m_t)
+                tl.store(p_dg + (i_oth * 2 + 1) * B * T * H, run_k + tl.cumsum(b, 0), mask=m_t)
             run_q += tl.sum(a, 0)
             run_k += tl.sum(b, 0)
-    if NEED_DG:
+    if NEED_DG and not SEGMENTED:
         tl.store(dg_tot + (i_dir * B + i_b) * H + i_h, run_q)
 
 
@@ -299,6 +383,19 @@ def _config(meta, backward):
     return cfg
 
 
+# Segments per sweep (scalar decay): 1 = one program per (batch*head, direction), the
+# configuration measured in README; more cut each sweep into that many parallel runs.
+SEGMENTS = 1
+
+
+def _segments(T, BT, per_channel):
+    """(segments, chunks per segment) for a sequence of T tokens, no segment empty."""
+    NT = triton.cdiv(T, BT)
+    n = 1 if per_channel else max(1, min(SEGMENTS, NT))
+    cps = triton.cdiv(NT, n)
+    return triton.cdiv(NT, cps), cps
+
+
 class _FusedBiDecayAttn(torch.autograd.Function):
     """g: [2, B, T, H] (scalar decay) or [2, B, T, H, K] (per key channel), direction first."""
 
@@ -310,10 +407,21 @@ class _FusedBiDecayAttn(torch.autograd.Function):
         if per_channel and g.stride(-1) != 1:
             g = g.contiguous()
         meta = _meta(q, v, per_channel)
-        kernel = _bi_gla_fwd_kernel if per_channel else _bi_fwd_kernel
         o2 = q.new_empty(2, B, T, H, v.shape[-1], dtype=v.dtype)
-        kernel[(B * H, 2)](q, k, v, g, o2, scale, T, H, *g.stride()[:4], **meta,
-                           **_config(meta, False))
+        grid = (B * H, 2)
+        if per_channel:
+            _bi_gla_fwd_kernel[grid](q, k, v, g, o2, scale, T, H, *g.stride()[:4], **meta,
+                                     **_config(meta, False))
+        else:
+            nseg, cps = _segments(T, meta['BT'], False)
+            seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
+            if nseg > 1:
+                _bi_seg_state_kernel[grid + (nseg - 1,)](
+                    q, k, v, g, q, seg_S, seg_G, seg_S, seg_G, T, H, *g.stride()[:4], cps, nseg,
+                    **meta, BACKWARD=False, **_config(meta, False))
+            _bi_fwd_kernel[grid + (nseg,)](q, k, v, g, o2, seg_S, seg_G, scale, T, H,
+                                           *g.stride()[:4], cps, nseg, **meta,
+                                           SEGMENTED=nseg > 1, **_config(meta, False))
         ctx.save_for_backward(q, k, v, g)
         ctx.scale, ctx.meta, ctx.per_channel = scale, meta, per_channel
         return o2[0] + o2[1]
@@ -324,6 +432,7 @@ class _FusedBiDecayAttn(torch.autograd.Function):
         B, T, H, K = q.shape
         meta = ctx.meta
         need_dg = ctx.needs_input_grad[3]
+        do = do.contiguous()
         dq2, dk2 = q.new_empty(2, *q.shape), k.new_empty(2, *k.shape)
         dv2 = v.new_empty(2, *v.shape)
         if need_dg:
@@ -331,12 +440,43 @@ class _FusedBiDecayAttn(torch.autograd.Function):
             dg_tot = q.new_empty(2, B, H, *g.shape[4:], dtype=torch.float32)
         else:
             dg = dg_tot = q.new_empty(1)
-        kernel = _bi_gla_bwd_kernel if ctx.per_channel else _bi_bwd_kernel
-        kernel[(B * H, 2)](q, k, v, g, do.contiguous(), dq2, dk2, dv2, dg, dg_tot, ctx.scale, T,
-                           H, *g.stride()[:4], **meta, NEED_DG=need_dg, **_config(meta, True))
-        # gradient of each direction's log decays: the kernels left the sums (see above)
-        dgrad = dg_tot.unsqueeze(2) - dg[:, 0] - dg[:, 1] if need_dg else None
+        grid = (B * H, 2)
+        nseg = 1
+        if ctx.per_channel:
+            _bi_gla_bwd_kernel[grid](q, k, v, g, do, dq2, dk2, dv2, dg, dg_tot, ctx.scale, T, H,
+                                     *g.stride()[:4], **meta, NEED_DG=need_dg,
+                                     **_config(meta, True))
+        else:
+            nseg, cps = _segments(T, meta['BT'], False)
+            seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
+            seg_dH, seg_E = _segment_buffers(q, B * H, nseg, meta)
+            if nseg > 1:
+                _bi_seg_state_kernel[grid + (nseg - 1,)](
+                    q, k, v, g, do, seg_S, seg_G, seg_dH, seg_E, T, H, *g.stride()[:4], cps,
+                    nseg, **meta, BACKWARD=True, **_config(meta, True))
+            _bi_bwd_kernel[grid + (nseg,)](q, k, v, g, do, dq2, dk2, dv2, dg, dg_tot, seg_S,
+                                           seg_G, seg_dH, seg_E, ctx.scale, T, H,
+                                           *g.stride()[:4], cps, nseg, **meta, NEED_DG=need_dg,
+                                           SEGMENTED=nseg > 1, **_config(meta, True))
+        dgrad = None
+        if need_dg and nseg == 1:
+            # gradient of each direction's log decays: the kernels left the sums (see above)
+            dgrad = dg_tot.unsqueeze(2) - dg[:, 0] - dg[:, 1]
+        elif need_dg:
+            # per-token dG = q.dq - k.dk; forward gates reach every later t (suffix sum),
+            # backward gates every earlier t (prefix sum); scanned along a contiguous T axis
+            d = (dg[:, 0] - dg[:, 1]).transpose(2, 3).contiguous()       # [2, B, H, T]
+            pre = d.cumsum(-1)
+            dgrad = torch.stack([pre[0][..., -1:] - pre[0] + d[0], pre[1]]).transpose(2, 3)
         return dq2[0] + dq2[1], dk2[0] + dk2[1], dv2[0] + dv2[1], dgrad, None
+
+
+def _segment_buffers(q, BH, nseg, meta):
+    """Per-segment local states [2, BH, nseg, BK, BV] and total log decays [2, BH, nseg]."""
+    if nseg == 1:
+        return q.new_empty(1, dtype=torch.float32), q.new_empty(1, dtype=torch.float32)
+    return (q.new_empty(2, BH, nseg, meta['BK'], meta['BV'], dtype=torch.float32),
+            q.new_empty(2, BH, nseg, dtype=torch.float32))
 
 
 def fused_bi_decay_attn(q, k, v, gf, gb=None, scale=None):
