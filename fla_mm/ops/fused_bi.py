@@ -468,7 +468,9 @@ class _FusedBiDecayAttn(torch.autograd.Function):
             d = (dg[:, 0] - dg[:, 1]).transpose(2, 3).contiguous()       # [2, B, H, T]
             pre = d.cumsum(-1)
             dgrad = torch.stack([pre[0][..., -1:] - pre[0] + d[0], pre[1]]).transpose(2, 3)
-        return dq2[0] + dq2[1], dk2[0] + dk2[1], dv2[0] + dv2[1], dgrad, None
+        # sums in place: no third buffer per gradient at the backward's peak (the pair's
+        # storage lives on only until autograd has passed the gradient on)
+        return dq2[0].add_(dq2[1]), dk2[0].add_(dk2[1]), dv2[0].add_(dv2[1]), dgrad, None
 
 
 def _segment_buffers(q, BH, nseg, meta):
