@@ -36,3 +36,13 @@ def run_tool(name, *args):
         return module.main(list(args))
     finally:
         sys.path.remove(os.path.join(ROOT, 'tools'))
+
+
+def gpu_report(line):
+    """Print a line of a GPU result table; also append it to $FLA_MM_GPU_TABLE (xdist
+    workers hide stdout), which is how the tables in README were collected."""
+    print(line)
+    path = os.environ.get('FLA_MM_GPU_TABLE')
+    if path:
+        with open(path, 'a') as f:
+            f.write(line.strip() + '\n')

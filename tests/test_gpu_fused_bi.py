@@ -11,6 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import gpu_report
+
 from fla_mm import ops
 from fla_mm.ops.reference import chunk_decay_attn_ref
 
@@ -25,12 +27,6 @@ TWO_CALL_TOL = dict(TOL) if os.environ.get('TRITON_F32_DEFAULT') == 'ieee' else 
     torch.float32: 3e-3, torch.bfloat16: 2e-2}
 
 
-def _report(line):
-    print(line)
-    path = os.environ.get('FLA_MM_GPU_TABLE')
-    if path:
-        with open(path, 'a') as f:
-            f.write(line.strip() + '\n')
 
 
 def _rel(a, b):
@@ -88,7 +84,7 @@ def test_fused_bi_vs_two_call(gates, dtype, L):
     e_two = max([_rel(fused, two)] + [_rel(a, b) for a, b in zip(g_fused, g_two)])
     e_ref = max([_rel(fused, ref)] + [_rel(a, b) for a, b in zip(g_fused, g_ref)])
     e_two_ref = max([_rel(two, ref)] + [_rel(a, b) for a, b in zip(g_two, g_ref)])
-    _report(f'\nfused_bi {gates:9s} {str(dtype)[6:]:9s} L={L:6d}  vs two-call={e_two:.2e}  '
+    gpu_report(f'\nfused_bi {gates:9s} {str(dtype)[6:]:9s} L={L:6d}  vs two-call={e_two:.2e}  '
             f'vs reference={e_ref:.2e}  (two-call vs reference={e_two_ref:.2e})')
     assert e_ref < TOL[dtype], (L, dtype, gates, e_ref)
     assert e_two < TWO_CALL_TOL[dtype], (L, dtype, gates, e_two)
@@ -110,7 +106,7 @@ def test_fused_bi_mixer_trains_and_matches_two_call(family):
     yb.square().mean().backward()
     e = max([_rel(ya, yb), _rel(xa.grad, xb.grad)] +
             [_rel(p.grad, q.grad) for p, q in zip(a.parameters(), b.parameters())])
-    _report(f'\nfused_bi mixer {family} fp32 L=784  vs two-call={e:.2e}')
+    gpu_report(f'\nfused_bi mixer {family} fp32 L=784  vs two-call={e:.2e}')
     assert e < TWO_CALL_TOL[torch.float32]
 
 
@@ -131,5 +127,5 @@ def test_fused_bi_segments(L, dtype, monkeypatch):
     ref, g_ref = _run(lambda *a: _reference(*a, D ** -0.5), rounded, 'separate', torch.float32,
                       do.to(dtype).float())
     e_ref = max([_rel(seg, ref)] + [_rel(a, b) for a, b in zip(g_seg, g_ref)])
-    _report(f'\nfused_bi segments=6 {str(dtype)[6:]:9s} L={L:6d}  vs reference={e_ref:.2e}')
+    gpu_report(f'\nfused_bi segments=6 {str(dtype)[6:]:9s} L={L:6d}  vs reference={e_ref:.2e}')
     assert e_ref < TOL[dtype], (L, dtype, e_ref)

@@ -11,6 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import gpu_report
+
 from fla_mm import ops
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not ops.fla_available(),
@@ -77,13 +79,6 @@ def _inputs(family, T, gen):
     raise KeyError(family)
 
 
-def _report(line):
-    """Print a table line; also append it to $FLA_MM_GPU_TABLE (xdist workers hide stdout)."""
-    print(line)
-    path = os.environ.get('FLA_MM_GPU_TABLE')
-    if path:
-        with open(path, 'a') as f:
-            f.write(line.strip() + '\n')
 
 
 def _rel(a, b):
@@ -115,14 +110,14 @@ def test_kernel_vs_reference(family, dtype, L):
     try:
         out, grads = _run(fn, leaves, 'cuda', dtype, do)
     except Exception as e:
-        _report(f'\n{family:16s} {str(dtype)[6:]:9s} L={L:5d}  ERROR {type(e).__name__}: '
+        gpu_report(f'\n{family:16s} {str(dtype)[6:]:9s} L={L:5d}  ERROR {type(e).__name__}: '
                 f'{str(e).splitlines()[0][:200] if str(e) else ""}')
         raise
     ref_out, ref_grads = _run(fn, rounded, 'cpu', torch.float32, do.to(dtype).float())
     e_fwd = _rel(out, ref_out)
     e_grad = max(_rel(grads[k], ref_grads[k]) for k in grads)
     label = str(dtype)[6:] + (f'/{F32_DOTS}' if dtype == torch.float32 else '')
-    _report(f'\n{family:16s} {label:12s} L={L:5d}  fwd={e_fwd:.2e}  grad={e_grad:.2e}')
+    gpu_report(f'\n{family:16s} {label:12s} L={L:5d}  fwd={e_fwd:.2e}  grad={e_grad:.2e}')
     assert e_fwd < TOL[dtype] and e_grad < TOL[dtype], (family, L, dtype, e_fwd, e_grad)
 
 
@@ -170,7 +165,7 @@ def test_mixer_vs_fla_layer(case):
             _rel(params[n].grad, p.grad) for n, p in ref.named_parameters() if p.grad is not None])
     dtype = 'bf16' if bf16 else 'fp32'
     grad = 'n/a (FLA refuses its backward here)' if e_grad is None else f'{e_grad:.2e}'
-    _report(f'\nmixer:{case:18s} {dtype:9s} L=  196  fwd={e_fwd:.2e}  grad={grad}')
+    gpu_report(f'\nmixer:{case:18s} {dtype:9s} L=  196  fwd={e_fwd:.2e}  grad={grad}')
     tol = 2e-2 if case == 'bitnet' or bf16 else 1e-3   # bitnet: fused vs unfused quantiser
     assert e_fwd < tol and (e_grad is None or e_grad < tol), (case, e_fwd, e_grad)
 
@@ -192,5 +187,5 @@ def test_hopper_fallback_warns_and_trains(family):
     said = [str(w.message) for w in caught if 'refuses the backward' in str(w.message)]
     assert bool(said) == ops.families.triton_bwd_broken(), said
     assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in xs.values())
-    _report(f'\nfallback:{family:16s} bwd_broken={ops.families.triton_bwd_broken()} '
+    gpu_report(f'\nfallback:{family:16s} bwd_broken={ops.families.triton_bwd_broken()} '
             f'warned={bool(said)}')

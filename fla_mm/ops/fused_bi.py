@@ -44,6 +44,21 @@ def _chunk_ptrs(base, i_b, i_h, pos, T, H, D: tl.constexpr, BD: tl.constexpr):
 
 
 @triton.jit
+def _sweep_pos(i, i_dir, NT, BT: tl.constexpr):
+    """Token positions of chunk i of a sweep; direction 1 walks chunks and tokens backwards."""
+    ar = tl.arange(0, BT)
+    c = i + i_dir * (NT - 1 - 2 * i)
+    return c * BT + ar + i_dir * (BT - 1 - 2 * ar)
+
+
+@triton.jit
+def _load_tile(base, i_b, i_h, pos, T, H, D: tl.constexpr, BD: tl.constexpr):
+    """A [BT, BD] tile (zeros outside the sequence and the head dim) and its mask."""
+    ptrs, mask = _chunk_ptrs(base, i_b, i_h, pos, T, H, D, BD)
+    return tl.load(ptrs, mask=mask, other=0.), mask
+
+
+@triton.jit
 def _kv_tile(base, BK: tl.constexpr, BV: tl.constexpr):
     return base + tl.arange(0, BK)[:, None] * BV + tl.arange(0, BV)[None, :]
 
@@ -71,18 +86,14 @@ def _bi_seg_state_kernel(q, k, v, g, do, seg_S, seg_G, seg_dH, seg_E, T, H, sg_d
     i_oth = 1 - i_dir
     row = i_dir * (tl.num_programs(0)) + i_bh
     NT = tl.cdiv(T, BT)
-    ar = tl.arange(0, BT)
     S = tl.zeros([BK, BV], dtype=tl.float32)
     dH = tl.zeros([BK, BV], dtype=tl.float32)
     G = tl.sum(tl.zeros([BT], dtype=tl.float32), 0)
     Eg = tl.sum(tl.zeros([BT], dtype=tl.float32), 0)
     for i in range(i_seg * CPS, tl.minimum(i_seg * CPS + CPS, NT)):
-        c = i + i_dir * (NT - 1 - 2 * i)
-        pos = c * BT + ar + i_dir * (BT - 1 - 2 * ar)
-        p_k, m_k = _chunk_ptrs(k, i_b, i_h, pos, T, H, K, BK)
-        p_v, m_v = _chunk_ptrs(v, i_b, i_h, pos, T, H, V, BV)
-        b_k = tl.load(p_k, mask=m_k, other=0.)
-        b_v = tl.load(p_v, mask=m_v, other=0.)
+        pos = _sweep_pos(i, i_dir, NT, BT)
+        b_k, m_k = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
+        b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
         m_t = (pos >= 0) & (pos < T)
         p_g = g + i_b * sg_b + pos * sg_t + i_h * sg_h
         g_own = tl.load(p_g + i_dir * sg_d, mask=m_t, other=0.).to(tl.float32)
@@ -92,10 +103,8 @@ def _bi_seg_state_kernel(q, k, v, g, do, seg_S, seg_G, seg_dH, seg_E, T, H, sg_d
         S = S * tl.exp(C_last) + tl.dot(tl.trans(b_kd), b_v, input_precision=PRECISION)
         G += C_last
         if BACKWARD:
-            p_q, _ = _chunk_ptrs(q, i_b, i_h, pos, T, H, K, BK)
-            p_do, _ = _chunk_ptrs(do, i_b, i_h, pos, T, H, V, BV)
-            b_q = tl.load(p_q, mask=m_k, other=0.)
-            b_do = tl.load(p_do, mask=m_v, other=0.)
+            b_q, _ = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
+            b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
             g_oth = tl.load(p_g + i_oth * sg_d, mask=m_t, other=0.).to(tl.float32)
             E = tl.cumsum(g_oth, 0) - g_oth
             E_tot = tl.sum(g_oth, 0)
@@ -124,15 +133,10 @@ def _bi_fwd_kernel(q, k, v, g, o, seg_S, seg_G, scale, T, H, sg_d, sg_b, sg_t, s
         S = _segment_start(S, seg_S, seg_G, i_dir * tl.num_programs(0) + i_bh, i_seg, NSEG,
                            BK, BV)
     for i in range(i_seg * CPS, tl.minimum(i_seg * CPS + CPS, NT)):
-        # chunk i of the sweep; the reversed direction walks chunks and tokens backwards
-        c = i + i_dir * (NT - 1 - 2 * i)
-        pos = c * BT + ar + i_dir * (BT - 1 - 2 * ar)
-        p_q, m_k = _chunk_ptrs(q, i_b, i_h, pos, T, H, K, BK)
-        p_k, _ = _chunk_ptrs(k, i_b, i_h, pos, T, H, K, BK)
-        p_v, m_v = _chunk_ptrs(v, i_b, i_h, pos, T, H, V, BV)
-        b_q = tl.load(p_q, mask=m_k, other=0.)
-        b_k = tl.load(p_k, mask=m_k, other=0.)
-        b_v = tl.load(p_v, mask=m_v, other=0.)
+        pos = _sweep_pos(i, i_dir, NT, BT)
+        b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
+        b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
+        b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
         m_t = (pos >= 0) & (pos < T)
         b_g = tl.load(g + i_dir * sg_d + i_b * sg_b + pos * sg_t + i_h * sg_h, mask=m_t,
                       other=0.).to(tl.float32)
@@ -181,16 +185,11 @@ def _bi_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg_dH,
     run_q = tl.sum(tl.zeros([BT], dtype=tl.float32), 0)     # running sums of q.dq, k.dk
     run_k = tl.sum(tl.zeros([BT], dtype=tl.float32), 0)
     for i in range(i_seg * CPS, tl.minimum(i_seg * CPS + CPS, NT)):
-        c = i + i_dir * (NT - 1 - 2 * i)
-        pos = c * BT + ar + i_dir * (BT - 1 - 2 * ar)
-        p_q, m_k = _chunk_ptrs(q, i_b, i_h, pos, T, H, K, BK)
-        p_k, _ = _chunk_ptrs(k, i_b, i_h, pos, T, H, K, BK)
-        p_v, m_v = _chunk_ptrs(v, i_b, i_h, pos, T, H, V, BV)
-        p_do, _ = _chunk_ptrs(do, i_b, i_h, pos, T, H, V, BV)
-        b_q = tl.load(p_q, mask=m_k, other=0.)
-        b_k = tl.load(p_k, mask=m_k, other=0.)
-        b_v = tl.load(p_v, mask=m_v, other=0.)
-        b_do = tl.load(p_do, mask=m_v, other=0.)
+        pos = _sweep_pos(i, i_dir, NT, BT)
+        b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
+        b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
+        b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
+        b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
         qf, kf = b_q.to(tl.float32), b_k.to(tl.float32)
         m_t = (pos >= 0) & (pos < T)
         p_g = g + i_b * sg_b + pos * sg_t + i_h * sg_h
@@ -260,14 +259,10 @@ def _bi_gla_fwd_kernel(q, k, v, g, o, scale, T, H, sg_d, sg_b, sg_t, sg_h,
     o_dir = o + i_dir * (tl.num_programs(0) // H) * T * H * V
     S = tl.zeros([BK, BV], dtype=tl.float32)
     for i in range(0, NT):
-        c = i + i_dir * (NT - 1 - 2 * i)
-        pos = c * BT + ar + i_dir * (BT - 1 - 2 * ar)
-        p_q, m_k = _chunk_ptrs(q, i_b, i_h, pos, T, H, K, BK)
-        p_k, _ = _chunk_ptrs(k, i_b, i_h, pos, T, H, K, BK)
-        p_v, m_v = _chunk_ptrs(v, i_b, i_h, pos, T, H, V, BV)
-        b_q = tl.load(p_q, mask=m_k, other=0.)
-        b_k = tl.load(p_k, mask=m_k, other=0.)
-        b_v = tl.load(p_v, mask=m_v, other=0.)
+        pos = _sweep_pos(i, i_dir, NT, BT)
+        b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
+        b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
+        b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
         p_g = g + i_dir * sg_d + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
         b_g = tl.load(p_g, mask=m_k, other=0.).to(tl.float32)
         C = tl.cumsum(b_g, 0)                                    # [BT, BK]
@@ -303,16 +298,11 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, scale, T, H, sg_d
     run_q = tl.zeros([BK], dtype=tl.float32)
     run_k = tl.zeros([BK], dtype=tl.float32)
     for i in range(0, NT):
-        c = i + i_dir * (NT - 1 - 2 * i)
-        pos = c * BT + ar + i_dir * (BT - 1 - 2 * ar)
-        p_q, m_k = _chunk_ptrs(q, i_b, i_h, pos, T, H, K, BK)
-        p_k, _ = _chunk_ptrs(k, i_b, i_h, pos, T, H, K, BK)
-        p_v, m_v = _chunk_ptrs(v, i_b, i_h, pos, T, H, V, BV)
-        p_do, _ = _chunk_ptrs(do, i_b, i_h, pos, T, H, V, BV)
-        b_q = tl.load(p_q, mask=m_k, other=0.)
-        b_k = tl.load(p_k, mask=m_k, other=0.)
-        b_v = tl.load(p_v, mask=m_v, other=0.)
-        b_do = tl.load(p_do, mask=m_v, other=0.)
+        pos = _sweep_pos(i, i_dir, NT, BT)
+        b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
+        b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
+        b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
+        b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
         p_g = g + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
         g_own = tl.load(p_g + i_dir * sg_d, mask=m_k, other=0.).to(tl.float32)
         g_oth = tl.load(p_g + i_oth * sg_d, mask=m_k, other=0.).to(tl.float32)
