@@ -77,7 +77,8 @@ def test_fused_kernel_matches_two_call_in_triton_interpreter():
 def test_mixer_fused_path_is_the_two_call_function(family, options):
     """bi_kernel='fused' feeds q, k, v and the per-direction gates to ops.bi_decay_attn in
     raster order; on CPU that op is the two-call reference, so any plumbing error (gate
-    slices, heads) shows up as a difference to the scanned two-call mixer."""
+    slices, heads) shows up as a difference to the scanned two-call mixer (an O(1) one: the
+    tolerance only absorbs the output RMSNorm amplifying float reordering on tiny heads)."""
     torch.manual_seed(0)
     fused = TokenMixer(32, 2, family=family, scan='bi', bi_kernel='fused', **options)
     two = TokenMixer(32, 2, family=family, scan='bi', bi_kernel='two_call', **options)
@@ -85,12 +86,12 @@ def test_mixer_fused_path_is_the_two_call_function(family, options):
     x = torch.randn(2, 35, 32)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     ya, yb = fused(xa, (5, 7)), two(xb, (5, 7))
-    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ya, yb, rtol=1e-4, atol=1e-4)
     ya.square().sum().backward()
     yb.square().sum().backward()
-    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-4)
     for (n, p), q in zip(fused.named_parameters(), two.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=n)
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-4, msg=n)
 
 
 def test_unknown_bi_kernel_lists_the_valid_ones():
