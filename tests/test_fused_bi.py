@@ -32,6 +32,8 @@ worst = 0.0
 CASES = [(T, gates, 1) for T in (1, 17, 64, 100)
          for gates in ('shared', 'separate', 'constant', 'shared-gla', 'separate-gla')]
 CASES += [(T, gates, 3) for T in (130, 300) for gates in ('shared', 'separate')]  # segments
+# GLA chunks that decay past exp(-GLA_SAFE) in a channel take the exact 16-token steps
+CASES += [(150, 'shared-strong-gla', 1), (150, 'separate-strong-gla', 1)]
 for T, gates, segments in CASES:
         fused_bi.SEGMENTS = segments
         B, H, K, V = 2, 2, 16, 32
@@ -39,6 +41,10 @@ for T, gates, segments in CASES:
         shape = (B, T, H, K) if gates.endswith('gla') else (B, T, H)
         gf = F.logsigmoid(torch.randn(*shape) + 2) / 2
         gb = F.logsigmoid(torch.randn(*shape) + 2) / 2 if gates.startswith('separate') else gf
+        if 'strong' in gates:     # the second chunk decays by ~exp(-800): the exact steps
+            gf, gb = gf.clone(), gb.clone()
+            gf[:, 64:128] *= 100
+            gb[:, 64:128] *= 100
         if gates == 'constant':   # RetNet: one decay per head, read through stride 0
             gf = gb = torch.log1p(-2.0 ** (-5.0 - torch.arange(H))).expand(B, T, H)
         sep, shared = gates.startswith('separate'), gates.startswith('shared')

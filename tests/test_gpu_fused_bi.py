@@ -129,3 +129,24 @@ def test_fused_bi_segments(L, dtype, monkeypatch):
     e_ref = max([_rel(seg, ref)] + [_rel(a, b) for a, b in zip(g_seg, g_ref)])
     gpu_report(f'\nfused_bi segments=6 {str(dtype)[6:]:9s} L={L:6d}  vs reference={e_ref:.2e}')
     assert e_ref < TOL[dtype], (L, dtype, e_ref)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
+def test_fused_gla_exact_steps(dtype):
+    """GLA chunks that decay past exp(-GLA_SAFE) in a channel take the exact 16-token steps;
+    a sequence mixing both kinds of chunk still matches the reference."""
+    L = 3136
+    gen = torch.Generator(device='cuda').manual_seed(1)
+    r = (lambda *s: torch.randn(*s, device='cuda', generator=gen))
+    g = F.logsigmoid(r(B, L, H, D) + 3) / 4
+    g[:, 640:1280] *= 400            # ~10 chunks with a total decay far past exp(-60)
+    leaves = [r(B, L, H, D), r(B, L, H, D), r(B, L, H, D), g]
+    do = r(B, L, H, D)
+    fn = (lambda q, k, v, gf, gb: ops.bi_decay_attn(q, k, v, gf, gb, kernel='fused'))
+    out, grads = _run(fn, leaves, 'shared-gla', dtype, do)
+    rounded = [t.to(dtype).float() if i < 3 else t for i, t in enumerate(leaves)]
+    ref, g_ref = _run(lambda *a: _reference(*a, D ** -0.5), rounded, 'shared-gla', torch.float32,
+                      do.to(dtype).float())
+    e_ref = max([_rel(out, ref)] + [_rel(a, b) for a, b in zip(grads, g_ref)])
+    gpu_report(f'\nfused_bi gla exact steps {str(dtype)[6:]:9s} L={L:6d}  vs reference={e_ref:.2e}')
+    assert e_ref < TOL[dtype], (dtype, e_ref)

@@ -236,8 +236,9 @@ def build_gla_like(m, dim, num_heads, cfg):
     m.o_proj = nn.Linear(value_dim, dim, bias=False)
 
 
-# Scalar-decay families only: the per-key-channel (GLA) fused kernel is exact but measured
-# 2.9x slower than FLA's two chunk_gla calls (H200, 16k tokens, fwd+bwd), so GLA keeps those.
+# Scalar-decay families only: the per-key-channel (GLA) fused kernel is exact, but its first
+# version measured 2.9x slower than FLA's two chunk_gla calls (H200, 16k tokens, fwd+bwd) and
+# the rewrite (tensor-core chunks) is not measured yet, so GLA keeps FLA's kernel for now.
 FUSED_BI_FAMILIES = ('retnet', 'simple_gla')
 
 

@@ -18,6 +18,11 @@ the other program the mirror image, so each gradient piece is written once. The 
 directions' pieces are summed afterwards (plain adds, deterministic). The gate gradient
 comes from the identity dG_t = q_t . dq_t - k_t . dk_t per direction and a cumsum.
 
+Per-key-channel decay (GLA): a 64-token chunk whose channels all decay by less than
+exp(-GLA_SAFE) computes its scores on tensor cores as (q e^C)(k e^-C)^T, masked (e^-C <=
+e^GLA_SAFE cannot overflow fp32/bf16); any other chunk goes in exact 16-token steps whose
+scores are a [16, 16, K] tensor. The branch is per chunk, inside the kernel.
+
 With ``SEGMENTS`` > 1 (scalar decay) each sweep is cut into that many runs of chunks, one
 program each, after a small kernel has summed every segment's local state: more programs
 for the GPU at the cost of one extra pass over k, v (and q, do). It is exact (tested) but
@@ -30,8 +35,9 @@ import torch
 import triton
 import triton.language as tl
 
-CHUNK = 64        # scalar decay
-GLA_CHUNK = 16    # per-key-channel decay: the [BT, BT, BK] intra-chunk tensor bounds it
+CHUNK = 64        # tokens per chunk
+GLA_STEP = 16     # per-key-channel decay, exact fallback: tokens per [BC, BC, BK] step
+GLA_SAFE = 60.0   # ... taken by chunks that decay by more than exp(-GLA_SAFE) in a channel
 
 
 @triton.jit
@@ -244,15 +250,45 @@ def _bi_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg_dH,
 
 
 @triton.jit
+def _gla_fwd_step_exact(q, k, v, g, o_dir, S, scale, pos, i_b, i_h, i_dir, T, H, sg_d, sg_b,
+                        sg_t, sg_h, K: tl.constexpr, V: tl.constexpr, BC: tl.constexpr,
+                        BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
+    """One BC-token step of a GLA sweep, exact for any decay: the intra-chunk scores sum
+    q_tc k_sc exp(C_tc - C_sc) over channels as a [BC, BC, BK] tensor."""
+    ar = tl.arange(0, BC)
+    ck = tl.arange(0, BK)
+    causal = ar[:, None] >= ar[None, :]
+    b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
+    b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
+    b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
+    p_g = g + i_dir * sg_d + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
+    b_g = tl.load(p_g, mask=m_k, other=0.).to(tl.float32)
+    C = tl.cumsum(b_g, 0)
+    C_last = tl.sum(b_g, 0)
+    D = tl.where(causal[:, :, None], C[:, None, :] - C[None, :, :], float('-inf'))
+    A = tl.sum(b_q.to(tl.float32)[:, None, :] * b_k.to(tl.float32)[None, :, :] * tl.exp(D), 2)
+    b_o = tl.dot(A.to(b_v.dtype), b_v, input_precision=PRECISION)
+    b_o += tl.dot((b_q * tl.exp(C)).to(b_q.dtype), S.to(b_q.dtype), input_precision=PRECISION)
+    p_o, _ = _chunk_ptrs(o_dir, i_b, i_h, pos, T, H, V, BV)
+    tl.store(p_o, (b_o * scale).to(p_o.dtype.element_ty), mask=m_v)
+    b_kd = (b_k * tl.exp(C_last[None, :] - C)).to(b_k.dtype)
+    return S * tl.exp(C_last)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PRECISION)
+
+
+@triton.jit
 def _bi_gla_fwd_kernel(q, k, v, g, o, scale, T, H, sg_d, sg_b, sg_t, sg_h,
-                       K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                       BV: tl.constexpr, PRECISION: tl.constexpr):
-    """:func:`_bi_fwd_kernel` with per-key-channel decays g [2, B, T, H, K] (GLA). The
-    intra-chunk scores sum q_tc k_sc exp(C_tc - C_sc) over channels as a [BT, BT, BK] tensor:
-    exact for any decay (no exp(C_t) * exp(-C_s) split that could overflow), hence BT=16."""
+                       K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                       BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
+                       SAFE: tl.constexpr):
+    """:func:`_bi_fwd_kernel` with per-key-channel decays g [2, B, T, H, K] (GLA).
+
+    A chunk whose channels all decay by less than exp(-SAFE) in total takes the tensor-core
+    form, scores = (q * exp(C)) (k * exp(-C))^T masked (exp(-C) <= exp(SAFE) cannot
+    overflow); any other chunk is done in BC-token steps by :func:`_gla_fwd_step_exact`."""
     i_bh, i_dir = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)
+    NS: tl.constexpr = BT // BC
     ar = tl.arange(0, BT)
     ck = tl.arange(0, BK)
     causal = ar[:, None] >= ar[None, :]
@@ -261,34 +297,113 @@ def _bi_gla_fwd_kernel(q, k, v, g, o, scale, T, H, sg_d, sg_b, sg_t, sg_h,
     for i in range(0, NT):
         pos = _sweep_pos(i, i_dir, NT, BT)
         b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
-        b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
-        b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
         p_g = g + i_dir * sg_d + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
         b_g = tl.load(p_g, mask=m_k, other=0.).to(tl.float32)
         C = tl.cumsum(b_g, 0)                                    # [BT, BK]
         C_last = tl.sum(b_g, 0)                                  # [BK]
-        D = tl.where(causal[:, :, None], C[:, None, :] - C[None, :, :], float('-inf'))
-        A = tl.sum(b_q.to(tl.float32)[:, None, :] * b_k.to(tl.float32)[None, :, :] * tl.exp(D), 2)
-        b_o = tl.dot(A.to(b_v.dtype), b_v, input_precision=PRECISION)
-        b_o += tl.dot((b_q * tl.exp(C)).to(b_q.dtype), S.to(b_q.dtype), input_precision=PRECISION)
-        p_o, _ = _chunk_ptrs(o_dir, i_b, i_h, pos, T, H, V, BV)
-        tl.store(p_o, (b_o * scale).to(p_o.dtype.element_ty), mask=m_v)
-        b_kd = (b_k * tl.exp(C_last[None, :] - C)).to(b_k.dtype)
-        S = S * tl.exp(C_last)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PRECISION)
+        if tl.min(C_last, 0) > -SAFE:
+            b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
+            b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
+            b_qg = (b_q * tl.exp(C)).to(b_q.dtype)
+            A = tl.dot(b_qg, tl.trans((b_k * tl.exp(-C)).to(b_k.dtype)),
+                       input_precision=PRECISION)
+            A = tl.where(causal, A, 0.)
+            b_o = tl.dot(A.to(b_v.dtype), b_v, input_precision=PRECISION)
+            b_o += tl.dot(b_qg, S.to(b_q.dtype), input_precision=PRECISION)
+            p_o, _ = _chunk_ptrs(o_dir, i_b, i_h, pos, T, H, V, BV)
+            tl.store(p_o, (b_o * scale).to(p_o.dtype.element_ty), mask=m_v)
+            b_kd = (b_k * tl.exp(C_last[None, :] - C)).to(b_k.dtype)
+            S = S * tl.exp(C_last)[:, None] + tl.dot(tl.trans(b_kd), b_v,
+                                                     input_precision=PRECISION)
+        else:
+            for j in tl.static_range(NS):
+                pos_j = _sweep_pos(i * NS + j, i_dir, NT * NS, BC)
+                S = _gla_fwd_step_exact(q, k, v, g, o_dir, S, scale, pos_j, i_b, i_h, i_dir, T,
+                                        H, sg_d, sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION)
+
+
+@triton.jit
+def _gla_bwd_step_exact(q, k, v, g, do, dq, dk, dv, dg, S, dH, run_q, run_k, scale, pos, i_b,
+                        i_h, i_dir, B, T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr,
+                        V: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                        PRECISION: tl.constexpr, NEED_DG: tl.constexpr):
+    """One BC-token step of the GLA backward sweep, exact for any decay ([BC, BC, BK])."""
+    i_oth = 1 - i_dir
+    ar = tl.arange(0, BC)
+    ck = tl.arange(0, BK)
+    causal = ar[:, None] >= ar[None, :]
+    anti = ar[:, None] <= ar[None, :]
+    b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
+    b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
+    b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
+    b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
+    p_g = g + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
+    g_own = tl.load(p_g + i_dir * sg_d, mask=m_k, other=0.).to(tl.float32)
+    g_oth = tl.load(p_g + i_oth * sg_d, mask=m_k, other=0.).to(tl.float32)
+    C = tl.cumsum(g_own, 0)
+    C_last = tl.sum(g_own, 0)
+    E = tl.cumsum(g_oth, 0) - g_oth
+    E_tot = tl.sum(g_oth, 0)
+    qf, kf = b_q.to(tl.float32), b_k.to(tl.float32)
+    dA = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)    # do_t . v_s
+    M = tl.exp(tl.where(causal[:, :, None], C[:, None, :] - C[None, :, :], float('-inf')))
+    b_dq = tl.sum(dA[:, :, None] * kf[None, :, :] * M, 1)
+    b_dq += tl.exp(C) * tl.dot(b_do.to(tl.float32), tl.trans(S), input_precision=PRECISION)
+    b_dq *= scale
+    p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+    tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
+    b_kd = (b_k * tl.exp(C_last[None, :] - C)).to(b_k.dtype)
+    S = S * tl.exp(C_last)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PRECISION)
+    N = tl.exp(tl.where(anti[:, :, None], E[None, :, :] - E[:, None, :], float('-inf')))
+    b_dk = tl.sum(dA[:, :, None] * qf[:, None, :] * N, 0)
+    b_dk += tl.exp(E) * tl.dot(b_v.to(tl.float32), tl.trans(dH), input_precision=PRECISION)
+    b_dk *= scale
+    A = tl.sum(qf[:, None, :] * kf[None, :, :] * N, 2)
+    b_dv = tl.dot(tl.trans(A).to(b_do.dtype), b_do, input_precision=PRECISION)
+    b_dv += tl.dot((b_k * tl.exp(E)).to(b_k.dtype), dH.to(b_k.dtype), input_precision=PRECISION)
+    b_dv *= scale
+    _store_bwd_pieces(dk, dv, dg, b_dk, b_dv, qf * b_dq, kf * b_dk, run_q, run_k, pos, m_k, m_v,
+                      i_b, i_h, i_dir, B, T, H, K, V, BK, BV, NEED_DG)
+    b_qd = (b_q * tl.exp(E_tot[None, :] - E)).to(b_q.dtype)
+    dH = dH * tl.exp(E_tot)[:, None] + tl.dot(tl.trans(b_qd), b_do, input_precision=PRECISION)
+    if NEED_DG:
+        run_q += tl.sum(qf * b_dq, 0)
+        run_k += tl.sum(kf * b_dk, 0)
+    return S, dH, run_q, run_k
+
+
+@triton.jit
+def _store_bwd_pieces(dk, dv, dg, b_dk, b_dv, a, b, run_q, run_k, pos, m_k, m_v, i_b, i_h,
+                      i_dir, B, T, H, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, NEED_DG: tl.constexpr):
+    """dk, dv of the other scan, and the running sums of q.dq (a) and k.dk (b) per channel."""
+    i_oth = 1 - i_dir
+    p_dk, _ = _chunk_ptrs(dk + i_oth * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+    p_dv, _ = _chunk_ptrs(dv + i_oth * B * T * H * V, i_b, i_h, pos, T, H, V, BV)
+    tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_k)
+    tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
+    if NEED_DG:
+        p_dg, _ = _chunk_ptrs(dg, i_b, i_h, pos, T, H, K, BK)
+        tl.store(p_dg + (i_dir * 2) * B * T * H * K, run_q[None, :] + tl.cumsum(a, 0) - a,
+                 mask=m_k)
+        tl.store(p_dg + (i_oth * 2 + 1) * B * T * H * K, run_k[None, :] + tl.cumsum(b, 0),
+                 mask=m_k)
 
 
 @triton.jit
 def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, scale, T, H, sg_d, sg_b, sg_t,
                        sg_h, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                       BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
-                       NEED_DG: tl.constexpr):
+                       BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                       PRECISION: tl.constexpr, NEED_DG: tl.constexpr, SAFE: tl.constexpr):
     """:func:`_bi_bwd_kernel` with per-key-channel decays; dg is [2, 2, B, T, H, K] and
-    dg_tot [2, B, H, K]."""
+    dg_tot [2, B, H, K]. Chunks whose own and other decays both stay above exp(-SAFE) use
+    the factorised tensor-core form (as the forward); the others go in exact BC-token steps."""
     i_bh, i_dir = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     i_oth = 1 - i_dir
     B = tl.num_programs(0) // H
     NT = tl.cdiv(T, BT)
+    NS: tl.constexpr = BT // BC
     ar = tl.arange(0, BT)
     ck = tl.arange(0, BK)
     causal = ar[:, None] >= ar[None, :]
@@ -300,9 +415,6 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, scale, T, H, sg_d
     for i in range(0, NT):
         pos = _sweep_pos(i, i_dir, NT, BT)
         b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
-        b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
-        b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
-        b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
         p_g = g + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
         g_own = tl.load(p_g + i_dir * sg_d, mask=m_k, other=0.).to(tl.float32)
         g_oth = tl.load(p_g + i_oth * sg_d, mask=m_k, other=0.).to(tl.float32)
@@ -310,43 +422,46 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, scale, T, H, sg_d
         C_last = tl.sum(g_own, 0)
         E = tl.cumsum(g_oth, 0) - g_oth
         E_tot = tl.sum(g_oth, 0)
-        qf, kf = b_q.to(tl.float32), b_k.to(tl.float32)
-        dA = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)    # do_t . v_s
-        # own scan: dq
-        M = tl.exp(tl.where(causal[:, :, None], C[:, None, :] - C[None, :, :], float('-inf')))
-        b_dq = tl.sum(dA[:, :, None] * kf[None, :, :] * M, 1)
-        b_dq += tl.exp(C) * tl.dot(b_do.to(tl.float32), tl.trans(S), input_precision=PRECISION)
-        b_dq *= scale
-        p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
-        tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
-        b_kd = (b_k * tl.exp(C_last[None, :] - C)).to(b_k.dtype)
-        S = S * tl.exp(C_last)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PRECISION)
-        # other scan: dk, dv
-        N = tl.exp(tl.where(anti[:, :, None], E[None, :, :] - E[:, None, :], float('-inf')))
-        b_dk = tl.sum(dA[:, :, None] * qf[:, None, :] * N, 0)
-        b_dk += tl.exp(E) * tl.dot(b_v.to(tl.float32), tl.trans(dH), input_precision=PRECISION)
-        b_dk *= scale
-        A = tl.sum(qf[:, None, :] * kf[None, :, :] * N, 2)
-        b_dv = tl.dot(tl.trans(A).to(b_do.dtype), b_do, input_precision=PRECISION)
-        b_dv += tl.dot((b_k * tl.exp(E)).to(b_k.dtype), dH.to(b_k.dtype),
-                       input_precision=PRECISION)
-        b_dv *= scale
-        p_dk, _ = _chunk_ptrs(dk + i_oth * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
-        p_dv, _ = _chunk_ptrs(dv + i_oth * B * T * H * V, i_b, i_h, pos, T, H, V, BV)
-        tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_k)
-        tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
-        b_qd = (b_q * tl.exp(E_tot[None, :] - E)).to(b_q.dtype)
-        dH = dH * tl.exp(E_tot)[:, None] + tl.dot(tl.trans(b_qd), b_do, input_precision=PRECISION)
-        if NEED_DG:
-            p_dg, _ = _chunk_ptrs(dg, i_b, i_h, pos, T, H, K, BK)
-            a = qf * b_dq
-            b = kf * b_dk
-            tl.store(p_dg + (i_dir * 2) * B * T * H * K, run_q[None, :] + tl.cumsum(a, 0) - a,
-                     mask=m_k)
-            tl.store(p_dg + (i_oth * 2 + 1) * B * T * H * K, run_k[None, :] + tl.cumsum(b, 0),
-                     mask=m_k)
-            run_q += tl.sum(a, 0)
-            run_k += tl.sum(b, 0)
+        if tl.minimum(tl.min(C_last, 0), tl.min(E_tot, 0)) > -SAFE:
+            b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
+            b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
+            b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
+            qf, kf = b_q.to(tl.float32), b_k.to(tl.float32)
+            dA = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
+            # own scan: dq = exp(C) * ((dA masked) (k exp(-C)) + do S^T)
+            b_dq = tl.dot(tl.where(causal, dA, 0.), kf * tl.exp(-C), input_precision=PRECISION)
+            b_dq += tl.dot(b_do.to(tl.float32), tl.trans(S), input_precision=PRECISION)
+            b_dq *= tl.exp(C) * scale
+            p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+            tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
+            b_kd = (b_k * tl.exp(C_last[None, :] - C)).to(b_k.dtype)
+            S = S * tl.exp(C_last)[:, None] + tl.dot(tl.trans(b_kd), b_v,
+                                                     input_precision=PRECISION)
+            # other scan: decay exp(E_s - E_t) = exp(E_s) exp(-E_t), t <= s
+            q_hat = qf * tl.exp(-E)
+            b_dk = tl.dot(tl.trans(tl.where(anti, dA, 0.)), q_hat, input_precision=PRECISION)
+            b_dk += tl.dot(b_v.to(tl.float32), tl.trans(dH), input_precision=PRECISION)
+            b_dk *= tl.exp(E) * scale
+            b_ke = (b_k * tl.exp(E)).to(b_k.dtype)
+            A = tl.dot(q_hat.to(b_q.dtype), tl.trans(b_ke), input_precision=PRECISION)
+            A = tl.where(anti, A, 0.)
+            b_dv = tl.dot(tl.trans(A).to(b_do.dtype), b_do, input_precision=PRECISION)
+            b_dv += tl.dot(b_ke, dH.to(b_k.dtype), input_precision=PRECISION)
+            b_dv *= scale
+            _store_bwd_pieces(dk, dv, dg, b_dk, b_dv, qf * b_dq, kf * b_dk, run_q, run_k, pos,
+                              m_k, m_v, i_b, i_h, i_dir, B, T, H, K, V, BK, BV, NEED_DG)
+            b_qd = (b_q * tl.exp(E_tot[None, :] - E)).to(b_q.dtype)
+            dH = dH * tl.exp(E_tot)[:, None] + tl.dot(tl.trans(b_qd), b_do,
+                                                      input_precision=PRECISION)
+            if NEED_DG:
+                run_q += tl.sum(qf * b_dq, 0)
+                run_k += tl.sum(kf * b_dk, 0)
+        else:
+            for j in tl.static_range(NS):
+                pos_j = _sweep_pos(i * NS + j, i_dir, NT * NS, BC)
+                S, dH, run_q, run_k = _gla_bwd_step_exact(
+                    q, k, v, g, do, dq, dk, dv, dg, S, dH, run_q, run_k, scale, pos_j, i_b, i_h,
+                    i_dir, B, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION, NEED_DG)
     if NEED_DG:
         tl.store(dg_tot + ((i_dir * B + i_b) * H + i_h) * K + ck, run_q, mask=ck < K)
 
@@ -356,8 +471,11 @@ def _meta(q, v, per_channel):
     BK, BV = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
     if BK > 128 or BV > 128:
         raise ValueError(f'fused bidirectional kernel: head dims up to 128 (got K={K}, V={V})')
-    return dict(K=K, V=V, BT=GLA_CHUNK if per_channel else CHUNK, BK=BK, BV=BV,
+    meta = dict(K=K, V=V, BT=CHUNK, BK=BK, BV=BV,
                 PRECISION='ieee' if q.dtype == torch.float32 else 'tf32')
+    if per_channel:
+        meta.update(BC=GLA_STEP, SAFE=GLA_SAFE)
+    return meta
 
 
 # launch configs (fixed: nothing to autotune on a cold machine); head dims > 64 double warps
