@@ -55,6 +55,18 @@ def _run(fn, leaves, gates, dtype, do):
     return o, [x.grad for x in xs]
 
 
+def _reference_run(leaves, gates, dtype, do, scale=D ** -0.5):
+    """Output and gradients of the fp32 reference on the inputs rounded to ``dtype``."""
+    rounded = [t.to(dtype).float() if i < 3 else t for i, t in enumerate(leaves)]
+    return _run(lambda *a: _reference(*a, scale), rounded, gates, torch.float32,
+                do.to(dtype).float())
+
+
+def _worst(out, grads, ref_out, ref_grads):
+    """The largest relative error over the output and every input gradient."""
+    return max([_rel(out, ref_out)] + [_rel(a, b) for a, b in zip(grads, ref_grads)])
+
+
 # one xdist group per (gates, dtype): a worker compiles each kernel variant once
 CASES = [pytest.param(g, d, marks=pytest.mark.xdist_group(f'{g}-{i}'), id=f'{g}-{i}')
          for g in ('shared', 'separate', 'constant', 'shared-gla', 'separate-gla')
@@ -78,14 +90,12 @@ def test_fused_bi_vs_two_call(gates, dtype, L):
         q, k, v, gf, gb, scale=scale, kernel='fused'), leaves, gates, dtype, do)
     two, g_two = _run(lambda q, k, v, gf, gb: ops.bi_decay_attn(
         q, k, v, gf, gb, scale=scale, kernel='two_call'), leaves, gates, dtype, do)
-    rounded = [t.to(dtype).float() if i < 3 else t for i, t in enumerate(leaves)]
-    ref, g_ref = _run(lambda *a: _reference(*a, scale), rounded, gates, torch.float32,
-                      do.to(dtype).float())
-    e_two = max([_rel(fused, two)] + [_rel(a, b) for a, b in zip(g_fused, g_two)])
-    e_ref = max([_rel(fused, ref)] + [_rel(a, b) for a, b in zip(g_fused, g_ref)])
-    e_two_ref = max([_rel(two, ref)] + [_rel(a, b) for a, b in zip(g_two, g_ref)])
+    ref, g_ref = _reference_run(leaves, gates, dtype, do, scale)
+    e_two = _worst(fused, g_fused, two, g_two)
+    e_ref = _worst(fused, g_fused, ref, g_ref)
+    e_two_ref = _worst(two, g_two, ref, g_ref)
     gpu_report(f'\nfused_bi {gates:9s} {str(dtype)[6:]:9s} L={L:6d}  vs two-call={e_two:.2e}  '
-            f'vs reference={e_ref:.2e}  (two-call vs reference={e_two_ref:.2e})')
+               f'vs reference={e_ref:.2e}  (two-call vs reference={e_two_ref:.2e})')
     assert e_ref < TOL[dtype], (L, dtype, gates, e_ref)
     assert e_two < TWO_CALL_TOL[dtype], (L, dtype, gates, e_two)
 
@@ -123,10 +133,7 @@ def test_fused_bi_segments(L, dtype, monkeypatch):
     fn = (lambda q, k, v, gf, gb: ops.bi_decay_attn(q, k, v, gf, gb, kernel='fused'))
     monkeypatch.setattr(fused_bi, 'SEGMENTS', 6)
     seg, g_seg = _run(fn, leaves, 'separate', dtype, do)
-    rounded = [t.to(dtype).float() if i < 3 else t for i, t in enumerate(leaves)]
-    ref, g_ref = _run(lambda *a: _reference(*a, D ** -0.5), rounded, 'separate', torch.float32,
-                      do.to(dtype).float())
-    e_ref = max([_rel(seg, ref)] + [_rel(a, b) for a, b in zip(g_seg, g_ref)])
+    e_ref = _worst(seg, g_seg, *_reference_run(leaves, 'separate', dtype, do))
     gpu_report(f'\nfused_bi segments=6 {str(dtype)[6:]:9s} L={L:6d}  vs reference={e_ref:.2e}')
     assert e_ref < TOL[dtype], (L, dtype, e_ref)
 
@@ -144,9 +151,6 @@ def test_fused_gla_exact_steps(dtype):
     do = r(B, L, H, D)
     fn = (lambda q, k, v, gf, gb: ops.bi_decay_attn(q, k, v, gf, gb, kernel='fused'))
     out, grads = _run(fn, leaves, 'shared-gla', dtype, do)
-    rounded = [t.to(dtype).float() if i < 3 else t for i, t in enumerate(leaves)]
-    ref, g_ref = _run(lambda *a: _reference(*a, D ** -0.5), rounded, 'shared-gla', torch.float32,
-                      do.to(dtype).float())
-    e_ref = max([_rel(out, ref)] + [_rel(a, b) for a, b in zip(grads, g_ref)])
+    e_ref = _worst(out, grads, *_reference_run(leaves, 'shared-gla', dtype, do))
     gpu_report(f'\nfused_bi gla exact steps {str(dtype)[6:]:9s} L={L:6d}  vs reference={e_ref:.2e}')
     assert e_ref < TOL[dtype], (dtype, e_ref)

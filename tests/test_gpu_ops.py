@@ -111,7 +111,7 @@ def test_kernel_vs_reference(family, dtype, L):
         out, grads = _run(fn, leaves, 'cuda', dtype, do)
     except Exception as e:
         gpu_report(f'\n{family:16s} {str(dtype)[6:]:9s} L={L:5d}  ERROR {type(e).__name__}: '
-                f'{str(e).splitlines()[0][:200] if str(e) else ""}')
+                    f'{str(e).splitlines()[0][:200] if str(e) else ""}')
         raise
     ref_out, ref_grads = _run(fn, rounded, 'cpu', torch.float32, do.to(dtype).float())
     e_fwd = _rel(out, ref_out)
@@ -188,4 +188,4 @@ def test_hopper_fallback_warns_and_trains(family):
     assert bool(said) == ops.families.triton_bwd_broken(), said
     assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in xs.values())
     gpu_report(f'\nfallback:{family:16s} bwd_broken={ops.families.triton_bwd_broken()} '
-            f'warned={bool(said)}')
+                f'warned={bool(said)}')

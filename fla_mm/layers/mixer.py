@@ -221,6 +221,23 @@ def _scanned_qkv(m, x):
 
 # GLA / simple GLA / RetNet: one output-gated shape, three decays.
 
+def _log_decay(m, x):
+    """Data-dependent log decay: logsigmoid(gk_proj(x)) / gate_logit_normalizer, in fp32,
+    floored at clamp_min where given; [B, L, gates * (key_dim or num_heads)]."""
+    g = F.logsigmoid(m.gk_proj(x).float()) / m.cfg['gate_logit_normalizer']
+    if m.cfg.get('clamp_min') is not None:
+        g = g.clamp_min(m.cfg['clamp_min'])
+    return g
+
+
+def _gla_heads(m, q, k, v):
+    """Split q, k, v into heads and apply the feature map to q and k."""
+    q, k, v = _heads(q, m.head_k_dim), _heads(k, m.head_k_dim), _heads(v, m.head_v_dim)
+    if m.feature_map_fn is not None:
+        q, k = m.feature_map_fn(q), m.feature_map_fn(k)
+    return q, k, v
+
+
 def build_gla_like(m, dim, num_heads, cfg):
     key_dim, value_dim = _dims(m, cfg, dim, num_heads)
     m.feature_map_fn = _act(cfg['feature_map'], 'feature_map')
@@ -251,17 +268,11 @@ def _fused_bi(m):
 
 def _mix_bi_decay(m, x):
     B, L = x.shape[:2]
-    q, k, v = m.q_proj(x), m.k_proj(x), m.v_proj(x)
-    q, k, v = _heads(q, m.head_k_dim), _heads(k, m.head_k_dim), _heads(v, m.head_v_dim)
-    if m.feature_map_fn is not None:
-        q, k = m.feature_map_fn(q), m.feature_map_fn(k)
+    q, k, v = _gla_heads(m, m.q_proj(x), m.k_proj(x), m.v_proj(x))
     if m.spec['gate'] is None:   # RetNet: the fixed per-head decay, read through stride 0
         H = q.shape[2]
         return ops.bi_decay_attn(q, k, v, ops.retnet_decay(H, x.device).expand(B, L, H))
-    g = F.logsigmoid(m.gk_proj(x).float()) / m.cfg['gate_logit_normalizer']
-    if m.cfg.get('clamp_min') is not None:
-        g = g.clamp_min(m.cfg['clamp_min'])
-    g = g.reshape(B, L, m.num_gates, q.shape[2], -1)    # [B, L, directions, H, K or 1]
+    g = _log_decay(m, x).reshape(B, L, m.num_gates, q.shape[2], -1)    # [B, L, directions, H, K or 1]
     if m.spec['gate'] == 'head':
         g = g.squeeze(-1)
     return ops.bi_decay_attn(q, k, v, g[:, :, 0], g[:, :, -1] if m.num_gates > 1 else None)
@@ -271,16 +282,10 @@ def mix_gla_like(m, x):
     if _fused_bi(m):
         return _apply_output_gate(m, x, _mix_bi_decay(m, x))
     q, k, v = _scanned_qkv(m, x)
-    q, k, v = _conv(m, 'q', q), _conv(m, 'k', k), _conv(m, 'v', v)
-    q, k, v = _heads(q, m.head_k_dim), _heads(k, m.head_k_dim), _heads(v, m.head_v_dim)
-    if m.feature_map_fn is not None:
-        q, k = m.feature_map_fn(q), m.feature_map_fn(k)
+    q, k, v = _gla_heads(m, _conv(m, 'q', q), _conv(m, 'k', k), _conv(m, 'v', v))
     args = (q, k, v)
     if m.spec['gate'] is not None:
-        g = F.logsigmoid(m.gk_proj(x).float()) / m.cfg['gate_logit_normalizer']
-        if m.cfg.get('clamp_min') is not None:
-            g = g.clamp_min(m.cfg['clamp_min'])
-        g = m.scan_gate_(g)
+        g = m.scan_gate_(_log_decay(m, x))
         args += (_heads(g, m.head_k_dim) if m.spec['gate'] == 'key' else g,)
     elif m.cfg.get('rotary'):
         q, k = rotary(q), rotary(k)
@@ -634,10 +639,7 @@ def mix_vig_gla(m, x):
         x = m.conv_act(x)
     q, k, v = _scanned_qkv(m, x)
     q, k, v = _heads(q, m.head_k_dim), _heads(k, m.head_k_dim), _heads(v, m.head_v_dim)
-    g = F.logsigmoid(m.gk_proj(x).float()) / m.cfg['gate_logit_normalizer']
-    if m.cfg['clamp_min'] is not None:
-        g = g.clamp_min(m.cfg['clamp_min'])
-    o = m.merge_(m.spec['op'](q, k, v, _heads(m.scan_gate_(g), m.head_k_dim)))
+    o = m.merge_(m.spec['op'](q, k, v, _heads(m.scan_gate_(_log_decay(m, x)), m.head_k_dim)))
     scale = m.cfg['o_scale']
     o = o * (1.0 / m.num_gates if scale is None else scale)
     s = torch.sigmoid(_heads(m.g_proj(x), m.head_v_dim))

@@ -65,6 +65,22 @@ def _load_tile(base, i_b, i_h, pos, T, H, D: tl.constexpr, BD: tl.constexpr):
 
 
 @triton.jit
+def _own_decay(p_g, mask):
+    """A chunk's log decays for the sweep's own scan, in sweep order: C_t sums them up to and
+    including t (key s reaches query t, s <= t, decayed by C_t - C_s); and their total."""
+    b_g = tl.load(p_g, mask=mask, other=0.).to(tl.float32)
+    return tl.cumsum(b_g, 0), tl.sum(b_g, 0)
+
+
+@triton.jit
+def _other_decay(p_g, mask):
+    """The same for the opposite scan, whose order is reversed: E_t sums them before t (key s
+    reaches query t, t <= s, decayed by E_s - E_t); and their total."""
+    b_g = tl.load(p_g, mask=mask, other=0.).to(tl.float32)
+    return tl.cumsum(b_g, 0) - b_g, tl.sum(b_g, 0)
+
+
+@triton.jit
 def _kv_tile(base, BK: tl.constexpr, BV: tl.constexpr):
     return base + tl.arange(0, BK)[:, None] * BV + tl.arange(0, BV)[None, :]
 
@@ -102,18 +118,14 @@ def _bi_seg_state_kernel(q, k, v, g, do, seg_S, seg_G, seg_dH, seg_E, T, H, sg_d
         b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
         m_t = (pos >= 0) & (pos < T)
         p_g = g + i_b * sg_b + pos * sg_t + i_h * sg_h
-        g_own = tl.load(p_g + i_dir * sg_d, mask=m_t, other=0.).to(tl.float32)
-        C = tl.cumsum(g_own, 0)
-        C_last = tl.sum(g_own, 0)
+        C, C_last = _own_decay(p_g + i_dir * sg_d, m_t)
         b_kd = (b_k * tl.exp(C_last - C)[:, None]).to(b_k.dtype)
         S = S * tl.exp(C_last) + tl.dot(tl.trans(b_kd), b_v, input_precision=PRECISION)
         G += C_last
         if BACKWARD:
             b_q, _ = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
             b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
-            g_oth = tl.load(p_g + i_oth * sg_d, mask=m_t, other=0.).to(tl.float32)
-            E = tl.cumsum(g_oth, 0) - g_oth
-            E_tot = tl.sum(g_oth, 0)
+            E, E_tot = _other_decay(p_g + i_oth * sg_d, m_t)
             b_qd = (b_q * tl.exp(E_tot - E)[:, None]).to(b_q.dtype)
             dH = dH * tl.exp(E_tot) + tl.dot(tl.trans(b_qd), b_do, input_precision=PRECISION)
             Eg += E_tot
@@ -144,10 +156,7 @@ def _bi_fwd_kernel(q, k, v, g, o, seg_S, seg_G, scale, T, H, sg_d, sg_b, sg_t, s
         b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
         b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
         m_t = (pos >= 0) & (pos < T)
-        b_g = tl.load(g + i_dir * sg_d + i_b * sg_b + pos * sg_t + i_h * sg_h, mask=m_t,
-                      other=0.).to(tl.float32)
-        C = tl.cumsum(b_g, 0)                     # decay from the chunk's entry to t
-        C_last = tl.sum(b_g, 0)
+        C, C_last = _own_decay(g + i_dir * sg_d + i_b * sg_b + pos * sg_t + i_h * sg_h, m_t)
         A = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)
         A = A * tl.exp(tl.where(causal, C[:, None] - C[None, :], float('-inf')))
         b_o = tl.dot(A.to(b_v.dtype), b_v, input_precision=PRECISION)
@@ -199,12 +208,8 @@ def _bi_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg_dH,
         qf, kf = b_q.to(tl.float32), b_k.to(tl.float32)
         m_t = (pos >= 0) & (pos < T)
         p_g = g + i_b * sg_b + pos * sg_t + i_h * sg_h
-        g_own = tl.load(p_g + i_dir * sg_d, mask=m_t, other=0.).to(tl.float32)
-        g_oth = tl.load(p_g + i_oth * sg_d, mask=m_t, other=0.).to(tl.float32)
-        C = tl.cumsum(g_own, 0)                  # own scan: decay r = s+1..t
-        C_last = tl.sum(g_own, 0)
-        E = tl.cumsum(g_oth, 0) - g_oth          # other scan: decay r = t..s-1 = E_s - E_t
-        E_tot = tl.sum(g_oth, 0)
+        C, C_last = _own_decay(p_g + i_dir * sg_d, m_t)
+        E, E_tot = _other_decay(p_g + i_oth * sg_d, m_t)
 
         A = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)     # q_t . k_s
         dA = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)   # do_t . v_s
@@ -262,9 +267,7 @@ def _gla_fwd_step_exact(q, k, v, g, o_dir, S, scale, pos, i_b, i_h, i_dir, T, H,
     b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
     b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
     p_g = g + i_dir * sg_d + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
-    b_g = tl.load(p_g, mask=m_k, other=0.).to(tl.float32)
-    C = tl.cumsum(b_g, 0)
-    C_last = tl.sum(b_g, 0)
+    C, C_last = _own_decay(p_g, m_k)
     D = tl.where(causal[:, :, None], C[:, None, :] - C[None, :, :], float('-inf'))
     A = tl.sum(b_q.to(tl.float32)[:, None, :] * b_k.to(tl.float32)[None, :, :] * tl.exp(D), 2)
     b_o = tl.dot(A.to(b_v.dtype), b_v, input_precision=PRECISION)
@@ -298,9 +301,7 @@ def _bi_gla_fwd_kernel(q, k, v, g, o, scale, T, H, sg_d, sg_b, sg_t, sg_h,
         pos = _sweep_pos(i, i_dir, NT, BT)
         b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
         p_g = g + i_dir * sg_d + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
-        b_g = tl.load(p_g, mask=m_k, other=0.).to(tl.float32)
-        C = tl.cumsum(b_g, 0)                                    # [BT, BK]
-        C_last = tl.sum(b_g, 0)                                  # [BK]
+        C, C_last = _own_decay(p_g, m_k)                        # [BT, BK], [BK]
         if tl.min(C_last, 0) > -SAFE:
             b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
             b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
@@ -338,12 +339,8 @@ def _gla_bwd_step_exact(q, k, v, g, do, dq, dk, dv, dg, S, dH, run_q, run_k, sca
     b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
     b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
     p_g = g + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
-    g_own = tl.load(p_g + i_dir * sg_d, mask=m_k, other=0.).to(tl.float32)
-    g_oth = tl.load(p_g + i_oth * sg_d, mask=m_k, other=0.).to(tl.float32)
-    C = tl.cumsum(g_own, 0)
-    C_last = tl.sum(g_own, 0)
-    E = tl.cumsum(g_oth, 0) - g_oth
-    E_tot = tl.sum(g_oth, 0)
+    C, C_last = _own_decay(p_g + i_dir * sg_d, m_k)
+    E, E_tot = _other_decay(p_g + i_oth * sg_d, m_k)
     qf, kf = b_q.to(tl.float32), b_k.to(tl.float32)
     dA = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)    # do_t . v_s
     M = tl.exp(tl.where(causal[:, :, None], C[:, None, :] - C[None, :, :], float('-inf')))
@@ -416,12 +413,8 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, scale, T, H, sg_d
         pos = _sweep_pos(i, i_dir, NT, BT)
         b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
         p_g = g + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
-        g_own = tl.load(p_g + i_dir * sg_d, mask=m_k, other=0.).to(tl.float32)
-        g_oth = tl.load(p_g + i_oth * sg_d, mask=m_k, other=0.).to(tl.float32)
-        C = tl.cumsum(g_own, 0)
-        C_last = tl.sum(g_own, 0)
-        E = tl.cumsum(g_oth, 0) - g_oth
-        E_tot = tl.sum(g_oth, 0)
+        C, C_last = _own_decay(p_g + i_dir * sg_d, m_k)
+        E, E_tot = _other_decay(p_g + i_oth * sg_d, m_k)
         if tl.minimum(tl.min(C_last, 0), tl.min(E_tot, 0)) > -SAFE:
             b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
             b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
