@@ -1,12 +1,13 @@
 """fla_mm: flash-linear-attention token mixers as OpenMMLab backbones.
 
 Importing the package registers its public modules into MMEngine's registries (MODELS,
-OPTIM_WRAPPER_CONSTRUCTORS and TRANSFORMS), which mmseg and mmdet both reach through their
-parent registry. This is the one place that registers.
+OPTIM_WRAPPER_CONSTRUCTORS, TRANSFORMS and HOOKS), which mmseg and mmdet both reach through
+their parent registry. This is the one place that registers.
 """
-from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS, TRANSFORMS
+from mmengine.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, TRANSFORMS
 
 from .backbones import FLAPlain, FLAPyramid
+from .hooks import FiniteCheckHook
 from .optim import FLALayerDecayOptimizerConstructor
 from .transforms import NameFileOnError
 
@@ -16,6 +17,7 @@ for _module in (FLAPyramid, FLAPlain):
     MODELS.register_module(module=_module, force=True)
 OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=FLALayerDecayOptimizerConstructor, force=True)
 TRANSFORMS.register_module(module=NameFileOnError, force=True)
+HOOKS.register_module(module=FiniteCheckHook, force=True)
 
 __all__ = ['FLAPlain', 'FLAPyramid', 'FLALayerDecayOptimizerConstructor', 'NameFileOnError',
-           '__version__']
+           'FiniteCheckHook', '__version__']

@@ -1,0 +1,192 @@
+"""Training hooks registered into MMEngine's root HOOKS (mmseg and mmdet find them through
+their parent registry). Imports torch and mmengine only."""
+import math
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+
+def _fmt(value):
+    if isinstance(value, torch.Tensor) and value.numel() != 1:
+        return f'tensor of shape {tuple(value.shape)}'
+    return f'{float(value)}'
+
+
+class FiniteCheckHook(Hook):
+    """Count iterations whose losses or gradients are NaN/Inf, cheaply, and say so in the log.
+
+    Mixed precision makes non-finite values a normal event (an fp16 GradScaler overflows and
+    skips the step now and then) and a fatal one (a NaN loss that reaches the weights poisons
+    every later iteration and checkpoint) look alike in a loss curve. This hook tells them
+    apart without slowing training: each parameter gets a post-accumulate-grad hook that adds
+    "is any element of my gradient non-finite" into one device counter (no host sync inside
+    backward), and ``after_train_iter`` reads that counter, the losses and the loss scale in a
+    single sync.
+
+    Running totals go to the message hub as ``train/nonfinite_grad_iters``,
+    ``train/nonfinite_objective_iters`` and ``train/scaler_skip_iters`` so LoggerHook prints
+    them. (The names avoid "loss": LogProcessor averages keys matching ``loss`` over its
+    window, which would turn a running total into a smeared mean.) The first ``max_warnings``
+    bad iterations are also logged as warnings naming the iteration, and ``after_train`` logs
+    a one-line summary. Counts are per rank; LoggerHook shows rank 0.
+
+    Args:
+        raise_on_nonfinite_loss (bool): Raise ``RuntimeError`` naming the iteration and the
+            loss when a loss is NaN/Inf. The hook runs at NORMAL priority, before
+            CheckpointHook, so no checkpoint of that iteration is written. Defaults to False.
+        max_warnings (int): How many bad iterations get their own warning. Defaults to 5.
+
+    Config: ``custom_hooks = [dict(type='FiniteCheckHook')]``.
+    """
+
+    priority = 'NORMAL'  # after_train_iter must run before LoggerHook (BELOW_NORMAL) logs
+
+    def __init__(self, raise_on_nonfinite_loss=False, max_warnings=5):
+        self.raise_on_nonfinite_loss = raise_on_nonfinite_loss
+        self.max_warnings = max_warnings
+        self._handles = []
+        self._counter = None
+        self._registered = False
+        self._reset_totals()
+
+    def _reset_totals(self):
+        self.num_iters = 0
+        self.nonfinite_loss_iters = 0
+        self.nonfinite_grad_iters = 0
+        self.scaler_skip_iters = 0
+        self._warned = 0
+        self._last_scales = []
+
+    # -- setup / teardown -------------------------------------------------------------
+    @staticmethod
+    def _scalers(runner):
+        """GradScalers of the optim wrapper(s): AmpOptimWrapper keeps one as ``loss_scaler``."""
+        wrapper = getattr(runner, 'optim_wrapper', None)
+        wrappers = list(wrapper.values()) if hasattr(wrapper, 'values') else [wrapper]
+        return [w.loss_scaler for w in wrappers if getattr(w, 'loss_scaler', None) is not None]
+
+    def _register(self, runner):
+        """Hook every trainable parameter of the unwrapped model (DDP keeps it in .module)."""
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        params = [p for p in model.parameters() if p.requires_grad]
+        if params and not hasattr(params[0], 'register_post_accumulate_grad_hook'):
+            raise RuntimeError('FiniteCheckHook needs torch>=2.1 '
+                               '(Tensor.register_post_accumulate_grad_hook)')
+        self._counter = (torch.zeros((), dtype=torch.int64, device=params[0].device)
+                         if params else None)
+        counter = self._counter
+
+        def count_nonfinite(p):
+            # stays on the device: no .item(), so backward never waits for the host
+            counter.add_((~torch.isfinite(p.grad)).any().to(counter.device))
+
+        self._handles = [p.register_post_accumulate_grad_hook(count_nonfinite) for p in params]
+        self._last_scales = [s.get_scale() for s in self._scalers(runner)]
+        self._registered = True
+
+    def _remove(self):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._registered = False
+
+    def before_train(self, runner):
+        # after load_or_resume, so a resumed loss scale is the starting point
+        self._reset_totals()
+        self._register(runner)
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if not self._registered:  # e.g. the hook was added after before_train ran
+            self._register(runner)
+
+    # -- per iteration ----------------------------------------------------------------
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        iteration = runner.iter + 1  # 1-based, as LoggerHook prints it
+        losses = {k: v for k, v in (outputs or {}).items() if 'loss' in k}
+        scalers = self._scalers(runner)
+
+        # gather everything that lives on the device into one tensor: one host sync
+        tensors, names = [], []
+        if self._counter is not None:
+            tensors.append(self._counter)
+        for k, v in losses.items():
+            if isinstance(v, torch.Tensor):
+                tensors.append(torch.isfinite(v.detach()).all())
+                names.append(k)
+        scale_tensors = [getattr(s, '_scale', None) for s in scalers]
+        tensors += [t for t in scale_tensors if t is not None]
+        values = []
+        if tensors:
+            device = tensors[0].device
+            values = torch.stack([t.detach().to(device=device, dtype=torch.float32)
+                                  for t in tensors]).tolist()
+        if self._counter is not None:
+            self._counter.zero_()
+            num_bad_params = int(values.pop(0))
+        else:
+            num_bad_params = 0
+        bad_losses = [k for k, ok in zip(names, values[:len(names)]) if not ok]
+        values = values[len(names):]
+        bad_losses += [k for k, v in losses.items()
+                       if not isinstance(v, torch.Tensor) and not math.isfinite(float(v))]
+        # get_scale() is only reached before the scaler's first update (no _scale yet)
+        scales = [values.pop(0) if t is not None else s.get_scale()
+                  for s, t in zip(scalers, scale_tensors)]
+
+        self.num_iters += 1
+        scaler_skipped = any(new < old for new, old in zip(scales, self._last_scales))
+        self.nonfinite_loss_iters += bool(bad_losses)
+        self.nonfinite_grad_iters += num_bad_params > 0
+        self.scaler_skip_iters += scaler_skipped
+        hub = runner.message_hub
+        hub.update_scalar('train/nonfinite_objective_iters', self.nonfinite_loss_iters,
+                          resumed=False)
+        hub.update_scalar('train/nonfinite_grad_iters', self.nonfinite_grad_iters,
+                          resumed=False)
+        if scalers:
+            hub.update_scalar('train/scaler_skip_iters', self.scaler_skip_iters, resumed=False)
+
+        if bad_losses or num_bad_params:
+            self._warn(runner, iteration, bad_losses, losses, num_bad_params, scalers,
+                       self._last_scales, scales)
+        self._last_scales = scales
+
+        if bad_losses and self.raise_on_nonfinite_loss:
+            self._remove()
+            detail = ', '.join(f'{k}={_fmt(losses[k])}' for k in bad_losses)
+            raise RuntimeError(f'FiniteCheckHook: non-finite loss at iteration {iteration}: '
+                               f'{detail} (raise_on_nonfinite_loss=True)')
+
+    def _warn(self, runner, iteration, bad_losses, losses, num_bad_params, scalers,
+              old_scales, new_scales):
+        if self._warned >= self.max_warnings:
+            return
+        self._warned += 1
+        parts = []
+        if bad_losses:
+            parts.append('non-finite loss ' + ', '.join(f'{k}={_fmt(losses[k])}'
+                                                         for k in bad_losses))
+        if num_bad_params:
+            parts.append(f'{num_bad_params} parameter(s) with non-finite gradients')
+        msg = f'FiniteCheckHook: iteration {iteration}: ' + '; '.join(parts)
+        if scalers and num_bad_params:
+            change = ', '.join(f'{o:g} -> {n:g}' for o, n in zip(old_scales, new_scales))
+            msg += (f'. A loss scaler is active (scale {change}): with fp16 an overflowing '
+                    'scaled gradient now and then is expected; the GradScaler skips that '
+                    'step and lowers the scale')
+        if self._warned == self.max_warnings:
+            msg += (f'. (Warned {self.max_warnings} times; later ones are only counted in '
+                    'train/nonfinite_*_iters.)')
+        runner.logger.warning(msg)
+
+    # -- end --------------------------------------------------------------------------
+    def summary(self):
+        return (f'FiniteCheckHook: {self.num_iters} iterations, loss non-finite in '
+                f'{self.nonfinite_loss_iters}, gradients non-finite in '
+                f'{self.nonfinite_grad_iters} (fp16 loss-scaler skips: '
+                f'{self.scaler_skip_iters})')
+
+    def after_train(self, runner):
+        self._remove()
+        runner.logger.info(self.summary())
