@@ -33,10 +33,31 @@ def load_config(args):
     return cfg
 
 
+def _cpu_dist_backend(cfg):
+    """NCCL needs GPUs, and MMEngine's torchrun init calls torch.cuda.set_device: a torchrun
+    launch on a machine without CUDA joins a gloo process group here first (MMEngine then
+    skips its own init) and wraps the model in DDP without device ids, so the same DDP code
+    path runs on CPU."""
+    import torch
+    import torch.distributed as dist
+    if cfg.launcher != 'pytorch' or torch.cuda.is_available() or dist.is_initialized():
+        return
+    cfg.env_cfg.dist_cfg.backend = 'gloo'
+    # MMEngine gives DDP device_ids=[LOCAL_RANK], which a CPU module refuses
+    wrapper = cfg.get('model_wrapper_cfg') or dict(
+        type='MMDistributedDataParallel', broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))
+    wrapper['device_ids'] = None
+    cfg.model_wrapper_cfg = wrapper
+    print('fla_mm: no CUDA device, distributed backend nccl -> gloo', flush=True)
+    dist.init_process_group('gloo')
+
+
 def build_runner(cfg):
     """mmseg or mmdet Runner, chosen by the config's default_scope (one code path for both)."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
+    _cpu_dist_backend(cfg)
     scope = cfg.get('default_scope')
     if scope == 'mmseg':
         import mmseg.utils
