@@ -189,3 +189,34 @@ def test_hopper_fallback_warns_and_trains(family):
     assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in xs.values())
     gpu_report(f'\nfallback:{family:16s} bwd_broken={ops.families.triton_bwd_broken()} '
                 f'warned={bool(said)}')
+
+
+@pytest.mark.parametrize('layout', ['pyramid', 'plain'])
+def test_hybrid_backbone_cuda_vs_cpu(layout):
+    """A hybrid backbone (a different family per stage, softmax attention at chosen blocks)
+    computes on FLA's kernels what it computes on the CPU reference: output and every
+    parameter gradient, fp32 (TF32 dots on the GPU unless TRITON_F32_DEFAULT=ieee)."""
+    from fla_mm.backbones import FLAPlain, FLAPyramid
+    torch.manual_seed(0)
+    if layout == 'pyramid':
+        m = FLAPyramid(arch=dict(embed_dims=[32, 64, 64, 128], depths=[1, 1, 2, 1],
+                                 num_heads=[1, 2, 2, 2]),
+                       mixer=['gla', 'retnet', 'gated_delta_net', 'rwkv6'], scan='bi',
+                       hybrid_layers=(3,), drop_path_rate=0.0)
+    else:
+        m = FLAPlain(arch=dict(embed_dims=128, depth=4, num_heads=2), mixer='simple_gla',
+                     scan='bi', hybrid_layers=(1,), drop_path_rate=0.0, pretrain_img_size=64)
+    m.init_weights()
+    x = torch.randn(2, 3, 64, 96)
+    grads, outs = {}, {}
+    for device in ('cpu', 'cuda'):
+        m.to(device).zero_grad()
+        feats = m(x.to(device))
+        sum(f.float().square().mean() for f in feats).backward()
+        outs[device] = torch.cat([f.flatten() for f in feats])
+        grads[device] = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    e_fwd = _rel(outs['cuda'], outs['cpu'])
+    e_grad = max(_rel(grads['cuda'][n], g) for n, g in grads['cpu'].items())
+    assert grads['cuda'].keys() == grads['cpu'].keys()
+    gpu_report(f'\nhybrid:{layout:10s} fp32/{F32_DOTS:5s} fwd={e_fwd:.2e}  grad={e_grad:.2e}')
+    assert e_fwd < TOL[torch.float32] and e_grad < TOL[torch.float32], (layout, e_fwd, e_grad)
