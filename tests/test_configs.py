@@ -83,3 +83,36 @@ def test_named_size_runs_inside_upernet_and_mask_rcnn(task, layout, size):
                                                  scale_factor=(1.0, 1.0), batch_input_shape=(64, 64)))
             (pred,) = model(x, [sample], mode='predict')
             assert pred.pred_instances.bboxes.shape[-1] == 4
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=[os.path.relpath(p, ROOT) for p in CONFIGS])
+def test_shipped_configs_fit_their_backbone(path):
+    import sys
+
+    from mmengine.config import Config
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    try:
+        from _common import check_input_size
+    finally:
+        sys.path.pop(0)
+    check_input_size(Config.fromfile(path))
+
+
+@pytest.mark.parametrize('config,options,message', [
+    ('configs/toy/upernet_gla_toy_ade20k.py',
+     ['train_dataloader.dataset.pipeline.3.crop_size=(100,128)'],
+     r'RandomCrop crop_size = \(100, 128\) does not fit FLAPyramid: sizes must be multiples '
+     r'of 32 \(nearest: 96, 128\)'),
+    ('configs/upernet_gla_plain_ade20k.py', ['model.backbone.patch_size=14'],
+     r'RandomCrop crop_size = \(512, 512\) does not fit FLAPlain: sizes must be multiples of '
+     r'14 \(nearest: 504, 518\)'),
+    ('configs/mask_rcnn_gla_coco.py', ['model.data_preprocessor.pad_size_divisor=8'],
+     r'pad_size_divisor = 8 does not fit FLAPyramid: .* multiples of 32 \(nearest: 32\)'),
+])
+def test_crop_that_does_not_fit_the_backbone_is_one_clear_error(config, options, message,
+                                                                 tmp_path):
+    from conftest import run_tool
+    pytest.importorskip(dict(u='mmseg', m='mmdet')[os.path.basename(config)[0]])
+    with pytest.raises(ValueError, match=message):
+        run_tool('train', os.path.join(ROOT, config), '--work-dir', str(tmp_path),
+                 '--cfg-options', *options)

@@ -184,3 +184,39 @@ def test_corrupt_annotation_error_names_the_file(tmp_path):
     dataset[0]
     with pytest.raises(RuntimeError, match=os.path.basename(bad)):
         dataset[1]
+
+
+@pytest.mark.parametrize('kind', ['ade20k', 'coco'])
+def test_corrupt_image_error_names_the_file(kind, tmp_path):
+    """A corrupt JPEG in a dataset stops with an error that names the file (mmcv's loader)."""
+    scope = dict(ade20k='mmseg', coco='mmdet')[kind]
+    pytest.importorskip(scope)
+    import importlib
+
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    import fla_mm  # noqa: F401
+    importlib.import_module(f'{scope}.datasets')
+    DATASETS = importlib.import_module(f'{scope}.registry').DATASETS
+    root = str(tmp_path / kind)
+    if kind == 'ade20k':
+        make_ade20k(root, num_train=1, num_val=2, seed=0)
+        bad = sorted(glob.glob(os.path.join(root, 'images/validation/*.jpg')))[1]
+        config = 'configs/toy/upernet_gla_toy_ade20k.py'
+    else:
+        toy_data.make_coco(root, num_train=1, num_val=2, seed=0)
+        bad = sorted(glob.glob(os.path.join(root, 'val2017/*.jpg')))[1]
+        config = 'configs/toy/mask_rcnn_gla_toy_coco.py'
+    with open(bad, 'wb') as f:
+        f.write(b'\xff\xd8 not a jpeg')
+    cfg = Config.fromfile(os.path.join(ROOT, config))
+    init_default_scope(scope)
+    ds_cfg = cfg.val_dataloader.dataset
+    ds_cfg.data_root = root
+    if kind == 'coco':
+        ds_cfg.ann_file = 'annotations/instances_val2017.json'
+    dataset = DATASETS.build(ds_cfg)
+    dataset[0]
+    with pytest.raises(Exception, match=os.path.basename(bad)):
+        dataset[1]

@@ -80,6 +80,12 @@ class FLAPlain(FLABackboneBase):
         init_cfg: e.g. dict(type='Pretrained', checkpoint=PATH, prefix='backbone.').
     """
 
+    @staticmethod
+    def input_multiple(backbone_cfg):
+        """Other sizes are zero-padded to the patch size, and the padded tokens enter every
+        scan's state: a training crop should be a multiple of this."""
+        return backbone_cfg.get('patch_size', 16)
+
     def __init__(self, arch='small', patch_size=16, mixer='gla', scan=None, mixer_cfg=None,
                  hybrid_layers=(), hybrid_cfg=None, block='vig', mlp_ratio=None, ffn=None,
                  norm=None, mlp_multiple_of=1, norm_eps=1e-6, out_norm='ln', stem='patch',

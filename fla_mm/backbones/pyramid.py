@@ -90,6 +90,12 @@ class FLAPyramid(FLABackboneBase):
 
     patch_size = 4
 
+    @staticmethod
+    def input_multiple(backbone_cfg):
+        """Input sizes that are multiples of this pass every stage without ceil rounding
+        (stem 4, then three stride-2 downsamples), so each output is exactly H/stride."""
+        return 32
+
     def __init__(self, arch='tiny', mixer='gla', scan=None, mixer_cfg=None, hybrid_layers=(),
                  hybrid_cfg=None, block='vig', mlp_ratio=None, ffn=None, norm=None,
                  mlp_multiple_of=1, norm_eps=None, out_norm='ln', stem='conv_bn',
