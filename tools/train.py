@@ -8,7 +8,7 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import add_common_args, build_runner, load_config  # noqa: E402
+from _common import add_common_args, build_runner, check_input_size, load_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -25,6 +25,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args)
+    check_input_size(cfg)
     if args.amp:
         import torch
         if not torch.cuda.is_available():
