@@ -13,6 +13,11 @@ def _fmt(value):
     return f'{float(value)}'
 
 
+def _loss_values(names, losses):
+    """'loss=nan, loss_aux=inf': the named losses with their values, for warnings and errors."""
+    return ', '.join(f'{k}={_fmt(losses[k])}' for k in names)
+
+
 class FiniteCheckHook(Hook):
     """Count iterations whose losses or gradients are NaN/Inf, cheaply, and say so in the log.
 
@@ -154,9 +159,9 @@ class FiniteCheckHook(Hook):
 
         if bad_losses and self.raise_on_nonfinite_loss:
             self._remove()
-            detail = ', '.join(f'{k}={_fmt(losses[k])}' for k in bad_losses)
             raise RuntimeError(f'FiniteCheckHook: non-finite loss at iteration {iteration}: '
-                               f'{detail} (raise_on_nonfinite_loss=True)')
+                               f'{_loss_values(bad_losses, losses)} '
+                               '(raise_on_nonfinite_loss=True)')
 
     def _warn(self, runner, iteration, bad_losses, losses, num_bad_params, scalers,
               old_scales, new_scales):
@@ -165,8 +170,7 @@ class FiniteCheckHook(Hook):
         self._warned += 1
         parts = []
         if bad_losses:
-            parts.append('non-finite loss ' + ', '.join(f'{k}={_fmt(losses[k])}'
-                                                         for k in bad_losses))
+            parts.append('non-finite loss ' + _loss_values(bad_losses, losses))
         if num_bad_params:
             parts.append(f'{num_bad_params} parameter(s) with non-finite gradients')
         msg = f'FiniteCheckHook: iteration {iteration}: ' + '; '.join(parts)

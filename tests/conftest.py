@@ -24,8 +24,8 @@ def toy_coco(tmp_path_factory):
     return str(root)
 
 
-def run_tool(name, *args):
-    """Run tools/<name>.py in-process (as a user would from the repo root) and return its result."""
+def load_tool(name):
+    """tools/<name>.py as a module, imported as the tools import each other (tools/ on sys.path)."""
     import importlib.util
     path = os.path.join(ROOT, 'tools', f'{name}.py')
     spec = importlib.util.spec_from_file_location(f'fla_mm_tool_{name}', path)
@@ -33,9 +33,14 @@ def run_tool(name, *args):
     sys.path.insert(0, os.path.join(ROOT, 'tools'))
     try:
         spec.loader.exec_module(module)
-        return module.main(list(args))
     finally:
         sys.path.remove(os.path.join(ROOT, 'tools'))
+    return module
+
+
+def run_tool(name, *args):
+    """Run tools/<name>.py in-process (as a user would from the repo root) and return its result."""
+    return load_tool(name).main(list(args))
 
 
 def gpu_report(line):

@@ -162,33 +162,10 @@ def test_mmdet_coco_dataset(coco):
     assert osp.isfile(info['img_path']) and len(info['instances']) >= 2
 
 
-def test_corrupt_annotation_error_names_the_file(tmp_path):
-    """The configs load annotations through NameFileOnError: a corrupt PNG names itself."""
-    pytest.importorskip('mmseg')
-    import mmseg.datasets  # noqa: F401
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import DATASETS
-
-    import fla_mm  # noqa: F401
-    root = str(tmp_path / 'ade')
-    make_ade20k(root, num_train=1, num_val=2, seed=0)
-    bad = sorted(glob.glob(os.path.join(root, 'annotations/validation/*.png')))[1]
-    with open(bad, 'wb') as f:
-        f.write(b'not a png')
-    cfg = Config.fromfile(os.path.join(ROOT, 'configs/toy/upernet_gla_toy_ade20k.py'))
-    init_default_scope('mmseg')
-    ds_cfg = cfg.val_dataloader.dataset
-    ds_cfg.data_root = root
-    dataset = DATASETS.build(ds_cfg)
-    dataset[0]
-    with pytest.raises(RuntimeError, match=os.path.basename(bad)):
-        dataset[1]
-
-
-@pytest.mark.parametrize('kind', ['ade20k', 'coco'])
-def test_corrupt_image_error_names_the_file(kind, tmp_path):
-    """A corrupt JPEG in a dataset stops with an error that names the file (mmcv's loader)."""
+def _val_dataset_with_corrupt_file(kind, pattern, payload, tmp_path):
+    """The toy config's validation dataset over generated data whose second file matching
+    `pattern` (relative to the data root) is overwritten with `payload`; returns the
+    dataset and that file's path."""
     scope = dict(ade20k='mmseg', coco='mmdet')[kind]
     pytest.importorskip(scope)
     import importlib
@@ -198,25 +175,37 @@ def test_corrupt_image_error_names_the_file(kind, tmp_path):
 
     import fla_mm  # noqa: F401
     importlib.import_module(f'{scope}.datasets')
-    DATASETS = importlib.import_module(f'{scope}.registry').DATASETS
     root = str(tmp_path / kind)
-    if kind == 'ade20k':
-        make_ade20k(root, num_train=1, num_val=2, seed=0)
-        bad = sorted(glob.glob(os.path.join(root, 'images/validation/*.jpg')))[1]
-        config = 'configs/toy/upernet_gla_toy_ade20k.py'
-    else:
-        toy_data.make_coco(root, num_train=1, num_val=2, seed=0)
-        bad = sorted(glob.glob(os.path.join(root, 'val2017/*.jpg')))[1]
-        config = 'configs/toy/mask_rcnn_gla_toy_coco.py'
+    make = dict(ade20k=make_ade20k, coco=toy_data.make_coco)[kind]
+    make(root, num_train=1, num_val=2, seed=0)
+    bad = sorted(glob.glob(os.path.join(root, pattern)))[1]
     with open(bad, 'wb') as f:
-        f.write(b'\xff\xd8 not a jpeg')
-    cfg = Config.fromfile(os.path.join(ROOT, config))
-    init_default_scope(scope)
-    ds_cfg = cfg.val_dataloader.dataset
+        f.write(payload)
+    config = dict(ade20k='configs/toy/upernet_gla_toy_ade20k.py',
+                  coco='configs/toy/mask_rcnn_gla_toy_coco.py')[kind]
+    ds_cfg = Config.fromfile(os.path.join(ROOT, config)).val_dataloader.dataset
     ds_cfg.data_root = root
     if kind == 'coco':
         ds_cfg.ann_file = 'annotations/instances_val2017.json'
-    dataset = DATASETS.build(ds_cfg)
+    init_default_scope(scope)
+    return importlib.import_module(f'{scope}.registry').DATASETS.build(ds_cfg), bad
+
+
+def test_corrupt_annotation_error_names_the_file(tmp_path):
+    """The configs load annotations through NameFileOnError: a corrupt PNG names itself."""
+    dataset, bad = _val_dataset_with_corrupt_file(
+        'ade20k', 'annotations/validation/*.png', b'not a png', tmp_path)
+    dataset[0]
+    with pytest.raises(RuntimeError, match=os.path.basename(bad)):
+        dataset[1]
+
+
+@pytest.mark.parametrize('kind,pattern', [('ade20k', 'images/validation/*.jpg'),
+                                          ('coco', 'val2017/*.jpg')])
+def test_corrupt_image_error_names_the_file(kind, pattern, tmp_path):
+    """A corrupt JPEG in a dataset stops with an error that names the file (mmcv's loader)."""
+    dataset, bad = _val_dataset_with_corrupt_file(kind, pattern, b'\xff\xd8 not a jpeg',
+                                                  tmp_path)
     dataset[0]
     with pytest.raises(Exception, match=os.path.basename(bad)):
         dataset[1]
