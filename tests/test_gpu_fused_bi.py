@@ -62,9 +62,19 @@ def _reference_run(leaves, gates, dtype, do, scale=D ** -0.5):
                 do.to(dtype).float())
 
 
+NAMES = ('o', 'dq', 'dk', 'dv', 'dg_f', 'dg_b')
+
+
 def _worst(out, grads, ref_out, ref_grads):
     """The largest relative error over the output and every input gradient."""
-    return max([_rel(out, ref_out)] + [_rel(a, b) for a, b in zip(grads, ref_grads)])
+    return _worst_named(out, grads, ref_out, ref_grads)[0]
+
+
+def _worst_named(out, grads, ref_out, ref_grads):
+    """(error, name) of the worst of the output and the input gradients."""
+    errs = [(_rel(out, ref_out), 'o')] + [(_rel(a, b), n) for a, b, n in
+                                          zip(grads, ref_grads, NAMES[1:]) if b is not None]
+    return max(errs)
 
 
 # one xdist group per (gates, dtype): a worker compiles each kernel variant once
@@ -91,11 +101,12 @@ def test_fused_bi_vs_two_call(gates, dtype, L):
     two, g_two = _run(lambda q, k, v, gf, gb: ops.bi_decay_attn(
         q, k, v, gf, gb, scale=scale, kernel='two_call'), leaves, gates, dtype, do)
     ref, g_ref = _reference_run(leaves, gates, dtype, do, scale)
-    e_two = _worst(fused, g_fused, two, g_two)
-    e_ref = _worst(fused, g_fused, ref, g_ref)
+    e_two, n_two = _worst_named(fused, g_fused, two, g_two)
+    e_ref, n_ref = _worst_named(fused, g_fused, ref, g_ref)
     e_two_ref = _worst(two, g_two, ref, g_ref)
-    gpu_report(f'\nfused_bi {gates:9s} {str(dtype)[6:]:9s} L={L:6d}  vs two-call={e_two:.2e}  '
-               f'vs reference={e_ref:.2e}  (two-call vs reference={e_two_ref:.2e})')
+    gpu_report(f'\nfused_bi {gates:9s} {str(dtype)[6:]:9s} L={L:6d}  vs two-call={e_two:.2e} '
+               f'({n_two})  vs reference={e_ref:.2e} ({n_ref})  '
+               f'(two-call vs reference={e_two_ref:.2e})')
     assert e_ref < TOL[dtype], (L, dtype, gates, e_ref)
     assert e_two < TWO_CALL_TOL[dtype], (L, dtype, gates, e_two)
 

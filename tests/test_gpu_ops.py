@@ -166,7 +166,9 @@ def test_mixer_vs_fla_layer(case):
     dtype = 'bf16' if bf16 else 'fp32'
     grad = 'n/a (FLA refuses its backward here)' if e_grad is None else f'{e_grad:.2e}'
     gpu_report(f'\nmixer:{case:18s} {dtype:9s} L=  196  fwd={e_fwd:.2e}  grad={grad}')
-    tol = 2e-2 if case == 'bitnet' or bf16 else 1e-3   # bitnet: fused vs unfused quantiser
+    # bitnet: fused vs unfused quantiser; fp32 under TF32 dots: the two modules may run
+    # different FLA modes (gated_delta_net falls back to fused_recurrent where chunk's backward is refused)
+    tol = 2e-2 if case == 'bitnet' or bf16 else TOL[torch.float32]
     assert e_fwd < tol and (e_grad is None or e_grad < tol), (case, e_fwd, e_grad)
 
 
@@ -216,7 +218,9 @@ def test_hybrid_backbone_cuda_vs_cpu(layout):
         outs[device] = torch.cat([f.flatten() for f in feats])
         grads[device] = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
     e_fwd = _rel(outs['cuda'], outs['cpu'])
-    e_grad = max(_rel(grads['cuda'][n], g) for n, g in grads['cpu'].items())
     assert grads['cuda'].keys() == grads['cpu'].keys()
-    gpu_report(f'\nhybrid:{layout:10s} fp32/{F32_DOTS:5s} fwd={e_fwd:.2e}  grad={e_grad:.2e}')
+    errs = sorted((_rel(grads['cuda'][n], g), n) for n, g in grads['cpu'].items())
+    e_grad, worst = errs[-1]
+    gpu_report(f'\nhybrid:{layout:10s} fp32/{F32_DOTS:5s} fwd={e_fwd:.2e}  grad={e_grad:.2e} '
+               f'(worst {worst}; next {errs[-2][1]} {errs[-2][0]:.2e}, {errs[-3][1]} {errs[-3][0]:.2e})')
     assert e_fwd < TOL[torch.float32] and e_grad < TOL[torch.float32], (layout, e_fwd, e_grad)

@@ -149,7 +149,7 @@ FLA_CASES = {
     'rwkv6': ('RWKV6Attention', {}, {}),
     'rwkv7': ('RWKV7Attention', dict(layer_idx=0, num_hidden_layers=2, head_dim=16), {}),
     'gsa': ('GatedSlotAttention', {}, {}),
-    'abc': ('ABCAttention', {}, {}),
+    'abc': ('ABCAttention', dict(expand_k=1.0), dict(expand_k=1.0)),   # Triton dots: K >= 16
     'bitnet': ('BitAttention', {}, {}),
     'transformer': ('Attention', {}, dict(qkv_bias=False, o_bias=False, rope_theta=10000.,
                                           causal=True)),

@@ -255,3 +255,20 @@ def test_kernel_failure_names_family_kernel_and_fallback(monkeypatch):
     monkeypatch.setenv('FLA_MM_BACKEND', 'triton')
     with pytest.raises(ValueError, match='valid values: auto, reference'):
         ops.gla(q, k, v, g)
+
+
+def test_kernel_error_explains_small_head_dims():
+    """Seen on an H200 (fla.layers.ABCAttention at head dim 8): Triton's dot refuses K < 16
+    while compiling; the error says which dims to change, not only the Triton assertion."""
+    from fla_mm.ops.families import _kernel_error_message
+    try:
+        try:
+            raise AssertionError('Input shapes should have M >= 1, N >= 1 and K >= 16')
+        except AssertionError as inner:
+            raise RuntimeError('at 47:14:') from inner
+    except RuntimeError as e:
+        msg = _kernel_error_message('abc', 'chunk_abc', 'NVIDIA H200', e, torch.empty(2, 9, 4, 8))
+    assert 'at least 16' in msg and '(2, 9, 4, 8)' in msg and 'FLA_MM_BACKEND=reference' in msg
+    plain = _kernel_error_message('gla', 'chunk_gla', 'NVIDIA H200', RuntimeError('x'),
+                                  torch.empty(1))
+    assert 'at least 16' not in plain

@@ -78,12 +78,23 @@ def _explain_errors(family, op):
         except Exception as e:
             kernel = _fla_frame(sys.exc_info()[2]) or f'fla.ops for {family}'
             device = torch.cuda.get_device_name(args[0].device) if args[0].is_cuda else 'CPU'
-            raise KernelError(
-                f'fla_mm: the FLA kernel for mixer family {family!r} failed on {device}: '
-                f'{kernel}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ""}'
-                f' | To go on, run the PyTorch reference on the GPU with FLA_MM_BACKEND=reference '
-                f'(same math, slower), or pick another family or dtype.') from e
+            raise KernelError(_kernel_error_message(family, kernel, device, e, args[0])) from e
     return wrapped
+
+
+def _kernel_error_message(family, kernel, device, e, q):
+    """One line: family, kernel, the error's first line, a known cause if any, the fallback."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    causes = ' '.join(str(x) for x in (e, e.__cause__, e.__context__) if x is not None)
+    hint = ''
+    if 'K >= 16' in causes:     # Triton's tl.dot needs every dimension of a dot >= 16
+        hint = (f' | Triton needs head dims (and abc/gsa slot counts) of at least 16; this '
+                f"call's q is {tuple(q.shape)} [B, T, H, head dim]: raise the width, "
+                f'lower num_heads or raise expand_k.')
+    return (f'fla_mm: the FLA kernel for mixer family {family!r} failed on {device}: '
+            f'{kernel}: {type(e).__name__}: {first}{hint}'
+            f' | To go on, run the PyTorch reference on the GPU with FLA_MM_BACKEND=reference '
+            f'(same math, slower), or pick another family or dtype.')
 
 
 def _version_tuple(version):
