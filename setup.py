@@ -6,6 +6,8 @@ setup(
     version='0.1.0',
     description='Linear-attention (FLA) vision backbones for mmsegmentation and mmdetection',
     packages=find_packages(include=['fla_mm', 'fla_mm.*']),
+    # FLA kernel configs measured per GPU model (fla_mm/ops/fla_configs.py)
+    package_data={'fla_mm': ['fla_configs/*/*.json']},
     python_requires='>=3.10',
     # The core needs torch + mmengine (+ FLA on GPU); mmcv is built by tools/install.sh
     # because it needs the installed torch at build time.

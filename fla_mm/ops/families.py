@@ -15,6 +15,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from .fla_configs import use_shipped_configs
 from .reference import (abc_slots, chunk_decay_attn_ref, chunk_delta_rule_ref, chunk_dplr_ref,
                         chunk_hgrn_ref, chunk_linear_ref, chunk_slot_attn_ref)
 
@@ -27,6 +28,7 @@ def fla_available():
     if not torch.cuda.is_available():
         return False
     try:
+        use_shipped_configs()     # before fla is imported: FLA reads its cache mode then
         import fla.ops  # noqa: F401
     except Exception:  # pragma: no cover - depends on the machine
         return False
