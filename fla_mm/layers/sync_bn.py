@@ -6,8 +6,9 @@ host wait for the GPU at every layer. mmcv's MMSyncBN passes a tensor momentum w
 kernel takes a float, which is the same wait. UperNet's decode and auxiliary heads hold 13
 such layers. When the step is host-bound (FLA's kernels are expensive to launch), each wait
 empties the launch queue. The one-GPU run does not pay this: MMEngine turns SyncBN into
-BatchNorm there. This layer all-reduces [sum, sum of squares, count] per channel in one
-differentiable collective, and no value ever travels to the host.
+BatchNorm there. This layer all-reduces [sum, count] per channel and then the squared
+deviations from the global mean (two small differentiable collectives), and no value ever
+travels to the host.
 """
 import torch
 import torch.distributed as dist
@@ -35,11 +36,13 @@ class NonBlockingSyncBN(nn.BatchNorm2d):
         C = x.shape[1]
         dims = [0] + list(range(2, x.dim()))
         xf = x.float()
+        shape = [1, C] + [1] * (x.dim() - 2)
         count = torch.full((1,), x.numel() // C, dtype=torch.float32, device=x.device)
-        stats = all_reduce(torch.cat([xf.sum(dims), xf.square().sum(dims), count]))
+        stats = all_reduce(torch.cat([xf.sum(dims), count]))
         total = stats[-1]
         mean = stats[:C] / total
-        var = (stats[C:2 * C] / total - mean.square()).clamp_min(0)
+        # second pass around the global mean: no cancellation for large-mean activations
+        var = all_reduce((xf - mean.view(shape)).square().sum(dims)) / total
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -48,7 +51,6 @@ class NonBlockingSyncBN(nn.BatchNorm2d):
                 unbiased = var * total / (total - 1).clamp_min(1)
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
-        shape = [1, C] + [1] * (x.dim() - 2)
         y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
