@@ -403,8 +403,10 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, scale, T, H, sg_d
     NS: tl.constexpr = BT // BC
     ar = tl.arange(0, BT)
     ck = tl.arange(0, BK)
-    causal = ar[:, None] >= ar[None, :]
     anti = ar[:, None] <= ar[None, :]
+    strict = ar[:, None] > ar[None, :]            # [t, s]: s before t
+    later = ar[:, None] < ar[None, :]             # [t, s]: s after t
+    diag = ar[:, None] == ar[None, :]
     S = tl.zeros([BK, BV], dtype=tl.float32)
     dH = tl.zeros([BK, BV], dtype=tl.float32)
     run_q = tl.zeros([BK], dtype=tl.float32)
@@ -421,10 +423,14 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, scale, T, H, sg_d
             b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
             qf, kf = b_q.to(tl.float32), b_k.to(tl.float32)
             dA = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
-            # own scan: dq = exp(C) * ((dA masked) (k exp(-C)) + do S^T)
-            b_dq = tl.dot(tl.where(causal, dA, 0.), kf * tl.exp(-C), input_precision=PRECISION)
+            # the diagonal (s = t, no decay) is added exactly, outside the factorised dots: its
+            # q.dq and k.dk terms cancel in dg, and TF32 rounding of k exp(-C) (16-bit inputs)
+            # would leave ~5e-4 of each behind (at T=1, where the true dg is 0, all of it)
+            dA_diag = tl.sum(tl.where(diag, dA, 0.), 1)
+            # own scan: dq = exp(C) * ((dA strictly below the diagonal) (k exp(-C)) + do S^T)
+            b_dq = tl.dot(tl.where(strict, dA, 0.), kf * tl.exp(-C), input_precision=PRECISION)
             b_dq += tl.dot(b_do.to(tl.float32), tl.trans(S), input_precision=PRECISION)
-            b_dq *= tl.exp(C) * scale
+            b_dq = (b_dq * tl.exp(C) + dA_diag[:, None] * kf) * scale
             p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
             tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
             b_kd = (b_k * tl.exp(C_last[None, :] - C)).to(b_k.dtype)
@@ -432,9 +438,9 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, scale, T, H, sg_d
                                                      input_precision=PRECISION)
             # other scan: decay exp(E_s - E_t) = exp(E_s) exp(-E_t), t <= s
             q_hat = qf * tl.exp(-E)
-            b_dk = tl.dot(tl.trans(tl.where(anti, dA, 0.)), q_hat, input_precision=PRECISION)
+            b_dk = tl.dot(tl.trans(tl.where(later, dA, 0.)), q_hat, input_precision=PRECISION)
             b_dk += tl.dot(b_v.to(tl.float32), tl.trans(dH), input_precision=PRECISION)
-            b_dk *= tl.exp(E) * scale
+            b_dk = (b_dk * tl.exp(E) + dA_diag[:, None] * qf) * scale
             b_ke = (b_k * tl.exp(E)).to(b_k.dtype)
             A = tl.dot(q_hat.to(b_q.dtype), tl.trans(b_ke), input_precision=PRECISION)
             A = tl.where(anti, A, 0.)
