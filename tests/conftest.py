@@ -43,6 +43,14 @@ def run_tool(name, *args):
     return load_tool(name).main(list(args))
 
 
+def free_port():
+    """A TCP port nobody listens on now, for a process group's rendezvous."""
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
 def gpu_report(line):
     """Print a line of a GPU result table; also append it to $FLA_MM_GPU_TABLE (xdist
     workers hide stdout), which is how the tables in README were collected."""

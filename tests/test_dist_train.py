@@ -4,27 +4,20 @@ train (the log says world size 2, and each iteration is logged once)."""
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 
 pytest.importorskip('mmseg')
 from test_train_seg import CONFIG, _overrides  # noqa: E402
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def test_dist_train_two_processes_rank0_writes(toy_ade20k, tmp_path):
     work = str(tmp_path / 'work')
-    env = dict(os.environ, PORT=str(_free_port()), OMP_NUM_THREADS='1',
+    env = dict(os.environ, PORT=str(free_port()), OMP_NUM_THREADS='1',
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH'])
     proc = subprocess.run(
         ['bash', os.path.join(ROOT, 'tools/dist_train.sh'), CONFIG, '2', '--work-dir', work,

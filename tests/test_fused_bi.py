@@ -15,7 +15,8 @@ from fla_mm.layers.mixer import TokenMixer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-INTERPRETED = r'''
+# Both interpreted scripts start with this: the two-call reference on the CPU.
+PRELUDE = r'''
 import torch, torch.nn.functional as F
 import fla_mm.ops.fused_bi as fused_bi
 from fla_mm.ops.fused_bi import fused_bi_decay_attn
@@ -26,6 +27,9 @@ def two_call(q, k, v, gf, gb, scale):
     o = chunk_decay_attn_ref(cat(q, q), cat(k, k), cat(v, v), cat(gf, gb), scale)
     a, b = o.chunk(2, 0)
     return a + b.flip(1)
+'''
+
+INTERPRETED = PRELUDE + r'''
 
 torch.manual_seed(0)
 worst = 0.0
@@ -80,11 +84,9 @@ def test_fused_kernel_matches_two_call_in_triton_interpreter():
 # Hopper's TF32 dots on CPU: the interpreter multiplies fp32 exactly, so round the operands of
 # every dot that asks for 'tf32' to 10 mantissa bits, as the tensor cores do, and ask for
 # 'tf32' as the kernel does for 16-bit inputs (the interpreter cannot run bf16 itself).
-TF32_EMULATED = r'''
-import numpy as np, torch, torch.nn.functional as F
+TF32_EMULATED = PRELUDE + r'''
+import numpy as np
 import triton.runtime.interpreter as interp
-import fla_mm.ops.fused_bi as fused_bi
-from fla_mm.ops.reference import chunk_decay_attn_ref
 
 def tf32(x):
     if x.dtype != np.float32:
@@ -111,12 +113,8 @@ for T in (1, 49):
     do = r(B, T, H, D)
     a = [t.clone().requires_grad_() for t in leaves]
     b = [t.clone().requires_grad_() for t in leaves]
-    fused_bi.fused_bi_decay_attn(*a, scale=D ** -0.5).backward(do)
-    cat = lambda x, y: torch.cat([x, y.flip(1)], 0)
-    o = chunk_decay_attn_ref(cat(b[0], b[0]), cat(b[1], b[1]), cat(b[2], b[2]), cat(b[3], b[4]),
-                             D ** -0.5)
-    o_f, o_b = o.chunk(2, 0)
-    (o_f + o_b.flip(1)).backward(do)
+    fused_bi_decay_attn(*a, scale=D ** -0.5).backward(do)
+    two_call(*b, D ** -0.5).backward(do)
     # the metric of tests/test_gpu_fused_bi.py: max |a - b| / max(max |b|, 1e-2)
     errs = [((x.grad - y.grad).abs().max() / y.grad.abs().max().clamp_min(1e-2)).item()
             for x, y in zip(a, b)]

@@ -1,11 +1,12 @@
 """NonBlockingSyncBN: SyncBN's math over the ranks of a process group, without host waits."""
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
+
+from conftest import free_port
 
 from fla_mm.layers import sync_bn
 from fla_mm.layers.sync_bn import NonBlockingSyncBN
@@ -48,10 +49,7 @@ def _rank(rank, world, port, out_dir, offset):
 
 @pytest.mark.parametrize('offset', [1.0, 1000.0])     # 1000: activations far from zero
 def test_two_ranks_match_batchnorm_on_the_whole_batch(tmp_path, offset):
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    mp.spawn(_rank, args=(2, port, str(tmp_path), offset), nprocs=2)
+    mp.spawn(_rank, args=(2, free_port(), str(tmp_path), offset), nprocs=2)
     got = [torch.load(tmp_path / f'{r}.pt', weights_only=True) for r in range(2)]
 
     x, w_out = _inputs(offset)
@@ -100,10 +98,7 @@ def test_builds_from_a_norm_cfg_with_syncbn_parameter_names():
 def test_no_host_sync_on_cuda(monkeypatch):
     """With CUDA's sync debug mode set to error, a training step of the distributed path
     (one-rank NCCL group, forced) raises if anything waits for the GPU."""
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    dist.init_process_group('nccl', init_method=f'tcp://127.0.0.1:{port}', rank=0,
+    dist.init_process_group('nccl', init_method=f'tcp://127.0.0.1:{free_port()}', rank=0,
                             world_size=1)
     try:
         monkeypatch.setattr(sync_bn, '_distributed', lambda: True)

@@ -11,7 +11,6 @@ that Triton leaves in its cache after a run, and points FLA at them before FLA i
 ``strict`` mode: a config is used only for the exact key it was measured at (FLA's keys
 hold head counts and dims, not sequence lengths); any other key autotunes as before.
 """
-import hashlib
 import json
 import os
 import re
@@ -24,11 +23,6 @@ CONFIG_ROOT = Path(__file__).resolve().parent.parent / 'fla_configs'
 def gpu_dir_name(gpu_name):
     """FLA's own spelling of a GPU model as a directory name (``sanitize_gpu_name``)."""
     return re.sub(r'[^0-9A-Za-z]+', '_', gpu_name).strip('_') or 'unknown_gpu'
-
-
-def key_hash(key):
-    """FLA's hash of an autotune key (``AutotuneKey.key_hash``): md5 of its sorted JSON."""
-    return hashlib.md5(json.dumps(key, separators=(',', ':'), sort_keys=True).encode()).hexdigest()
 
 
 def use_shipped_configs(gpu_name=None, root=CONFIG_ROOT):
@@ -65,6 +59,7 @@ def collect(result_files, gpu_name, root=CONFIG_ROOT):
     when FLA_CACHE_RESULTS=1, FLA's default). Each holds one autotune key and the timings of
     every config tried. Returns {kernel: number of keys in its file}.
     """
+    from fla.ops.utils.cache import AutotuneKey     # a tool's import: FLA's own key hash
     folder = Path(root) / gpu_dir_name(gpu_name)
     by_kernel = {}
     for path in map(Path, result_files):
@@ -74,7 +69,7 @@ def collect(result_files, gpu_name, root=CONFIG_ROOT):
             raise ValueError(f'{path}: not a Triton autotune result (no key / configs_timings)')
         config = dict(_best_config(data['configs_timings']))
         config.pop('pre_hook', None)
-        by_kernel.setdefault(kernel, {})[key_hash(data['key'])] = dict(
+        by_kernel.setdefault(kernel, {})[AutotuneKey.key_hash(tuple(data['key']))] = dict(
             autotune_key=data['key'], config=config)
     folder.mkdir(parents=True, exist_ok=True)
     counts = {}
