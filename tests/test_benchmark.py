@@ -100,3 +100,40 @@ def test_model_level(tmp_path):
                       '--batch-size', '2')
     rows = check_outputs(out, result, ['model'], 2 * 2)      # gla + transformer, fwd + fwdbwd
     assert {r['family'] for r in rows} == {'gla', 'transformer'}
+
+
+def test_report_merges_runs_and_keeps_ratios_within_a_run(tmp_path):
+    """Runs cut short merge into one table: every case once, the later run's row where both
+    measured a case, plots from all rows, and no ratio against another run's baseline."""
+    common = ['mixer', '--families', 'retnet', 'transformer', '--scans', 'bi', '--levels',
+              'mixer', '--heads', '2', '--head-dim', '16', '--mode', 'fwd', *TINY]
+    a, b, out = (str(tmp_path / n) for n in ('a', 'b', 'merged'))
+    run_tool('benchmark', *common, '--tokens', '16', '--out', a)
+    run_tool('benchmark', *common, '--tokens', '16', '64', '--out', b)
+
+    def drop(folder, family, size):        # as if the run had been cut off before that case
+        path = os.path.join(folder, 'results.json')
+        with open(path) as f:
+            data = json.load(f)
+        data['rows'] = [r for r in data['rows'] if (r['family'], r['size']) != (family, size)]
+        with open(path, 'w') as f:
+            json.dump(data, f)
+
+    drop(b, 'retnet', 16)           # retnet@16 only in run 1, its baseline in both runs
+    result = run_tool('benchmark', 'report', a, b, '--out', out)
+    rows = {(r['family'], r['size']): r for r in result['rows']}
+    assert sorted(rows) == [('retnet', 16), ('retnet', 64), ('transformer', 16),
+                            ('transformer', 64)]
+    assert [rows[k]['run'] for k in sorted(rows)] == [1, 2, 2, 2]   # later run wins
+    assert rows[('retnet', 64)]['time_ratio'] > 0
+    assert rows[('retnet', 16)].get('time_ratio') is None    # its run's baseline was replaced
+    with open(os.path.join(out, 'results.md')) as f:
+        md = f.read()
+    assert '1. `python tools/benchmark.py mixer' in md and '2. `python tools/benchmark.py' in md
+    assert [line for line in md.splitlines() if line.startswith('| ')][0].startswith('| run |')
+    for metric in ('time', 'memory'):
+        assert os.path.getsize(os.path.join(out, f'mixer_{metric}.png')) > 1000
+    drop(b, 'transformer', 16)      # now run 1's baseline is the only one: the ratio is back
+    rows = {(r['family'], r['size']): r
+            for r in run_tool('benchmark', 'report', a, b, '--out', out)['rows']}
+    assert rows[('retnet', 16)]['time_ratio'] > 0 and rows[('transformer', 16)]['run'] == 1

@@ -10,6 +10,8 @@ log-log PNG plots of time and memory against token count or resolution::
     python tools/benchmark.py backbone --families gla --resolutions 224 512 1024 2048
     # a whole segmentor / detector from its config, forward ('tensor') or loss + backward
     python tools/benchmark.py model configs/upernet_gla_ade20k.py --resolutions 512
+    # one table and plots from several runs (e.g. each cut off by a GPU time limit)
+    python tools/benchmark.py report work_dirs/bench/run1 work_dirs/bench/run2 --out DIR
 
 Method (printed with the results and stored in results.json): a cold first call (Triton
 compile + autotune included, timed on its own), warm-up calls, then ``--iters`` calls each
@@ -48,7 +50,7 @@ BASELINE_FAMILY = 'transformer'
 CPU_LABEL = 'CPU (reference path)'
 
 COLUMNS = [  # (key, header) of the markdown table
-    ('level', 'level'), ('name', 'model'), ('arch', 'arch'), ('family', 'family'), ('scan', 'scan'),
+    ('run', 'run'), ('level', 'level'), ('name', 'model'), ('arch', 'arch'), ('family', 'family'), ('scan', 'scan'),
     ('size', 'size'), ('batch', 'B'), ('dtype', 'dtype'), ('mode', 'mode'),
     ('median_ms', 'median ms'), ('p10_ms', 'p10 ms'), ('p90_ms', 'p90 ms'),
     ('first_call_ms', 'first call ms'), ('peak_mem_mib', 'peak MiB'),
@@ -146,7 +148,17 @@ def parse_args(argv=None):
                    help='override config entries, e.g. model.backbone.scan=uni')
     _add_common(p, [2])
 
+    p = sub.add_parser('report', help='merge the results.json of several runs (e.g. runs cut '
+                       'off by a time limit) into one table, JSON and plots',
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('runs', nargs='+', help='output folders (or results.json files) of earlier '
+                   'runs on one device; where two runs measured the same case, the later wins')
+    p.add_argument('--out', required=True, help='output folder')
+    p.add_argument('--no-plots', action='store_true')
+
     args = parser.parse_args(argv)
+    if args.level == 'report':
+        return args
     import torch
     if args.device is None:
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -333,11 +345,11 @@ def _measure(case, args):
 
 def add_ratios(rows):
     """time_ratio / mem_ratio / graph_ratio of each row against its group's baseline."""
-    base = {row['group']: row for row in rows if row.get('is_baseline')}
+    base = {(row.get('run'), row['group']): row for row in rows if row.get('is_baseline')}
     for row in rows:
         for key in ('time_ratio', 'mem_ratio', 'graph_ratio'):
             row.pop(key, None)
-        b = base.get(row['group'])
+        b = base.get((row.get('run'), row['group']))
         row['baseline'] = b['name'] + ('/' + b['family'] if b.get('family') not in (None, '-')
                                       else '') if b else None
         for key, bkey, out in (('median_ms', 'median_ms', 'time_ratio'),
@@ -996,8 +1008,11 @@ def _fmt(v):
 
 
 def to_markdown(method, rows):
+    commands = method.get('commands') or [method['command']]
     cols = [(k, h) for k, h in COLUMNS
             if k in ('status', 'level', 'name', 'size') or any(r.get(k) is not None for r in rows)]
+    if len(commands) < 2:
+        cols = [(k, h) for k, h in cols if k != 'run']
     lines = [f"# fla_mm benchmark: {method['level']} level", '',
              f"- device: **{method['device']}**" +
              (' — timings of the CPU reference path, not of the GPU kernels'
@@ -1010,8 +1025,12 @@ def to_markdown(method, rows):
              f"- precision: {method['precision']}",
              '- modes: ' + '; '.join(f'{k} = {v}' for k, v in method['modes'].items()),
              f"- shapes: {method['shapes']}",
-             f"- ratios: {method['ratios']}",
-             f"- command: `{method['command']}`"]
+             f"- ratios: {method['ratios']}"]
+    if len(commands) < 2:
+        lines.append(f"- command: `{commands[0]}`")
+    else:
+        lines.append('- commands (column run; ratios are taken within one run):')
+        lines += [f'  {i}. `{c}`' for i, c in enumerate(commands, 1)]
     lines += [f'- warning seen: {n}' for n in method.get('warnings', [])]
     lines += ['', '| ' + ' | '.join(h for _, h in cols) + ' |',
               '|' + '|'.join('---' for _ in cols) + '|']
@@ -1035,6 +1054,7 @@ def write_plots(rows, out_dir, method):
     for level in sorted({r['level'] for r in rows}):
         lrows = [r for r in rows if r['level'] == level]
         panels = sorted({(r['dtype'], r['mode'], r['batch']) for r in lrows}, key=str)
+        styles = {}
         for metric, label in (('median_ms', 'median time (ms)'),
                               ('peak_mem_mib', 'peak memory (MiB)')):
             fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2),
@@ -1053,9 +1073,10 @@ def write_plots(rows, out_dir, method):
                         series.setdefault((key + ' (CUDA graph)', '--'), []).append(
                             (r['size'], r['graph_median_ms']))
                 for (key, style), pts in sorted(series.items()):
-                    pts.sort()
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker='o', label=key,
-                            linestyle=style)
+                    pts.sort()    # one colour and marker per series in all panels of a level
+                    i = styles.setdefault(key, len(styles))
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], label=key,
+                            marker='os^vD'[i % 5], color=plt.cm.tab20(i % 20), linestyle=style)
                 if series:
                     ax.set_xscale('log')
                     ax.set_yscale('log')
@@ -1109,7 +1130,39 @@ def load_previous(args, method):
                          f"this run is on {method['device']!r}; use another --out")
     method['commands'] = prev['method'].get('commands', [prev['method'].get('command')])
     method['commands'].append(method['command'])
+    for row in prev['rows']:
+        row.setdefault('run', 1)
     return prev['rows']
+
+
+def merge_runs(paths):
+    """(method, rows) of several results.json, rows tagged with the index of the command that
+    measured them; ratios stay within one run (add_ratios groups by run)."""
+    method, rows, keys = None, [], {}
+    for path in paths:
+        if osp.isdir(path):
+            path = osp.join(path, 'results.json')
+        with open(path) as f:
+            run = json.load(f)
+        m = run['method']
+        cmds = m.get('commands', [m.get('command')])
+        if method is None:
+            method = dict(m, commands=[])
+        elif m.get('device') != method['device']:
+            raise SystemExit(f"report: {path} was measured on {m.get('device')!r}, the first run "
+                             f"on {method['device']!r}; ratios across devices mean nothing")
+        offset = len(method['commands'])
+        method['commands'] += cmds
+        for row in run['rows']:
+            row['run'] = offset + row.get('run', len(cmds))
+            key = case_key(row)
+            if key in keys:
+                rows[keys[key]] = row
+            else:
+                keys[key] = len(rows)
+                rows.append(row)
+    method['command'] = method['commands'][-1]
+    return method, rows
 
 
 LEVEL_ORDER = {'op': 0, 'mixer': 1, 'backbone': 2, 'model': 3}
@@ -1139,6 +1192,14 @@ def write_results(out, method, rows):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.level == 'report':
+        method, rows = merge_runs(args.runs)
+        os.makedirs(args.out, exist_ok=True)
+        md = write_results(args.out, method, rows)
+        plots = [] if args.no_plots else write_plots(rows, args.out, method)
+        print(md)
+        return dict(method=method, rows=rows, files=[osp.join(args.out, 'results.md'),
+                                                     osp.join(args.out, 'results.json')] + plots)
     if args.fresh_triton_cache:
         import tempfile
         os.environ['TRITON_CACHE_DIR'] = tempfile.mkdtemp(prefix='triton_cache_')
@@ -1167,6 +1228,8 @@ def main(argv=None):
             print(f'[{i + 1}/{len(cases)}] kept from the previous run: {key}', flush=True)
             continue
         row = measure(case, args)
+        if 'commands' in method:            # --resume: which command measured the row
+            row['run'] = len(method['commands'])
         rows.append(row)
         print(f"[{i + 1}/{len(cases)}] {row['level']} {row['name']} {row['family']} "
               f"{row['scan']} size={row['size']} B={row['batch']} {row['dtype']} {row['mode']}: "
