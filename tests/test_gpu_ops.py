@@ -81,9 +81,9 @@ def _inputs(family, T, gen):
 
 
 
-def _rel(a, b):
+def _rel(a, b, floor=1e-6):
     a, b = a.float().cpu(), b.float().cpu()
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(floor)).item()
 
 
 def _run(fn, leaves, device, dtype, gen_do):
@@ -194,11 +194,16 @@ def test_hopper_fallback_warns_and_trains(family):
 
 
 @pytest.mark.parametrize('layout', ['pyramid', 'plain'])
-def test_hybrid_backbone_cuda_vs_cpu(layout):
+def test_hybrid_backbone_cuda_vs_cpu(layout, monkeypatch):
     """A hybrid backbone (a different family per stage, softmax attention at chosen blocks)
     computes on FLA's kernels what it computes on the CPU reference: output and every
-    parameter gradient, fp32 (TF32 dots on the GPU unless TRITON_F32_DEFAULT=ieee)."""
+    parameter gradient, fp32 (TF32 dots on the GPU unless TRITON_F32_DEFAULT=ieee).
+
+    cuDNN's TF32 convolutions (PyTorch's default) are turned off: the stem and downsampling
+    convs then differ from the CPU only through the mixers, which are what is tested. With
+    them on, the pyramid's stem-conv weight gradient was off by 6.3e-3 on an H200."""
     from fla_mm.backbones import FLAPlain, FLAPyramid
+    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
     torch.manual_seed(0)
     if layout == 'pyramid':
         m = FLAPyramid(arch=dict(embed_dims=[32, 64, 64, 128], depths=[1, 1, 2, 1],
@@ -210,17 +215,29 @@ def test_hybrid_backbone_cuda_vs_cpu(layout):
                      scan='bi', hybrid_layers=(1,), drop_path_rate=0.0, pretrain_img_size=64)
     m.init_weights()
     x = torch.randn(2, 3, 64, 96)
+    # a fixed random projection of the outputs: the sum of squares of LayerNorm-ed features
+    # barely depends on anything before the norms, so its gradients there (1e-7 at the stem)
+    # were rounding noise, and the test compared noise
+    proj = [torch.randn(f.shape) for f in m(x)]
     grads, outs = {}, {}
     for device in ('cpu', 'cuda'):
         m.to(device).zero_grad()
         feats = m(x.to(device))
-        sum(f.float().square().mean() for f in feats).backward()
+        sum((f.float() * r.to(device)).sum() for f, r in zip(feats, proj)).backward()
         outs[device] = torch.cat([f.flatten() for f in feats])
         grads[device] = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
     e_fwd = _rel(outs['cuda'], outs['cpu'])
     assert grads['cuda'].keys() == grads['cpu'].keys()
-    errs = sorted((_rel(grads['cuda'][n], g), n) for n, g in grads['cpu'].items())
+    # gradients that are zero by construction (a conv bias before BatchNorm, a softmax key
+    # bias) hold only rounding noise: each tensor's error is relative to its own largest
+    # entry, but at least to 1e-3 of the largest gradient of the model
+    floor = 1e-3 * max(g.abs().max().item() for g in grads['cpu'].values())
+    errs = sorted((_rel(grads['cuda'][n], g, floor), n) for n, g in grads['cpu'].items())
     e_grad, worst = errs[-1]
     gpu_report(f'\nhybrid:{layout:10s} fp32/{F32_DOTS:5s} fwd={e_fwd:.2e}  grad={e_grad:.2e} '
                f'(worst {worst}; next {errs[-2][1]} {errs[-2][0]:.2e}, {errs[-3][1]} {errs[-3][0]:.2e})')
-    assert e_fwd < TOL[torch.float32] and e_grad < TOL[torch.float32], (layout, e_fwd, e_grad)
+    # Through five blocks, TF32 rounding alone moves some parameter gradients by ~1e-2 under
+    # this metric (on CPU, rounding only the stem and downsampling convs' operands to TF32
+    # gives 9e-3 on the pyramid), so with TF32 dots the bar is bf16's; IEEE dots: fp32's.
+    tol = TOL[torch.float32] if F32_DOTS == 'ieee' else TOL[torch.bfloat16]
+    assert e_fwd < TOL[torch.float32] and e_grad < tol, (layout, e_fwd, e_grad)
