@@ -8,17 +8,16 @@ from mmengine.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, TRANSFO
 
 from .backbones import FLAPlain, FLAPyramid
 from .hooks import FiniteCheckHook
-from .layers.sync_bn import NonBlockingSyncBN
 from .optim import FLALayerDecayOptimizerConstructor
 from .transforms import NameFileOnError
 
 __version__ = '0.1.0'
 
-for _module in (FLAPyramid, FLAPlain, NonBlockingSyncBN):
+for _module in (FLAPyramid, FLAPlain):
     MODELS.register_module(module=_module, force=True)
 OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=FLALayerDecayOptimizerConstructor, force=True)
 TRANSFORMS.register_module(module=NameFileOnError, force=True)
 HOOKS.register_module(module=FiniteCheckHook, force=True)
 
 __all__ = ['FLAPlain', 'FLAPyramid', 'FLALayerDecayOptimizerConstructor', 'NameFileOnError',
-           'FiniteCheckHook', 'NonBlockingSyncBN', '__version__']
+           'FiniteCheckHook', '__version__']
