@@ -50,8 +50,8 @@ BASELINE_FAMILY = 'transformer'
 CPU_LABEL = 'CPU (reference path)'
 
 COLUMNS = [  # (key, header) of the markdown table
-    ('run', 'run'), ('level', 'level'), ('name', 'model'), ('arch', 'arch'), ('family', 'family'), ('scan', 'scan'),
-    ('size', 'size'), ('batch', 'B'), ('dtype', 'dtype'), ('mode', 'mode'),
+    ('run', 'run'), ('level', 'level'), ('name', 'model'), ('arch', 'arch'), ('family', 'family'),
+    ('scan', 'scan'), ('size', 'size'), ('batch', 'B'), ('dtype', 'dtype'), ('mode', 'mode'),
     ('median_ms', 'median ms'), ('p10_ms', 'p10 ms'), ('p90_ms', 'p90 ms'),
     ('first_call_ms', 'first call ms'), ('peak_mem_mib', 'peak MiB'),
     ('time_ratio', 'time / base'), ('mem_ratio', 'mem / base'), ('img_per_s', 'img/s'),
@@ -1189,17 +1189,24 @@ def write_results(out, method, rows):
     return md
 
 
+def finish(args, method, rows):
+    """Write the table, JSON and plots, print the table, and return what was written."""
+    md = write_results(args.out, method, rows)
+    plots = [] if args.no_plots else write_plots(rows, args.out, method)
+    print(md)
+    print(f"[benchmark] wrote {osp.join(args.out, 'results.md')}, results.json"
+          + (', ' + ', '.join(osp.basename(p) for p in plots) if plots else ''))
+    return dict(method=method, rows=rows, files=[osp.join(args.out, 'results.md'),
+                                                 osp.join(args.out, 'results.json')] + plots)
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.level == 'report':
         method, rows = merge_runs(args.runs)
         os.makedirs(args.out, exist_ok=True)
-        md = write_results(args.out, method, rows)
-        plots = [] if args.no_plots else write_plots(rows, args.out, method)
-        print(md)
-        return dict(method=method, rows=rows, files=[osp.join(args.out, 'results.md'),
-                                                     osp.join(args.out, 'results.json')] + plots)
+        return finish(args, method, rows)
     if args.fresh_triton_cache:
         import tempfile
         os.environ['TRITON_CACHE_DIR'] = tempfile.mkdtemp(prefix='triton_cache_')
@@ -1235,14 +1242,8 @@ def main(argv=None):
               f"{row['scan']} size={row['size']} B={row['batch']} {row['dtype']} {row['mode']}: "
               f"median {_fmt(row['median_ms'])} ms, first {_fmt(row['first_call_ms'])} ms, "
               f"peak {_fmt(row['peak_mem_mib'])} MiB [{row['status']}]", flush=True)
-        md = write_results(args.out, method, rows)     # after every case: a cut-off run keeps them
-    md = write_results(args.out, method, rows)
-    plots = [] if args.no_plots else write_plots(rows, args.out, method)
-    print(md)
-    print(f"[benchmark] wrote {osp.join(args.out, 'results.md')}, results.json"
-          + (', ' + ', '.join(osp.basename(p) for p in plots) if plots else ''))
-    return dict(method=method, rows=rows, files=[osp.join(args.out, 'results.md'),
-                                                 osp.join(args.out, 'results.json')] + plots)
+        write_results(args.out, method, rows)     # after every case: a cut-off run keeps them
+    return finish(args, method, rows)
 
 
 if __name__ == '__main__':
