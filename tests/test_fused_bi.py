@@ -139,7 +139,8 @@ def test_gla_gate_gradient_under_emulated_tf32_dots():
 
 @pytest.mark.parametrize('family,options', [
     ('simple_gla', {}), ('simple_gla', dict(direction_gates=True)),
-    ('retnet', dict(rotary=False)), ('simple_gla', dict(feature_map='relu'))])
+    ('retnet', dict(rotary=False)), ('simple_gla', dict(feature_map='relu')),
+    ('gla', {}), ('gla', dict(direction_gates=True))])
 def test_mixer_fused_path_is_the_two_call_function(family, options):
     """bi_kernel='fused' feeds q, k, v and the per-direction gates to ops.bi_decay_attn in
     raster order; on CPU that op is the two-call reference, so any plumbing error (gate
@@ -161,5 +162,22 @@ def test_mixer_fused_path_is_the_two_call_function(family, options):
 
 
 def test_unknown_bi_kernel_lists_the_valid_ones():
-    with pytest.raises(ValueError, match='fused, two_call'):
+    with pytest.raises(ValueError, match='auto, fused, two_call'):
         TokenMixer(32, 2, family='simple_gla', scan='bi', bi_kernel='fast')
+
+
+def test_auto_fuses_the_scalar_decay_families_only():
+    """bi_kernel='auto' (the default) takes the fused path for simple_gla / RetNet, not for
+    GLA until its kernel is verified and faster; 'fused' takes it for all three; short conv,
+    rotary and other scans never do."""
+    from fla_mm.layers.mixer import _fused_bi
+    fused = {f: _fused_bi(TokenMixer(32, 2, family=f, scan='bi', **o))
+             for f, o in (('simple_gla', {}), ('retnet', dict(rotary=False)), ('gla', {}))}
+    assert fused == dict(simple_gla=True, retnet=True, gla=False)
+    assert _fused_bi(TokenMixer(32, 2, family='gla', scan='bi', bi_kernel='fused'))
+    assert not _fused_bi(TokenMixer(32, 2, family='gla', scan='bi', bi_kernel='fused',
+                                    use_short_conv=True))
+    assert not _fused_bi(TokenMixer(32, 2, family='retnet', scan='bi'))      # rotary default
+    assert not _fused_bi(TokenMixer(32, 2, family='simple_gla', scan='cross'))
+    assert not _fused_bi(TokenMixer(32, 2, family='simple_gla', scan='bi',
+                                    bi_kernel='two_call'))

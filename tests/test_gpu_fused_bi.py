@@ -111,13 +111,14 @@ def test_fused_bi_vs_two_call(gates, dtype, L):
     assert e_two < TWO_CALL_TOL[dtype], (L, dtype, gates, e_two)
 
 
-@pytest.mark.parametrize('family', ['simple_gla', 'retnet'])
+@pytest.mark.parametrize('family', ['simple_gla', 'retnet', 'gla'])
 def test_fused_bi_mixer_trains_and_matches_two_call(family):
-    """A bi-scan TokenMixer (simple_gla with direction gates, RetNet): fused vs two_call."""
+    """A bi-scan TokenMixer (simple_gla / GLA with direction gates, RetNet): fused vs
+    two_call."""
     from fla_mm.layers.mixer import TokenMixer
     torch.manual_seed(0)
-    opts = dict(direction_gates=True) if family == 'simple_gla' else dict(rotary=False)
-    a = TokenMixer(192, 3, family=family, scan='bi', **opts).cuda()
+    opts = dict(rotary=False) if family == 'retnet' else dict(direction_gates=True)
+    a = TokenMixer(192, 3, family=family, scan='bi', bi_kernel='fused', **opts).cuda()
     b = TokenMixer(192, 3, family=family, scan='bi', bi_kernel='two_call', **opts).cuda()
     b.load_state_dict(a.state_dict())
     x = torch.randn(2, 28 * 28, 192, device='cuda')

@@ -253,16 +253,21 @@ def build_gla_like(m, dim, num_heads, cfg):
     m.o_proj = nn.Linear(value_dim, dim, bias=False)
 
 
-# Scalar-decay families only: the per-key-channel (GLA) fused kernel is exact, but its first
-# version measured 2.9x slower than FLA's two chunk_gla calls (H200, 16k tokens, fwd+bwd) and
-# the rewrite (tensor-core chunks) is not measured yet, so GLA keeps FLA's kernel for now.
-FUSED_BI_FAMILIES = ('retnet', 'simple_gla')
+# Families whose bi-scan fla_mm's fused kernel computes, and those that use it by default
+# (bi_kernel='auto'). GLA's per-key-channel variant is exact where tested, but on an H200
+# (B=8, H=6, d=64, bf16, fwd+bwd) it is 2.9x faster than two chunk_gla calls at 1024 tokens
+# and slower at 4096 and 16384, and it has not passed its GPU tests at L >= 49 yet: GLA
+# takes it only when asked (bi_kernel='fused').
+BI_KERNEL_CHOICES = ('auto',) + ops.BI_KERNELS
+FUSED_BI_FAMILIES = ('retnet', 'simple_gla', 'gla')
+AUTO_FUSED_BI_FAMILIES = ('retnet', 'simple_gla')
 
 
 def _fused_bi(m):
-    """simple_gla / RetNet bi-scans whose two directions share q, k and v (no short conv, no
-    rotary) run as one op, :func:`ops.bi_decay_attn`, without materialised flips."""
-    return (m.scan == 'bi' and m.bi_kernel == 'fused' and m.family in FUSED_BI_FAMILIES
+    """Bi-scans whose two directions share q, k and v (no short conv, no rotary) run as one
+    op, :func:`ops.bi_decay_attn`, without materialised flips."""
+    families = AUTO_FUSED_BI_FAMILIES if m.bi_kernel == 'auto' else FUSED_BI_FAMILIES
+    return (m.scan == 'bi' and m.bi_kernel != 'two_call' and m.family in families
             and not m.cfg.get('use_short_conv') and not m.cfg.get('rotary'))
 
 
@@ -795,9 +800,11 @@ class TokenMixer(nn.Module):
             separate decay gate per scan direction (gk_proj / a_proj output D times wider).
             For families with a data-dependent decay (gla, simple_gla, gated_delta_net).
         gate_low_rank_dim, gate_logit_normalizer: as in the ``fla.layers`` module.
-        bi_kernel: 'fused' (default) runs the bi-scan of simple_gla / RetNet (without short
-            conv or rotary) as one fused kernel on CUDA; 'two_call' as [x, flip(x)] through
-            FLA's one-direction kernel. Same function; the other families ignore it.
+        bi_kernel: how a bi-scan (without short conv or rotary) runs on CUDA. 'fused': one
+            fused kernel for both directions (simple_gla, RetNet, GLA); 'two_call': [x,
+            flip(x)] through FLA's one-direction kernel; 'auto' (default): fused for
+            simple_gla / RetNet, two_call for GLA (see AUTO_FUSED_BI_FAMILIES). Same
+            function either way; the other families ignore it.
         locality: ViG 2-D locality injection: y = o_proj(global) * sigmoid(DWConv3x3(x)),
             with ``local_conv`` a depthwise 3x3 conv (with bias) over the H x W token grid.
         **options: the family's other ``fla.layers`` options (``FAMILIES[f]['defaults']``),
@@ -806,7 +813,7 @@ class TokenMixer(nn.Module):
 
     def __init__(self, dim, num_heads, family='gla', scan='bi', expand_k=None, expand_v=1.0,
                  direction_gates=False, gate_low_rank_dim=None, gate_logit_normalizer=None,
-                 locality=False, bi_kernel='fused', **options):
+                 locality=False, bi_kernel='auto', **options):
         super().__init__()
         spec = check_family(family)
         num_directions(scan)
@@ -829,8 +836,9 @@ class TokenMixer(nn.Module):
             raise ValueError(f'direction_gates needs a data-dependent decay; family {family!r} '
                              f'has none (valid: {", ".join(valid)})')
         self.num_gates = num_directions(self.scan) if direction_gates else 1
-        if bi_kernel not in ops.BI_KERNELS:
-            raise ValueError(f'Unknown bi_kernel {bi_kernel!r}; valid: {", ".join(ops.BI_KERNELS)}')
+        if bi_kernel not in BI_KERNEL_CHOICES:
+            raise ValueError(f'Unknown bi_kernel {bi_kernel!r}; valid: '
+                             f'{", ".join(BI_KERNEL_CHOICES)}')
         self.bi_kernel = bi_kernel
         if locality and spec.get('grid'):
             raise ValueError(f'family {family!r} injects locality itself (its local_conv '
