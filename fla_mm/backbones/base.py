@@ -8,7 +8,9 @@ layer-wise lr-decay optimizer constructor reads.
 import copy
 import inspect
 import math
+import warnings
 
+import torch
 import torch.nn as nn
 from mmengine.model import BaseModule
 
@@ -73,12 +75,29 @@ def to_2tuple(x, what):
     raise ValueError(f'{what} must be an int or a pair (H, W), got {x!r}')
 
 
+MAX_CUDA_GRAPHS = 4    # input shapes captured per backbone; others run eagerly
+
+
+class _EagerForward(nn.Module):
+    """The backbone's eager forward as a module of its own, for
+    ``torch.cuda.make_graphed_callables``; the backbone keeps it in a plain dict, so its own
+    module tree (state_dict, parameters) is unchanged."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x):
+        return self.backbone._forward(x)
+
+
 class FLABackboneBase(BaseModule):
     """Base of the two layouts.
 
-    A subclass sets ``in_channels``, ``patch_size``, ``frozen_stages``, ``norm_eval`` and
-    implements :meth:`_frozen_parts` (modules and parameters that ``frozen_stages`` fixes),
-    :meth:`layer_id` and ``num_layers``.
+    A subclass sets ``in_channels``, ``patch_size``, ``frozen_stages``, ``norm_eval``,
+    implements :meth:`_forward`, :meth:`_frozen_parts` (modules and parameters that
+    ``frozen_stages`` fixes), :meth:`layer_id` and ``num_layers``, and calls
+    :meth:`_setup_cuda_graph` once its blocks exist.
     """
 
     def __init__(self, init_cfg=None, unknown=None):
@@ -88,6 +107,57 @@ class FLABackboneBase(BaseModule):
                      if n not in ('self', 'unknown')]
             raise TypeError(f'{type(self).__name__} got unknown argument(s) '
                             f'{", ".join(sorted(unknown))}; valid arguments: {", ".join(valid)}')
+        self.cuda_graph, self._graphs = False, {}
+
+    def _setup_cuda_graph(self, cuda_graph, with_cp):
+        """``cuda_graph=True``: in training on CUDA, forward and backward of the backbone
+        replay a CUDA graph captured at the first step of each input shape (up to
+        MAX_CUDA_GRAPHS), so the many small kernels of the mixers are launched without
+        per-kernel host cost. Capture needs a fixed shape and no host work inside the step,
+        hence no activation checkpointing and no 'random' scan (a new permutation per step).
+        Under autocast (AMP) the graph is captured with autocast's weight cache off, so the
+        casts of the updated weights are part of each replay. Evaluation, CPU and further
+        shapes run eagerly. The capture's three warm-up steps update BatchNorm statistics
+        (in the conv stem) three extra times.
+        """
+        if cuda_graph and with_cp:
+            raise ValueError('cuda_graph=True cannot be combined with with_cp=True: activation '
+                             'checkpointing recomputes the forward inside the backward')
+        if cuda_graph:
+            from ..layers.mixer import TokenMixer
+            random = [n for n, m in self.named_modules()
+                      if isinstance(m, TokenMixer) and m.scan == 'random']
+            if random:
+                raise ValueError(f"cuda_graph=True needs a fixed scan order; {random[0]} uses "
+                                 f"scan='random' (valid with graphs: 'uni', 'bi', 'cross')")
+        self.cuda_graph = bool(cuda_graph)
+
+    def forward(self, x):
+        self.check_input(x)
+        if (self.cuda_graph and x.is_cuda and self.training and torch.is_grad_enabled()
+                and not torch.cuda.is_current_stream_capturing()):
+            graphed = self._graphed(x)
+            if graphed is not None:
+                return graphed(x)
+        return self._forward(x)
+
+    def _graphed(self, x):
+        amp = torch.is_autocast_enabled('cuda')
+        amp_dtype = torch.get_autocast_dtype('cuda') if amp else None
+        key = (tuple(x.shape), x.dtype, x.device, amp_dtype)
+        if key not in self._graphs:
+            if len(self._graphs) >= MAX_CUDA_GRAPHS:
+                warnings.warn(f'fla_mm: cuda_graph=True captured {MAX_CUDA_GRAPHS} input shapes '
+                              f'already; {tuple(x.shape)} runs eagerly (fix the training '
+                              f'input size to use graphs)')
+                return None
+            with torch.autocast('cuda', dtype=amp_dtype, enabled=amp, cache_enabled=False):
+                self._graphs[key] = torch.cuda.make_graphed_callables(
+                    _EagerForward(self), (x.detach().clone(),), allow_unused_input=True)
+        return self._graphs[key]
+
+    def _forward(self, x):
+        raise NotImplementedError
 
     def check_input(self, x):
         if x.dim() != 4:

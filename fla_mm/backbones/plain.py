@@ -77,6 +77,8 @@ class FLAPlain(FLABackboneBase):
             with their class token; its position embedding is folded into it). The blocks
             then see one sequence of 1 + H*W tokens, so it needs mixers that do not use the
             2-D grid: no 'cross' scan, no locality and no vig_gla.
+        cuda_graph: in training on CUDA, replay forward and backward from a CUDA graph
+            per input shape (see ``FLABackboneBase._setup_cuda_graph``).
         init_cfg: e.g. dict(type='Pretrained', checkpoint=PATH, prefix='backbone.').
     """
 
@@ -92,7 +94,7 @@ class FLAPlain(FLABackboneBase):
                  drop_path_rate=0.1, layer_scale=None, in_channels=3,
                  out_indices=(-1,), out_scales=SFP_SCALES, frozen_stages=-1, norm_eval=False,
                  with_cp=False, pretrain_img_size=224, interpolate_mode='bicubic', cls_token=False,
-                 init_cfg=None, **unknown):
+                 cuda_graph=False, init_cfg=None, **unknown):
         super().__init__(init_cfg=init_cfg, unknown=unknown)
         arch = resolve_arch(arch, ARCHS)
         dim, depth, heads = arch['embed_dims'], arch['depth'], arch['num_heads']
@@ -160,6 +162,7 @@ class FLAPlain(FLABackboneBase):
             self.out_channels = [dim] * len(self.out_indices)
         self.num_features = list(self.out_channels)
         self._freeze_stages()
+        self._setup_cuda_graph(cuda_graph, with_cp)
 
     def _frozen_parts(self):
         if self.frozen_stages < 0:
@@ -213,8 +216,7 @@ class FLAPlain(FLABackboneBase):
             return int(name.split('.')[1]) + 1
         return self.num_layers + 1
 
-    def forward(self, x):
-        self.check_input(x)
+    def _forward(self, x):
         H, W = x.shape[2:]
         p = self.patch_size
         x = F.pad(x, (0, (-W) % p, 0, (-H) % p))

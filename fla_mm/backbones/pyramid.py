@@ -85,6 +85,8 @@ class FLAPyramid(FLABackboneBase):
         pretrain_img_size: the classification resolution; the pyramid has no absolute
             position embedding, so it is only recorded (for converters and the plain layout's
             symmetry).
+        cuda_graph: in training on CUDA, replay forward and backward from a CUDA graph
+            per input shape (see ``FLABackboneBase._setup_cuda_graph``).
         init_cfg: e.g. dict(type='Pretrained', checkpoint=PATH, prefix='backbone.').
     """
 
@@ -101,7 +103,7 @@ class FLAPyramid(FLABackboneBase):
                  mlp_multiple_of=1, norm_eps=None, out_norm='ln', stem='conv_bn',
                  drop_path_rate=0.1, layer_scale=None, in_channels=3, out_indices=(0, 1, 2, 3),
                  frozen_stages=-1, norm_eval=False, with_cp=False, pretrain_img_size=224,
-                 init_cfg=None, **unknown):
+                 cuda_graph=False, init_cfg=None, **unknown):
         super().__init__(init_cfg=init_cfg, unknown=unknown)
         arch = resolve_arch(arch, ARCHS)
         dims, depths, heads = arch['embed_dims'], arch['depths'], arch['num_heads']
@@ -155,6 +157,7 @@ class FLAPyramid(FLABackboneBase):
         self.out_channels = [dims[i] for i in self.out_indices]
         self.out_strides = [4 * 2 ** i for i in self.out_indices]
         self._freeze_stages()
+        self._setup_cuda_graph(cuda_graph, with_cp)
 
     def _frozen_parts(self):
         parts = []
@@ -182,8 +185,7 @@ class FLAPyramid(FLABackboneBase):
             return offset + 1      # the downsampling into stage s goes with its first block
         return self.num_layers + 1
 
-    def forward(self, x):
-        self.check_input(x)
+    def _forward(self, x):
         x, hw = self.patch_embed(x)
         outs = []
         for i, stage in enumerate(self.stages):

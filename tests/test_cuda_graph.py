@@ -1,0 +1,70 @@
+"""cuda_graph=True: the backbone's training step replays a CUDA graph; elsewhere it is eager."""
+import pytest
+import torch
+
+from fla_mm.backbones import FLAPlain, FLAPyramid
+
+TINY = dict(embed_dims=[16, 32, 32, 64], depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4])
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+
+
+def _pair(**kw):
+    """Two backbones with the same weights, eager and cuda_graph=True."""
+    torch.manual_seed(0)
+    a = FLAPyramid(arch=TINY, drop_path_rate=0.0, **kw)
+    b = FLAPyramid(arch=TINY, drop_path_rate=0.0, cuda_graph=True, **kw)
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def test_cpu_runs_eagerly_with_the_same_state_dict():
+    a, b = _pair(mixer='gla', scan='bi')
+    assert a.state_dict().keys() == b.state_dict().keys()
+    x = torch.randn(2, 3, 64, 96)
+    for m in (a, b):
+        sum(f.square().sum() for f in m(x)).backward()
+    for fa, fb in zip(a(x), b(x)):
+        torch.testing.assert_close(fa, fb)
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=n)
+    assert b._graphs == {}
+
+
+def test_cuda_graph_refuses_what_capture_cannot_replay():
+    with pytest.raises(ValueError, match='with_cp'):
+        FLAPyramid(arch=TINY, cuda_graph=True, with_cp=True)
+    with pytest.raises(ValueError, match="scan='random'"):
+        FLAPlain(arch=dict(embed_dims=32, depth=2, num_heads=2), scan='random', cuda_graph=True)
+
+
+@cuda
+@pytest.mark.parametrize('amp', [False, True], ids=['fp32', 'bf16-autocast'])
+@pytest.mark.parametrize('mixer', ['gla', 'simple_gla'])
+def test_graphed_training_steps_match_eager(mixer, amp):
+    """Three SGD steps (new inputs each step, one shape, fp32 or under bf16 autocast as AMP
+    runs it): the graphed backbone ends with the weights of the eager one; evaluation and a
+    second shape still run (eagerly / a second graph)."""
+    a, b = (m.cuda().train() for m in _pair(mixer=mixer, scan='bi'))
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (a, b)]
+    gen = torch.Generator(device='cuda').manual_seed(0)
+    proj = None
+    for _ in range(3):
+        x = torch.randn(2, 3, 64, 96, device='cuda', generator=gen)
+        for m, opt in zip((a, b), opts):
+            with torch.autocast('cuda', torch.bfloat16, enabled=amp):
+                feats = [f.float() for f in m(x)]
+            if proj is None:
+                proj = [torch.randn(f.shape, device='cuda', generator=gen) for f in feats]
+            sum((f * r).sum() for f, r in zip(feats, proj)).backward()
+            opt.step()
+            opt.zero_grad()
+    assert len(b._graphs) == 1
+    worst = max(((p - q).abs().max() / p.abs().max().clamp_min(1e-6)).item()
+                for p, q in zip(a.parameters(), b.parameters()))
+    assert worst < (1e-2 if amp else 1e-4), worst
+    b.eval()
+    with torch.no_grad():
+        ya, yb = a.eval()(x), b(x)
+    assert all(torch.allclose(u, v, rtol=1e-3, atol=1e-4) for u, v in zip(ya, yb))
+    b.train()(torch.randn(1, 3, 32, 32, device='cuda'))[0].sum().backward()
+    assert len(b._graphs) == 2
