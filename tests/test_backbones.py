@@ -13,7 +13,7 @@ import fla_mm  # noqa: F401  (registers)
 from fla_mm.backbones import FLAPlain, FLAPyramid
 from fla_mm.backbones.plain import ARCHS as PLAIN_ARCHS
 from fla_mm.backbones.pyramid import ARCHS as PYRAMID_ARCHS
-from fla_mm.layers import RepMixerBlock, resize_pos_embed
+from fla_mm.layers import FAMILIES, RepMixerBlock, resize_pos_embed
 from fla_mm.layers.mixer import RMSNorm
 from fla_mm.layers.repmixer import RepMixer
 
@@ -553,3 +553,16 @@ def test_unknown_backbone_argument_lists_valid_ones(name):
     from mmengine.registry import MODELS
     with pytest.raises(TypeError, match=r'unknown argument\(s\) drop_rate; valid arguments: arch'):
         MODELS.build(dict(type=name, drop_rate=0.1))
+
+
+@pytest.mark.parametrize('family', sorted(set(FAMILIES) - {'transformer'}))
+def test_every_family_trains_in_a_hybrid_pyramid(family):
+    """Each family as the linear-attention stages of a pyramid with a softmax-attention block
+    (a hybrid), bi-scan: forward at a size that is not a multiple of the chunks, backward,
+    and every parameter gets a finite gradient."""
+    m = pyramid(mixer=family, hybrid_layers=(3,))
+    assert m.stages[2].blocks[1].attn.family == 'transformer'
+    x = torch.randn(1, 3, 40, 56)
+    sum((f * torch.randn_like(f)).sum() for f in m(x)).backward()   # not LN-invariant
+    for n, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
