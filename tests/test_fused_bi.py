@@ -35,9 +35,11 @@ torch.manual_seed(0)
 worst = 0.0
 CASES = [(T, gates, 1) for T in (1, 17, 64, 100)
          for gates in ('shared', 'separate', 'constant', 'shared-gla', 'separate-gla')]
-CASES += [(T, gates, 3) for T in (130, 300) for gates in ('shared', 'separate')]  # segments
+CASES += [(T, gates, 3) for T in (130, 300)                                    # segments
+          for gates in ('shared', 'separate', 'shared-gla', 'separate-gla')]
 # GLA chunks that decay past exp(-GLA_SAFE) in a channel take the exact 16-token steps
-CASES += [(150, 'shared-strong-gla', 1), (150, 'separate-strong-gla', 1)]
+CASES += [(150, 'shared-strong-gla', 1), (150, 'separate-strong-gla', 1),
+          (200, 'separate-strong-gla', 2)]
 for T, gates, segments in CASES:
         fused_bi.SEGMENTS = segments
         B, H, K, V = 2, 2, 16, 32

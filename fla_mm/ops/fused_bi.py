@@ -23,10 +23,11 @@ exp(-GLA_SAFE) computes its scores on tensor cores as (q e^C)(k e^-C)^T, masked 
 e^GLA_SAFE cannot overflow fp32/bf16); any other chunk goes in exact 16-token steps whose
 scores are a [16, 16, K] tensor. The branch is per chunk, inside the kernel.
 
-With ``SEGMENTS`` > 1 (scalar decay) each sweep is cut into that many runs of chunks, one
-program each, after a small kernel has summed every segment's local state: more programs
-for the GPU at the cost of one extra pass over k, v (and q, do). It is exact (tested) but
-not yet measured on a GPU, so the default stays 1, the configuration measured in README.
+With ``SEGMENTS`` > 1 each sweep is cut into that many runs of chunks, one program each,
+after a small kernel has summed every segment's local state (per key channel for GLA): more
+programs for the GPU at the cost of one extra pass over k, v (and q, do). It is exact
+(tested; GLA in the interpreter only so far) but not yet timed on a GPU, so the default
+stays 1, the configuration measured in README.
 
 Block sizes are fixed (no autotuning), so the first call compiles two kernels and nothing else.
 The kernels also run under ``TRITON_INTERPRET=1`` on CPU tensors, which is how CI checks them.
@@ -255,6 +256,59 @@ def _bi_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg_dH,
 
 
 @triton.jit
+def _gla_segment_start(S, seg_S, seg_G, row, i_seg, NSEG, BK: tl.constexpr, BV: tl.constexpr):
+    """:func:`_segment_start` with per-key-channel total log decays seg_G [.., NSEG, BK]."""
+    ck = tl.arange(0, BK)
+    for j in range(0, i_seg):
+        S = S * tl.exp(tl.load(seg_G + (row * NSEG + j) * BK + ck))[:, None] + \
+            tl.load(_kv_tile(seg_S + (row * NSEG + j) * BK * BV, BK, BV))
+    return S
+
+
+@triton.jit
+def _bi_gla_seg_state_kernel(q, k, v, g, do, seg_S, seg_G, seg_dH, seg_E, T, H, sg_d, sg_b,
+                             sg_t, sg_h, CPS, NSEG, K: tl.constexpr, V: tl.constexpr,
+                             BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                             PRECISION: tl.constexpr, BACKWARD: tl.constexpr):
+    """:func:`_bi_seg_state_kernel` with per-key-channel decays: each segment's local state
+    (and adjoint state) from zero and its total log decay per key channel. Every decay
+    factor here is exp of a partial sum within the chunk (<= 1), so no chunk needs the
+    exact steps."""
+    i_bh, i_dir, i_seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_oth = 1 - i_dir
+    row = i_dir * (tl.num_programs(0)) + i_bh
+    NT = tl.cdiv(T, BT)
+    ck = tl.arange(0, BK)
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    dH = tl.zeros([BK, BV], dtype=tl.float32)
+    G = tl.zeros([BK], dtype=tl.float32)
+    Eg = tl.zeros([BK], dtype=tl.float32)
+    for i in range(i_seg * CPS, tl.minimum(i_seg * CPS + CPS, NT)):
+        pos = _sweep_pos(i, i_dir, NT, BT)
+        b_k, m_k = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
+        b_v, _ = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
+        p_g = g + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
+        C, C_last = _own_decay(p_g + i_dir * sg_d, m_k)
+        b_kd = (b_k * tl.exp(C_last[None, :] - C)).to(b_k.dtype)
+        S = S * tl.exp(C_last)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PRECISION)
+        G += C_last
+        if BACKWARD:
+            b_q, _ = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
+            b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
+            E, E_tot = _other_decay(p_g + i_oth * sg_d, m_k)
+            b_qd = (b_q * tl.exp(E_tot[None, :] - E)).to(b_q.dtype)
+            dH = dH * tl.exp(E_tot)[:, None] + tl.dot(tl.trans(b_qd), b_do,
+                                                      input_precision=PRECISION)
+            Eg += E_tot
+    tl.store(_kv_tile(seg_S + (row * NSEG + i_seg) * BK * BV, BK, BV), S)
+    tl.store(seg_G + (row * NSEG + i_seg) * BK + ck, G)
+    if BACKWARD:
+        tl.store(_kv_tile(seg_dH + (row * NSEG + i_seg) * BK * BV, BK, BV), dH)
+        tl.store(seg_E + (row * NSEG + i_seg) * BK + ck, Eg)
+
+
+@triton.jit
 def _gla_fwd_step_exact(q, k, v, g, o_dir, S, scale, pos, i_b, i_h, i_dir, T, H, sg_d, sg_b,
                         sg_t, sg_h, K: tl.constexpr, V: tl.constexpr, BC: tl.constexpr,
                         BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
@@ -279,16 +333,16 @@ def _gla_fwd_step_exact(q, k, v, g, o_dir, S, scale, pos, i_b, i_h, i_dir, T, H,
 
 
 @triton.jit
-def _bi_gla_fwd_kernel(q, k, v, g, o, scale, T, H, sg_d, sg_b, sg_t, sg_h,
-                       K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                       BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
-                       SAFE: tl.constexpr):
+def _bi_gla_fwd_kernel(q, k, v, g, o, seg_S, seg_G, scale, T, H, sg_d, sg_b, sg_t, sg_h, CPS,
+                       NSEG, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                       BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                       PRECISION: tl.constexpr, SAFE: tl.constexpr, SEGMENTED: tl.constexpr):
     """:func:`_bi_fwd_kernel` with per-key-channel decays g [2, B, T, H, K] (GLA).
 
     A chunk whose channels all decay by less than exp(-SAFE) in total takes the tensor-core
     form, scores = (q * exp(C)) (k * exp(-C))^T masked (exp(-C) <= exp(SAFE) cannot
     overflow); any other chunk is done in BC-token steps by :func:`_gla_fwd_step_exact`."""
-    i_bh, i_dir = tl.program_id(0), tl.program_id(1)
+    i_bh, i_dir, i_seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)
     NS: tl.constexpr = BT // BC
@@ -297,7 +351,10 @@ def _bi_gla_fwd_kernel(q, k, v, g, o, scale, T, H, sg_d, sg_b, sg_t, sg_h,
     causal = ar[:, None] >= ar[None, :]
     o_dir = o + i_dir * (tl.num_programs(0) // H) * T * H * V
     S = tl.zeros([BK, BV], dtype=tl.float32)
-    for i in range(0, NT):
+    if SEGMENTED:
+        S = _gla_segment_start(S, seg_S, seg_G, i_dir * tl.num_programs(0) + i_bh, i_seg, NSEG,
+                               BK, BV)
+    for i in range(i_seg * CPS, tl.minimum(i_seg * CPS + CPS, NT)):
         pos = _sweep_pos(i, i_dir, NT, BT)
         b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
         p_g = g + i_dir * sg_d + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
@@ -327,7 +384,8 @@ def _bi_gla_fwd_kernel(q, k, v, g, o, scale, T, H, sg_d, sg_b, sg_t, sg_h,
 def _gla_bwd_step_exact(q, k, v, g, do, dq, dk, dv, dg, S, dH, run_q, run_k, scale, pos, i_b,
                         i_h, i_dir, B, T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr,
                         V: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                        PRECISION: tl.constexpr, NEED_DG: tl.constexpr):
+                        PRECISION: tl.constexpr, NEED_DG: tl.constexpr,
+                        SEGMENTED: tl.constexpr):
     """One BC-token step of the GLA backward sweep, exact for any decay ([BC, BC, BK])."""
     i_oth = 1 - i_dir
     ar = tl.arange(0, BC)
@@ -360,7 +418,7 @@ def _gla_bwd_step_exact(q, k, v, g, do, dq, dk, dv, dg, S, dH, run_q, run_k, sca
     b_dv += tl.dot((b_k * tl.exp(E)).to(b_k.dtype), dH.to(b_k.dtype), input_precision=PRECISION)
     b_dv *= scale
     _store_bwd_pieces(dk, dv, dg, b_dk, b_dv, qf * b_dq, kf * b_dk, run_q, run_k, pos, m_k, m_v,
-                      i_b, i_h, i_dir, B, T, H, K, V, BK, BV, NEED_DG)
+                      i_b, i_h, i_dir, B, T, H, K, V, BK, BV, NEED_DG, SEGMENTED)
     b_qd = (b_q * tl.exp(E_tot[None, :] - E)).to(b_q.dtype)
     dH = dH * tl.exp(E_tot)[:, None] + tl.dot(tl.trans(b_qd), b_do, input_precision=PRECISION)
     if NEED_DG:
@@ -372,8 +430,9 @@ def _gla_bwd_step_exact(q, k, v, g, do, dq, dk, dv, dg, S, dH, run_q, run_k, sca
 @triton.jit
 def _store_bwd_pieces(dk, dv, dg, b_dk, b_dv, a, b, run_q, run_k, pos, m_k, m_v, i_b, i_h,
                       i_dir, B, T, H, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
-                      BV: tl.constexpr, NEED_DG: tl.constexpr):
-    """dk, dv of the other scan, and the running sums of q.dq (a) and k.dk (b) per channel."""
+                      BV: tl.constexpr, NEED_DG: tl.constexpr, SEGMENTED: tl.constexpr):
+    """dk, dv of the other scan, and the running sums of q.dq (a) and k.dk (b) per channel
+    (with segments: a and b per token, summed afterwards)."""
     i_oth = 1 - i_dir
     p_dk, _ = _chunk_ptrs(dk + i_oth * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
     p_dv, _ = _chunk_ptrs(dv + i_oth * B * T * H * V, i_b, i_h, pos, T, H, V, BV)
@@ -381,21 +440,26 @@ def _store_bwd_pieces(dk, dv, dg, b_dk, b_dv, a, b, run_q, run_k, pos, m_k, m_v,
     tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
     if NEED_DG:
         p_dg, _ = _chunk_ptrs(dg, i_b, i_h, pos, T, H, K, BK)
-        tl.store(p_dg + (i_dir * 2) * B * T * H * K, run_q[None, :] + tl.cumsum(a, 0) - a,
-                 mask=m_k)
-        tl.store(p_dg + (i_oth * 2 + 1) * B * T * H * K, run_k[None, :] + tl.cumsum(b, 0),
-                 mask=m_k)
+        if SEGMENTED:
+            tl.store(p_dg + (i_dir * 2) * B * T * H * K, a, mask=m_k)
+            tl.store(p_dg + (i_oth * 2 + 1) * B * T * H * K, b, mask=m_k)
+        else:
+            tl.store(p_dg + (i_dir * 2) * B * T * H * K, run_q[None, :] + tl.cumsum(a, 0) - a,
+                     mask=m_k)
+            tl.store(p_dg + (i_oth * 2 + 1) * B * T * H * K, run_k[None, :] + tl.cumsum(b, 0),
+                     mask=m_k)
 
 
 @triton.jit
-def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, scale, T, H, sg_d, sg_b, sg_t,
-                       sg_h, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                       BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                       PRECISION: tl.constexpr, NEED_DG: tl.constexpr, SAFE: tl.constexpr):
+def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg_dH, seg_E,
+                       scale, T, H, sg_d, sg_b, sg_t, sg_h, CPS, NSEG, K: tl.constexpr,
+                       V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+                       BV: tl.constexpr, PRECISION: tl.constexpr, NEED_DG: tl.constexpr,
+                       SAFE: tl.constexpr, SEGMENTED: tl.constexpr):
     """:func:`_bi_bwd_kernel` with per-key-channel decays; dg is [2, 2, B, T, H, K] and
     dg_tot [2, B, H, K]. Chunks whose own and other decays both stay above exp(-SAFE) use
     the factorised tensor-core form (as the forward); the others go in exact BC-token steps."""
-    i_bh, i_dir = tl.program_id(0), tl.program_id(1)
+    i_bh, i_dir, i_seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     i_oth = 1 - i_dir
     B = tl.num_programs(0) // H
@@ -409,9 +473,13 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, scale, T, H, sg_d
     diag = ar[:, None] == ar[None, :]
     S = tl.zeros([BK, BV], dtype=tl.float32)
     dH = tl.zeros([BK, BV], dtype=tl.float32)
+    if SEGMENTED:
+        row = i_dir * tl.num_programs(0) + i_bh
+        S = _gla_segment_start(S, seg_S, seg_G, row, i_seg, NSEG, BK, BV)
+        dH = _gla_segment_start(dH, seg_dH, seg_E, row, i_seg, NSEG, BK, BV)
     run_q = tl.zeros([BK], dtype=tl.float32)
     run_k = tl.zeros([BK], dtype=tl.float32)
-    for i in range(0, NT):
+    for i in range(i_seg * CPS, tl.minimum(i_seg * CPS + CPS, NT)):
         pos = _sweep_pos(i, i_dir, NT, BT)
         b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
         p_g = g + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
@@ -448,7 +516,8 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, scale, T, H, sg_d
             b_dv += tl.dot(b_ke, dH.to(b_k.dtype), input_precision=PRECISION)
             b_dv *= scale
             _store_bwd_pieces(dk, dv, dg, b_dk, b_dv, qf * b_dq, kf * b_dk, run_q, run_k, pos,
-                              m_k, m_v, i_b, i_h, i_dir, B, T, H, K, V, BK, BV, NEED_DG)
+                              m_k, m_v, i_b, i_h, i_dir, B, T, H, K, V, BK, BV, NEED_DG,
+                              SEGMENTED)
             b_qd = (b_q * tl.exp(E_tot[None, :] - E)).to(b_q.dtype)
             dH = dH * tl.exp(E_tot)[:, None] + tl.dot(tl.trans(b_qd), b_do,
                                                       input_precision=PRECISION)
@@ -460,8 +529,9 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, scale, T, H, sg_d
                 pos_j = _sweep_pos(i * NS + j, i_dir, NT * NS, BC)
                 S, dH, run_q, run_k = _gla_bwd_step_exact(
                     q, k, v, g, do, dq, dk, dv, dg, S, dH, run_q, run_k, scale, pos_j, i_b, i_h,
-                    i_dir, B, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION, NEED_DG)
-    if NEED_DG:
+                    i_dir, B, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION, NEED_DG,
+                    SEGMENTED)
+    if NEED_DG and not SEGMENTED:
         tl.store(dg_tot + ((i_dir * B + i_b) * H + i_h) * K + ck, run_q, mask=ck < K)
 
 
@@ -490,15 +560,15 @@ def _config(meta, backward):
     return cfg
 
 
-# Segments per sweep (scalar decay): 1 = one program per (batch*head, direction), the
-# configuration measured in README; more cut each sweep into that many parallel runs.
+# Segments per sweep: 1 = one program per (batch*head, direction), the configuration
+# measured in README; more cut each sweep into that many parallel runs.
 SEGMENTS = 1
 
 
-def _segments(T, BT, per_channel):
+def _segments(T, BT):
     """(segments, chunks per segment) for a sequence of T tokens, no segment empty."""
     NT = triton.cdiv(T, BT)
-    n = 1 if per_channel else max(1, min(SEGMENTS, NT))
+    n = max(1, min(SEGMENTS, NT))
     cps = triton.cdiv(NT, n)
     return triton.cdiv(NT, cps), cps
 
@@ -516,19 +586,17 @@ class _FusedBiDecayAttn(torch.autograd.Function):
         meta = _meta(q, v, per_channel)
         o2 = q.new_empty(2, B, T, H, v.shape[-1], dtype=v.dtype)
         grid = (B * H, 2)
-        if per_channel:
-            _bi_gla_fwd_kernel[grid](q, k, v, g, o2, scale, T, H, *g.stride()[:4], **meta,
-                                     **_config(meta, False))
-        else:
-            nseg, cps = _segments(T, meta['BT'], False)
-            seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
-            if nseg > 1:
-                _bi_seg_state_kernel[grid + (nseg - 1,)](
-                    q, k, v, g, q, seg_S, seg_G, seg_S, seg_G, T, H, *g.stride()[:4], cps, nseg,
-                    **meta, BACKWARD=False, **_config(meta, False))
-            _bi_fwd_kernel[grid + (nseg,)](q, k, v, g, o2, seg_S, seg_G, scale, T, H,
-                                           *g.stride()[:4], cps, nseg, **meta,
-                                           SEGMENTED=nseg > 1, **_config(meta, False))
+        nseg, cps = _segments(T, meta['BT'])
+        seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
+        state_kernel, kernel = ((_bi_gla_seg_state_kernel, _bi_gla_fwd_kernel) if per_channel
+                                else (_bi_seg_state_kernel, _bi_fwd_kernel))
+        seg_meta = {n: meta[n] for n in ('K', 'V', 'BT', 'BK', 'BV', 'PRECISION')}
+        if nseg > 1:
+            state_kernel[grid + (nseg - 1,)](
+                q, k, v, g, q, seg_S, seg_G, seg_S, seg_G, T, H, *g.stride()[:4], cps, nseg,
+                **seg_meta, BACKWARD=False, **_config(meta, False))
+        kernel[grid + (nseg,)](q, k, v, g, o2, seg_S, seg_G, scale, T, H, *g.stride()[:4], cps,
+                               nseg, **meta, SEGMENTED=nseg > 1, **_config(meta, False))
         ctx.save_for_backward(q, k, v, g)
         ctx.scale, ctx.meta, ctx.per_channel = scale, meta, per_channel
         return o2[0] + o2[1]
@@ -548,23 +616,19 @@ class _FusedBiDecayAttn(torch.autograd.Function):
         else:
             dg = dg_tot = q.new_empty(1)
         grid = (B * H, 2)
-        nseg = 1
-        if ctx.per_channel:
-            _bi_gla_bwd_kernel[grid](q, k, v, g, do, dq2, dk2, dv2, dg, dg_tot, ctx.scale, T, H,
-                                     *g.stride()[:4], **meta, NEED_DG=need_dg,
-                                     **_config(meta, True))
-        else:
-            nseg, cps = _segments(T, meta['BT'], False)
-            seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
-            seg_dH, seg_E = _segment_buffers(q, B * H, nseg, meta)
-            if nseg > 1:
-                _bi_seg_state_kernel[grid + (nseg - 1,)](
-                    q, k, v, g, do, seg_S, seg_G, seg_dH, seg_E, T, H, *g.stride()[:4], cps,
-                    nseg, **meta, BACKWARD=True, **_config(meta, True))
-            _bi_bwd_kernel[grid + (nseg,)](q, k, v, g, do, dq2, dk2, dv2, dg, dg_tot, seg_S,
-                                           seg_G, seg_dH, seg_E, ctx.scale, T, H,
-                                           *g.stride()[:4], cps, nseg, **meta, NEED_DG=need_dg,
-                                           SEGMENTED=nseg > 1, **_config(meta, True))
+        nseg, cps = _segments(T, meta['BT'])
+        seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
+        seg_dH, seg_E = _segment_buffers(q, B * H, nseg, meta)
+        state_kernel, kernel = ((_bi_gla_seg_state_kernel, _bi_gla_bwd_kernel)
+                                if ctx.per_channel else (_bi_seg_state_kernel, _bi_bwd_kernel))
+        seg_meta = {n: meta[n] for n in ('K', 'V', 'BT', 'BK', 'BV', 'PRECISION')}
+        if nseg > 1:
+            state_kernel[grid + (nseg - 1,)](
+                q, k, v, g, do, seg_S, seg_G, seg_dH, seg_E, T, H, *g.stride()[:4], cps, nseg,
+                **seg_meta, BACKWARD=True, **_config(meta, True))
+        kernel[grid + (nseg,)](q, k, v, g, do, dq2, dk2, dv2, dg, dg_tot, seg_S, seg_G, seg_dH,
+                               seg_E, ctx.scale, T, H, *g.stride()[:4], cps, nseg, **meta,
+                               NEED_DG=need_dg, SEGMENTED=nseg > 1, **_config(meta, True))
         dgrad = None
         if need_dg and nseg == 1:
             # gradient of each direction's log decays: the kernels left the sums (see above)
@@ -572,20 +636,22 @@ class _FusedBiDecayAttn(torch.autograd.Function):
         elif need_dg:
             # per-token dG = q.dq - k.dk; forward gates reach every later t (suffix sum),
             # backward gates every earlier t (prefix sum); scanned along a contiguous T axis
-            d = (dg[:, 0] - dg[:, 1]).transpose(2, 3).contiguous()       # [2, B, H, T]
+            d = (dg[:, 0] - dg[:, 1]).movedim(2, -1).contiguous()    # [2, B, H, (K,) T]
             pre = d.cumsum(-1)
-            dgrad = torch.stack([pre[0][..., -1:] - pre[0] + d[0], pre[1]]).transpose(2, 3)
+            dgrad = torch.stack([pre[0][..., -1:] - pre[0] + d[0], pre[1]]).movedim(-1, 2)
         # sums in place: no third buffer per gradient at the backward's peak (the pair's
         # storage lives on only until autograd has passed the gradient on)
         return dq2[0].add_(dq2[1]), dk2[0].add_(dk2[1]), dv2[0].add_(dv2[1]), dgrad, None
 
 
 def _segment_buffers(q, BH, nseg, meta):
-    """Per-segment local states [2, BH, nseg, BK, BV] and total log decays [2, BH, nseg]."""
+    """Per-segment local states [2, BH, nseg, BK, BV] and total log decays [2, BH, nseg]
+    (per key channel, [2, BH, nseg, BK], for GLA)."""
     if nseg == 1:
         return q.new_empty(1, dtype=torch.float32), q.new_empty(1, dtype=torch.float32)
+    channels = (meta['BK'],) if 'BC' in meta else ()
     return (q.new_empty(2, BH, nseg, meta['BK'], meta['BV'], dtype=torch.float32),
-            q.new_empty(2, BH, nseg, dtype=torch.float32))
+            q.new_empty(2, BH, nseg, *channels, dtype=torch.float32))
 
 
 def fused_bi_decay_attn(q, k, v, gf, gb=None, scale=None):
