@@ -116,6 +116,9 @@ def parse_args(argv=None):
                         'shares compiled and autotuned kernels with the mixer level')
     p.add_argument('--mixer-cfg', type=json.loads, default=None,
                    help='extra TokenMixer options as JSON, e.g. \'{"direction_gates": true}\'')
+    p.add_argument('--fused-segments', type=int, nargs='+', default=[1],
+                   help='op level: time the fused bi-scan kernel with each of these numbers '
+                        'of segments per sweep (fla_mm.ops.fused_bi.SEGMENTS)')
     _add_common(p, [8])
 
     p = sub.add_parser('backbone', help='fla_mm backbones at image resolutions',
@@ -170,6 +173,8 @@ def parse_args(argv=None):
         parser.error('--cuda-graph needs --device cuda')
     if args.iters < 1 or args.warmup < 0:
         parser.error('--iters must be >= 1 and --warmup >= 0')
+    if min(getattr(args, 'fused_segments', [1])) < 1:
+        parser.error('--fused-segments: segment counts must be >= 1')
     if args.out is None:
         args.out = osp.join('work_dirs', 'benchmark', args.level)
     return args
@@ -485,18 +490,24 @@ def _op_of(family):
 BI_FUSED_OPS = ('gla', 'retnet', 'simple_gla')   # families ops.bi_decay_attn runs fused
 
 
-def _bi_op(family, fn, B, L, bi):
+def _bi_op(family, fn, B, L, bi, segments=1):
     """The op over both scan directions of [B, L, ...] inputs: 'two_call' = ``fn`` on
     [x, flip(x)] batched, then flip back and add (what TokenMixer's 'bi' scan does);
-    'fused' = ops.bi_decay_attn, one kernel for both directions (gla / simple_gla / retnet)."""
+    'fused' = ops.bi_decay_attn, one kernel for both directions (gla / simple_gla / retnet),
+    its sweeps cut into ``segments`` parallel runs."""
     import torch
 
     from fla_mm import ops
+    from fla_mm.ops import fused_bi
     if bi == 'fused':
         def fused(q, k, v, g=None, **kw):
             if g is None:   # retnet: its fixed per-head decay
                 g = ops.retnet_decay(q.shape[2], q.device).expand(*q.shape[:3])
-            return ops.bi_decay_attn(q, k, v, g, kernel='fused', **kw)
+            default, fused_bi.SEGMENTS = fused_bi.SEGMENTS, segments
+            try:      # read by the forward, which keeps it for its backward
+                return ops.bi_decay_attn(q, k, v, g, kernel='fused', **kw)
+            finally:
+                fused_bi.SEGMENTS = default
         return fused
 
     def scanned(t):
@@ -511,7 +522,7 @@ def _bi_op(family, fn, B, L, bi):
     return two_call
 
 
-def op_setup(family, B, L, H, d, mode, device, dtype, mixer_cfg=None, bi=None):
+def op_setup(family, B, L, H, d, mode, device, dtype, mixer_cfg=None, bi=None, segments=1):
     """fla_mm.ops.<family> (or SDPA when family is None) on q/k/v [B, L, H, d]; with ``bi``
     ('two_call' or 'fused') over both scan directions (see :func:`_bi_op`)."""
     import torch
@@ -534,7 +545,7 @@ def op_setup(family, B, L, H, d, mode, device, dtype, mixer_cfg=None, bi=None):
                       for k, v in kwargs.items()}
             fn = _op_of(family)
             if bi is not None:
-                fn = _bi_op(family, fn, B, L, bi)
+                fn = _bi_op(family, fn, B, L, bi, segments)
         leaves = []
         if mode == 'fwdbwd':
             for t in list(args) + list(kwargs.values()):
@@ -594,17 +605,19 @@ def mixer_cases(args):
                         for f in families:
                             if f == BASELINE_FAMILY:
                                 continue
-                            variants = [('-', None, '')]
+                            variants = [('-', None, '', 1)]
                             if 'bi' in args.scans and FAMILIES[f].get('causal', True):
-                                variants.append(('bi', 'two_call', ' two-call'))
+                                variants.append(('bi', 'two_call', ' two-call', 1))
                                 if f in BI_FUSED_OPS:
-                                    variants.append(('bi', 'fused', ' fused'))
-                            for scan, bi, tag in variants:
+                                    variants += [('bi', 'fused', ' fused' + (
+                                        f' {n} segments' if n != 1 else ''), n)
+                                        for n in args.fused_segments]
+                            for scan, bi, tag, n in variants:
                                 cases.append(Case(
                                     dict(common, level='op', name=f'ops.{f}{tag}' + op_tag,
                                          family=f, scan=scan),
                                     op_setup(f, B, L, H, d, mode, args.device, dtype,
-                                             op_cfg, bi), group))
+                                             op_cfg, bi, n), group))
                     if 'mixer' in args.levels:
                         group = ('mixer', L, B, dtype, mode)
                         for f in families:

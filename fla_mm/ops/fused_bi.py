@@ -599,6 +599,7 @@ class _FusedBiDecayAttn(torch.autograd.Function):
                                nseg, **meta, SEGMENTED=nseg > 1, **_config(meta, False))
         ctx.save_for_backward(q, k, v, g)
         ctx.scale, ctx.meta, ctx.per_channel = scale, meta, per_channel
+        ctx.segments = nseg, cps          # the backward cuts the sweeps the same way
         return o2[0] + o2[1]
 
     @staticmethod
@@ -616,7 +617,7 @@ class _FusedBiDecayAttn(torch.autograd.Function):
         else:
             dg = dg_tot = q.new_empty(1)
         grid = (B * H, 2)
-        nseg, cps = _segments(T, meta['BT'])
+        nseg, cps = ctx.segments
         seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
         seg_dH, seg_E = _segment_buffers(q, B * H, nseg, meta)
         state_kernel, kernel = ((_bi_gla_seg_state_kernel, _bi_gla_bwd_kernel)
