@@ -2,8 +2,8 @@
 
 Argument checks whose errors name the bad value and the valid choices, freezing and
 ``norm_eval`` that survive ``.train()``, ``init_weights`` with ``Pretrained`` through
-:func:`fla_mm.checkpoint.load_pretrained`, ``reparameterize()``, and the layer ids that the
-layer-wise lr-decay optimizer constructor reads.
+:func:`fla_mm.checkpoint.load_pretrained`, ``reparameterize()``, the layer ids that the
+layer-wise lr-decay optimizer constructor reads, and ``cuda_graph`` training steps.
 """
 import copy
 import inspect
@@ -144,7 +144,7 @@ class FLABackboneBase(BaseModule):
     def _graphed(self, x):
         amp = torch.is_autocast_enabled('cuda')
         amp_dtype = torch.get_autocast_dtype('cuda') if amp else None
-        key = (tuple(x.shape), x.dtype, x.device, amp_dtype)
+        key = (tuple(x.shape), x.dtype, x.device, amp_dtype, x.requires_grad)
         if key not in self._graphs:
             if len(self._graphs) >= MAX_CUDA_GRAPHS:
                 warnings.warn(f'fla_mm: cuda_graph=True captured {MAX_CUDA_GRAPHS} input shapes '
@@ -153,7 +153,8 @@ class FLABackboneBase(BaseModule):
                 return None
             with torch.autocast('cuda', dtype=amp_dtype, enabled=amp, cache_enabled=False):
                 self._graphs[key] = torch.cuda.make_graphed_callables(
-                    _EagerForward(self), (x.detach().clone(),), allow_unused_input=True)
+                    _EagerForward(self), (x.detach().clone().requires_grad_(x.requires_grad),),
+                    allow_unused_input=True)
         return self._graphs[key]
 
     def _forward(self, x):
