@@ -24,10 +24,11 @@ class FiniteCheckHook(Hook):
     Mixed precision makes non-finite values a normal event (an fp16 GradScaler overflows and
     skips the step now and then) and a fatal one (a NaN loss that reaches the weights poisons
     every later iteration and checkpoint) look alike in a loss curve. This hook tells them
-    apart without slowing training: each parameter gets a post-accumulate-grad hook that adds
-    "is any element of my gradient non-finite" into one device counter (no host sync inside
-    backward), and ``after_train_iter`` reads that counter, the losses and the loss scale in a
-    single sync.
+    apart without slowing training: after each backward of the optim wrapper, one
+    multi-tensor op takes every gradient's largest magnitude and adds the number of
+    non-finite ones to a device counter (a few kernels per step whatever the parameter count,
+    no host sync), and ``after_train_iter`` reads that counter, the losses and the loss scale
+    in a single sync.
 
     Running totals go to the message hub as ``train/nonfinite_grad_iters``,
     ``train/nonfinite_objective_iters`` and ``train/scaler_skip_iters`` so LoggerHook prints
@@ -71,28 +72,45 @@ class FiniteCheckHook(Hook):
         wrappers = list(wrapper.values()) if hasattr(wrapper, 'values') else [wrapper]
         return [w.loss_scaler for w in wrappers if getattr(w, 'loss_scaler', None) is not None]
 
+    @staticmethod
+    def _wrappers(runner):
+        wrapper = getattr(runner, 'optim_wrapper', None)
+        return list(wrapper.values()) if hasattr(wrapper, 'values') else [wrapper]
+
     def _register(self, runner):
-        """Hook every trainable parameter of the unwrapped model (DDP keeps it in .module)."""
+        """Check the gradients of the unwrapped model (DDP keeps it in .module) after every
+        ``backward`` of the optim wrapper(s): its update_params calls backward, then step
+        and zero_grad, so this is the one point where each step's gradients exist."""
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         params = [p for p in model.parameters() if p.requires_grad]
-        if params and not hasattr(params[0], 'register_post_accumulate_grad_hook'):
-            raise RuntimeError('FiniteCheckHook needs torch>=2.1 '
-                               '(Tensor.register_post_accumulate_grad_hook)')
         self._counter = (torch.zeros((), dtype=torch.int64, device=params[0].device)
                          if params else None)
         counter = self._counter
 
-        def count_nonfinite(p):
-            # stays on the device: no .item(), so backward never waits for the host
-            counter.add_((~torch.isfinite(p.grad)).any().to(counter.device))
+        def count_nonfinite():
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:     # inf-norm: NaN and Inf survive it, large finite values cannot overflow
+                peaks = torch._foreach_norm(grads, float('inf'))
+                bad = ~torch.isfinite(torch.stack([t.float() for t in peaks]))
+                counter.add_(bad.sum().to(counter.device))   # stays on the device
 
-        self._handles = [p.register_post_accumulate_grad_hook(count_nonfinite) for p in params]
+        for wrapper in self._wrappers(runner):
+            if wrapper is None or counter is None:
+                continue
+            backward = wrapper.backward
+
+            def checked_backward(loss, *args, _backward=backward, **kwargs):
+                _backward(loss, *args, **kwargs)
+                count_nonfinite()
+
+            wrapper.backward = checked_backward          # an instance attribute: removable
+            self._handles.append(wrapper)
         self._last_scales = [s.get_scale() for s in self._scalers(runner)]
         self._registered = True
 
     def _remove(self):
-        for handle in self._handles:
-            handle.remove()
+        for wrapper in self._handles:
+            del wrapper.backward                         # the class's method again
         self._handles = []
         self._registered = False
 
