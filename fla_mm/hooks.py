@@ -66,16 +66,16 @@ class FiniteCheckHook(Hook):
 
     # -- setup / teardown -------------------------------------------------------------
     @staticmethod
-    def _scalers(runner):
-        """GradScalers of the optim wrapper(s): AmpOptimWrapper keeps one as ``loss_scaler``."""
-        wrapper = getattr(runner, 'optim_wrapper', None)
-        wrappers = list(wrapper.values()) if hasattr(wrapper, 'values') else [wrapper]
-        return [w.loss_scaler for w in wrappers if getattr(w, 'loss_scaler', None) is not None]
-
-    @staticmethod
     def _wrappers(runner):
+        """The runner's optim wrapper(s): one, or the members of an OptimWrapperDict."""
         wrapper = getattr(runner, 'optim_wrapper', None)
         return list(wrapper.values()) if hasattr(wrapper, 'values') else [wrapper]
+
+    @classmethod
+    def _scalers(cls, runner):
+        """GradScalers of the optim wrapper(s): AmpOptimWrapper keeps one as ``loss_scaler``."""
+        return [w.loss_scaler for w in cls._wrappers(runner)
+                if getattr(w, 'loss_scaler', None) is not None]
 
     def _register(self, runner):
         """Check the gradients of the unwrapped model (DDP keeps it in .module) after every
