@@ -70,17 +70,17 @@ def test_mixer_level(tmp_path):
 
 
 def test_fused_segments_give_one_row_each(tmp_path):
-    """--fused-segments: the fused bi-scan op is timed once per segment count (on CPU the op
-    is the reference, so only the rows are checked)."""
+    """--fused-segments: the fused bi-scan op is timed once per segment count, 0 being the
+    mixers' choice by length (on CPU the op is the reference, so only the rows are checked)."""
     out = str(tmp_path / 'seg')
     result = run_tool('benchmark', 'mixer', '--families', 'retnet', '--levels', 'op',
-                      '--fused-segments', '1', '3', '--tokens', '16', '--heads', '2',
+                      '--fused-segments', '0', '1', '3', '--tokens', '16', '--heads', '2',
                       '--head-dim', '16', '--mode', 'fwd', '--out', out, *TINY)
     assert [r['name'] for r in result['rows']] == [
         'sdpa', 'ops.retnet', 'ops.retnet two-call', 'ops.retnet fused',
-        'ops.retnet fused 3 segments']
+        'ops.retnet fused 1 segment', 'ops.retnet fused 3 segments']
     with pytest.raises(SystemExit):
-        run_tool('benchmark', 'mixer', '--fused-segments', '0', '--out', out, *TINY)
+        run_tool('benchmark', 'mixer', '--fused-segments', '-1', '--out', out, *TINY)
 
 
 def test_backbone_level(tmp_path):

@@ -168,14 +168,13 @@ def test_unknown_bi_kernel_lists_the_valid_ones():
         TokenMixer(32, 2, family='simple_gla', scan='bi', bi_kernel='fast')
 
 
-def test_auto_fuses_the_scalar_decay_families_only():
-    """bi_kernel='auto' (the default) takes the fused path for simple_gla / RetNet, not for
-    GLA until its kernel is verified and faster; 'fused' takes it for all three; short conv,
-    rotary and other scans never do."""
+def test_auto_fuses_the_decay_families():
+    """bi_kernel='auto' (the default) takes the fused path for simple_gla, RetNet and GLA,
+    as 'fused' does; short conv, rotary, other scans and 'two_call' never do."""
     from fla_mm.layers.mixer import _fused_bi
     fused = {f: _fused_bi(TokenMixer(32, 2, family=f, scan='bi', **o))
              for f, o in (('simple_gla', {}), ('retnet', dict(rotary=False)), ('gla', {}))}
-    assert fused == dict(simple_gla=True, retnet=True, gla=False)
+    assert fused == dict(simple_gla=True, retnet=True, gla=True)
     assert _fused_bi(TokenMixer(32, 2, family='gla', scan='bi', bi_kernel='fused'))
     assert not _fused_bi(TokenMixer(32, 2, family='gla', scan='bi', bi_kernel='fused',
                                     use_short_conv=True))
@@ -183,3 +182,14 @@ def test_auto_fuses_the_scalar_decay_families_only():
     assert not _fused_bi(TokenMixer(32, 2, family='simple_gla', scan='cross'))
     assert not _fused_bi(TokenMixer(32, 2, family='simple_gla', scan='bi',
                                     bi_kernel='two_call'))
+
+
+def test_sweeps_are_cut_into_segments_from_4096_tokens(monkeypatch):
+    """By default one segment per sweep below LONG_TOKENS and LONG_SEGMENTS from there (the
+    counts measured fastest); SEGMENTS forces a count; no segment is ever empty."""
+    from fla_mm.ops import fused_bi
+    assert fused_bi.SEGMENTS is None
+    assert [fused_bi._segments(T, 64) for T in (1, 1024, 4095, 4096, 16384)] == [
+        (1, 1), (1, 16), (1, 64), (8, 8), (8, 32)]
+    monkeypatch.setattr(fused_bi, 'SEGMENTS', 6)
+    assert [fused_bi._segments(T, 64) for T in (100, 1024, 16384)] == [(2, 1), (6, 3), (6, 43)]

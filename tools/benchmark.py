@@ -116,9 +116,10 @@ def parse_args(argv=None):
                         'shares compiled and autotuned kernels with the mixer level')
     p.add_argument('--mixer-cfg', type=json.loads, default=None,
                    help='extra TokenMixer options as JSON, e.g. \'{"direction_gates": true}\'')
-    p.add_argument('--fused-segments', type=int, nargs='+', default=[1],
+    p.add_argument('--fused-segments', type=int, nargs='+', default=[0],
                    help='op level: time the fused bi-scan kernel with each of these numbers '
-                        'of segments per sweep (fla_mm.ops.fused_bi.SEGMENTS)')
+                        'of segments per sweep (fla_mm.ops.fused_bi.SEGMENTS); 0: by '
+                        'sequence length, as the mixers run it')
     _add_common(p, [8])
 
     p = sub.add_parser('backbone', help='fla_mm backbones at image resolutions',
@@ -173,8 +174,8 @@ def parse_args(argv=None):
         parser.error('--cuda-graph needs --device cuda')
     if args.iters < 1 or args.warmup < 0:
         parser.error('--iters must be >= 1 and --warmup >= 0')
-    if min(getattr(args, 'fused_segments', [1])) < 1:
-        parser.error('--fused-segments: segment counts must be >= 1')
+    if min(getattr(args, 'fused_segments', [0])) < 0:
+        parser.error('--fused-segments: segment counts must be >= 1, or 0 for the default')
     if args.out is None:
         args.out = osp.join('work_dirs', 'benchmark', args.level)
     return args
@@ -490,11 +491,11 @@ def _op_of(family):
 BI_FUSED_OPS = ('gla', 'retnet', 'simple_gla')   # families ops.bi_decay_attn runs fused
 
 
-def _bi_op(family, fn, B, L, bi, segments=1):
+def _bi_op(family, fn, B, L, bi, segments=0):
     """The op over both scan directions of [B, L, ...] inputs: 'two_call' = ``fn`` on
     [x, flip(x)] batched, then flip back and add (what TokenMixer's 'bi' scan does);
     'fused' = ops.bi_decay_attn, one kernel for both directions (gla / simple_gla / retnet),
-    its sweeps cut into ``segments`` parallel runs."""
+    its sweeps cut into ``segments`` parallel runs (0: by length, as the mixers run it)."""
     import torch
 
     from fla_mm import ops
@@ -503,7 +504,7 @@ def _bi_op(family, fn, B, L, bi, segments=1):
         def fused(q, k, v, g=None, **kw):
             if g is None:   # retnet: its fixed per-head decay
                 g = ops.retnet_decay(q.shape[2], q.device).expand(*q.shape[:3])
-            default, fused_bi.SEGMENTS = fused_bi.SEGMENTS, segments
+            default, fused_bi.SEGMENTS = fused_bi.SEGMENTS, segments or None
             try:      # read by the forward, which keeps it for its backward
                 return ops.bi_decay_attn(q, k, v, g, kernel='fused', **kw)
             finally:
@@ -522,7 +523,7 @@ def _bi_op(family, fn, B, L, bi, segments=1):
     return two_call
 
 
-def op_setup(family, B, L, H, d, mode, device, dtype, mixer_cfg=None, bi=None, segments=1):
+def op_setup(family, B, L, H, d, mode, device, dtype, mixer_cfg=None, bi=None, segments=0):
     """fla_mm.ops.<family> (or SDPA when family is None) on q/k/v [B, L, H, d]; with ``bi``
     ('two_call' or 'fused') over both scan directions (see :func:`_bi_op`)."""
     import torch
@@ -610,7 +611,7 @@ def mixer_cases(args):
                                 variants.append(('bi', 'two_call', ' two-call', 1))
                                 if f in BI_FUSED_OPS:
                                     variants += [('bi', 'fused', ' fused' + (
-                                        f' {n} segments' if n != 1 else ''), n)
+                                        f" {n} segment{'s' * (n > 1)}" if n else ''), n)
                                         for n in args.fused_segments]
                             for scan, bi, tag, n in variants:
                                 cases.append(Case(
