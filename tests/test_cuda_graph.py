@@ -30,6 +30,31 @@ def test_cpu_runs_eagerly_with_the_same_state_dict():
     assert b._graphs == {}
 
 
+def test_capture_function_runs_on_parameter_aliases():
+    """What is captured is the eager forward as a function of aliases of the parameters:
+    same outputs and gradients as the eager backbone, the real parameters' gradients left
+    alone (DDP holds their AccumulateGrad nodes), and in-place optimizer steps seen."""
+    from fla_mm.backbones.base import _AliasedForward
+    torch.manual_seed(0)
+    m = FLAPyramid(arch=TINY, mixer='gla', scan='bi', drop_path_rate=0.0).eval()
+    fn, x = _AliasedForward(m), torch.randn(2, 3, 64, 96)
+    aliases = fn.aliases()
+    assert all(a.data_ptr() == p.data_ptr() and a is not p
+               for a, p in zip(aliases, m.parameters()))
+    proj = [torch.randn(f.shape) for f in m(x)]
+    loss = lambda feats: sum((f * r).sum() for f, r in zip(feats, proj))  # noqa: E731
+    loss(fn(x, *aliases)).backward()
+    assert all(p.grad is None for p in m.parameters())
+    loss(m(x)).backward()
+    for (n, p), a in zip(m.named_parameters(), aliases):
+        torch.testing.assert_close(a.grad, p.grad, msg=n)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(0.5)
+    for fa, fb in zip(fn(x, *aliases), m(x)):
+        torch.testing.assert_close(fa, fb)
+
+
 def test_cuda_graph_refuses_what_capture_cannot_replay():
     with pytest.raises(ValueError, match='with_cp'):
         FLAPyramid(arch=TINY, cuda_graph=True, with_cp=True)
@@ -39,12 +64,15 @@ def test_cuda_graph_refuses_what_capture_cannot_replay():
 
 @cuda
 @pytest.mark.parametrize('amp', [False, True], ids=['fp32', 'bf16-autocast'])
-@pytest.mark.parametrize('mixer', ['gla', 'simple_gla'])
+@pytest.mark.parametrize('mixer', ['gla', 'simple_gla', 'gla-two_call'])
 def test_graphed_training_steps_match_eager(mixer, amp):
     """Three SGD steps (new inputs each step, one shape, fp32 or under bf16 autocast as AMP
     runs it): the graphed backbone ends with the weights of the eager one; evaluation runs
-    eagerly and a second shape gets a second graph."""
-    a, b = (m.cuda().train() for m in _pair(mixer=mixer, scan='bi'))
+    eagerly and a second shape gets a second graph. 'gla-two_call': FLA's chunk_gla kernels
+    inside the graph (the default GLA bi-scan is fla_mm's fused kernel)."""
+    mixer, _, bi_kernel = mixer.partition('-')
+    kw = dict(mixer_cfg=dict(bi_kernel=bi_kernel)) if bi_kernel else {}
+    a, b = (m.cuda().train() for m in _pair(mixer=mixer, scan='bi', **kw))
     opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (a, b)]
     gen = torch.Generator(device='cuda').manual_seed(0)
     proj = None
@@ -68,3 +96,30 @@ def test_graphed_training_steps_match_eager(mixer, amp):
     assert len(b._graphs) == 1 and all(torch.isfinite(t).all() for t in yb)
     b.train()(torch.randn(1, 3, 32, 32, device='cuda'))[0].sum().backward()
     assert len(b._graphs) == 2
+
+
+@cuda
+def test_graphed_backbone_trains_under_ddp(tmp_path):
+    """Under DistributedDataParallel (one NCCL process) the capture works and the gradients
+    reach DDP: DDP keeps the parameters' AccumulateGrad nodes, which a capture through the
+    real parameters would make the legacy stream depend on (a CUDA error)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    dist.init_process_group('nccl', init_method=f'file://{tmp_path}/pg', rank=0, world_size=1)
+    try:
+        a, b = (m.cuda().train() for m in _pair(mixer='gla', scan='bi'))
+        ddp = DistributedDataParallel(b, device_ids=[torch.cuda.current_device()])
+        opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (a, ddp)]
+        gen = torch.Generator(device='cuda').manual_seed(0)
+        for _ in range(3):
+            x = torch.randn(2, 3, 64, 96, device='cuda', generator=gen)
+            for m, opt in zip((a, ddp), opts):
+                sum(f.float().square().mean() for f in m(x)).backward()
+                opt.step()
+                opt.zero_grad()
+        assert len(b._graphs) == 1
+        worst = max(((p - q).abs().max() / p.abs().max().clamp_min(1e-6)).item()
+                    for p, q in zip(a.parameters(), b.parameters()))
+        assert worst < 1e-4, worst
+    finally:
+        dist.destroy_process_group()

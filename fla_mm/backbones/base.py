@@ -79,9 +79,7 @@ MAX_CUDA_GRAPHS = 4    # input shapes captured per backbone; others run eagerly
 
 
 class _EagerForward(nn.Module):
-    """The backbone's eager forward as a module of its own, for
-    ``torch.cuda.make_graphed_callables``; the backbone keeps it in a plain dict, so its own
-    module tree (state_dict, parameters) is unchanged."""
+    """The backbone's eager forward (never the graphed one) as a module of its own."""
 
     def __init__(self, backbone):
         super().__init__()
@@ -89,6 +87,29 @@ class _EagerForward(nn.Module):
 
     def forward(self, x):
         return self.backbone._forward(x)
+
+
+class _AliasedForward:
+    """The backbone's eager forward as a function of (x, *parameters), for
+    ``torch.cuda.make_graphed_callables``, captured with aliases of the parameters (same
+    storage, other autograd leaves). The capture's backward then never reaches the real
+    parameters' AccumulateGrad nodes: DDP keeps references to those, made on another stream,
+    and capturing through them fails ("operation would make the legacy stream depend on a
+    capturing blocking stream"). The replay is called with the real parameters, whose
+    gradients then accumulate eagerly, where DDP's hooks see them. The backbone keeps this in
+    a plain dict, so its own module tree (state_dict, parameters) is unchanged."""
+
+    def __init__(self, backbone):
+        self.module = _EagerForward(backbone)
+        self.names = ['backbone.' + n for n, _ in backbone.named_parameters()]
+
+    def aliases(self):
+        """Leaves sharing each parameter's storage: in-place optimizer steps reach the graph."""
+        return [p.detach().requires_grad_(p.requires_grad) for p in self.module.parameters()]
+
+    def __call__(self, x, *params):
+        return torch.func.functional_call(self.module, dict(zip(self.names, params)), (x,),
+                                          tie_weights=False)
 
 
 class FLABackboneBase(BaseModule):
@@ -138,7 +159,7 @@ class FLABackboneBase(BaseModule):
                 and not torch.cuda.is_current_stream_capturing()):
             graphed = self._graphed(x)
             if graphed is not None:
-                return graphed(x)
+                return graphed(x, *self.parameters())
         return self._forward(x)
 
     def _graphed(self, x):
@@ -151,10 +172,11 @@ class FLABackboneBase(BaseModule):
                               f'already; {tuple(x.shape)} runs eagerly (fix the training '
                               f'input size to use graphs)')
                 return None
+            fn = _AliasedForward(self)
+            sample = (x.detach().clone().requires_grad_(x.requires_grad), *fn.aliases())
             with torch.autocast('cuda', dtype=amp_dtype, enabled=amp, cache_enabled=False):
                 self._graphs[key] = torch.cuda.make_graphed_callables(
-                    _EagerForward(self), (x.detach().clone().requires_grad_(x.requires_grad),),
-                    allow_unused_input=True)
+                    fn, sample, allow_unused_input=True)
         return self._graphs[key]
 
     def _forward(self, x):
