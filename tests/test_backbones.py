@@ -546,6 +546,22 @@ def test_model_stats_adds_mixer_op_flops(capsys):
     from fla_mm.layers.mixer import FAMILIES
     from fla_mm import ops
     assert FAMILIES['gla']['op'] is ops.gla             # the stand-ins are removed again
+    assert ops.bi_decay_attn.__module__ == 'fla_mm.ops.families'
+
+
+def test_model_stats_counts_the_same_work_for_fused_and_two_call_bi_scans(monkeypatch):
+    """The fused and the two-call bi-scan do the same projections and scans: equal counts
+    (the tracer dropped projections feeding only a replaced op, and re-ran the real op when
+    its shape key held traced sizes)."""
+    import fla_mm.layers.mixer as mixer
+    from conftest import load_tool
+    stats = load_tool('model_stats')
+    fused = stats.measure('plain', 'tiny', 64)
+    monkeypatch.setattr(mixer, 'AUTO_FUSED_BI_FAMILIES', ())
+    two_call = stats.measure('plain', 'tiny', 64)
+    assert fused['mixer_op_flops'] > 0
+    assert {k: fused[k] for k in ('traced_flops', 'mixer_op_flops')} == {
+        k: two_call[k] for k in ('traced_flops', 'mixer_op_flops')}
 
 
 @pytest.mark.parametrize('name', ['FLAPyramid', 'FLAPlain'])

@@ -39,13 +39,21 @@ def _mixer_macs(causal, q, out):
     return B * H * T * (CHUNK * (K + V) + 2 * K * V)
 
 
+def _depend(out, inputs):
+    """``out`` made to depend on every input tensor (adding zero): otherwise the tracer drops,
+    and does not count, the projections that feed only the replaced op."""
+    return out + 0 * sum(t.sum() for t in inputs if torch.is_tensor(t)).to(out.dtype)
+
+
 @contextlib.contextmanager
 def analytic_mixer_ops():
-    """Swap every family's op for a stand-in that records its analytic MACs.
+    """Swap every family's op, and the fused bi-scan op, for a stand-in that records its
+    analytic MACs.
 
     The stand-in learns the output shape by running the real op on the first 64 tokens
     (once per family and shape, outside the traced pass) and returns zeros of that shape.
     """
+    from fla_mm import ops
     from fla_mm.layers.mixer import FAMILIES
     record = dict(macs=0, calls=0)
     saved = {name: spec['op'] for name, spec in FAMILIES.items()}
@@ -55,7 +63,9 @@ def analytic_mixer_ops():
         def op(*args, **kwargs):
             q = args[0]
             T = q.shape[1]
-            key = (name, tuple(tuple(a.shape) for a in args if torch.is_tensor(a)),
+            # plain ints: under the tracer sizes are traced values, which would miss the
+            # key learnt in the untraced pass and run (and count) the real op again
+            key = (name, tuple(tuple(map(int, a.shape)) for a in args if torch.is_tensor(a)),
                    tuple(sorted((k, str(v)) for k, v in kwargs.items())))
             if key not in shapes:
                 short = [a[:, :min(T, 64)] if torch.is_tensor(a) and a.dim() >= 2
@@ -63,19 +73,28 @@ def analytic_mixer_ops():
                 out = real(*short, **kwargs)
                 out = out[0] if isinstance(out, (tuple, list)) else out
                 shapes[key] = (out.shape[0], T) + tuple(out.shape[2:])
-            out = q.new_zeros(shapes[key])
+            out = _depend(q.new_zeros(shapes[key]), args)
             record['macs'] += _mixer_macs(kwargs.get('causal', causal_default), q, out)
             record['calls'] += 1
             return out
         return op
 
+    def bi_stand_in(q, k, v, *args, **kwargs):
+        """ops.bi_decay_attn (fused bi-scans): two causal scans, one per direction."""
+        out = _depend(v.new_zeros(*q.shape[:3], v.shape[-1]), (q, k, v, *args))
+        record['macs'] += 2 * _mixer_macs(True, q, out)
+        record['calls'] += 1
+        return out
+
     for name, spec in FAMILIES.items():
         spec['op'] = stand_in(name, spec['op'], spec.get('causal', True))
+    saved_bi, ops.bi_decay_attn = ops.bi_decay_attn, bi_stand_in
     try:
         yield record
     finally:
         for name, op in saved.items():
             FAMILIES[name]['op'] = op
+        ops.bi_decay_attn = saved_bi
 
 
 def build(layout, size, mixer, scan):
