@@ -77,22 +77,32 @@ class ShortConv(nn.Conv1d):
         return y if self.act is None else self.act(y)
 
 
+def round_half_away(t):
+    """Round to the nearest integer, ties away from zero (torch.round rounds ties to even)."""
+    return t.sign() * (t.abs() + 0.5).floor()
+
+
 class BitLinear(nn.Linear):
     """fla.modules.FusedBitLinear: RMSNorm, 8-bit activations and ternary weights, with
-    straight-through gradients."""
+    straight-through gradients.
+
+    As FLA's fused kernel (not its unfused ``BitLinear``): the norm and the per-token absmax
+    activation quantiser run in fp32 whatever the input dtype, ties round away from zero, and
+    the quantised activations are cast back to the input dtype. Weights: per-tensor mean |w|
+    scale, torch rounding (FLA's ``weight_quant``)."""
 
     def __init__(self, in_features, out_features, bias=False):
         super().__init__(in_features, out_features, bias=bias)
         self.norm = RMSNorm(in_features, eps=1e-8)
 
     def forward(self, x):
-        x = self.norm(x)
-        s = 127.0 / x.abs().amax(-1, keepdim=True).clamp(min=1e-5)
-        x = x + ((x * s).round().clamp(-128, 127) / s - x).detach()
+        y = self.norm(x.float())
+        s = 127.0 / y.abs().amax(-1, keepdim=True).clamp(min=1e-5)
+        y = (y + (round_half_away(y * s).clamp(-128, 127) / s - y).detach()).to(x.dtype)
         w = self.weight
         sw = 1.0 / w.abs().mean().clamp(min=1e-5)
         w = w + ((w * sw).round().clamp(-1, 1) / sw - w).detach()
-        return F.linear(x, w, self.bias)
+        return F.linear(y, w, self.bias)
 
 
 class HadamardFeatureMap(nn.Module):
@@ -699,9 +709,10 @@ FAMILIES = {
         fla='BitAttention',
         defaults=dict(rope_theta=None, causal=False),
         note='BitLinear q/k/v/o projections (RMSNorm, 8-bit activations, ternary weights, '
-             'straight-through) around softmax attention; non-causal and no rotary by default '
-             '(FLA: causal=True, rope_theta=10000.). The activation quantiser is the '
-             'unfused PyTorch form of FusedBitLinear.'),
+             'straight-through) around softmax attention; non-causal and no rotary by default. '
+             'BitAttention is always causal with rotary: pass rope_theta=10000., causal=True '
+             'for the same function. The activation quantiser follows FusedBitLinear\'s fused '
+             'kernel (fp32, ties away from zero).'),
     'delta_net': dict(
         op=ops.delta_rule, build=build_delta_net, mix=mix_delta_net, gate=None, causal=True,
         fla='DeltaNet',
