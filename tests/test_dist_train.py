@@ -41,3 +41,19 @@ def test_dist_train_two_processes_rank0_writes(toy_ade20k, tmp_path):
     assert ckpt['meta']['iter'] == 4 and 'optimizer' in ckpt
     # DDP's wrapper prefix must not leak into the saved weights
     assert not any(k.startswith('module.') for k in ckpt['state_dict'])
+
+
+@pytest.mark.parametrize('legacy', [None, True])
+def test_ddp_wrapper_from_config(legacy):
+    """The shipped runtime wraps DDP with gradients as bucket views; the legacy top-level
+    ``find_unused_parameters`` (which MMEngine drops once a wrapper is set) still applies."""
+    from mmengine.config import Config
+
+    from conftest import load_tool
+    cfg = Config.fromfile(CONFIG)
+    if legacy is not None:
+        cfg.find_unused_parameters = legacy
+    wrapper = load_tool('_common')._ddp_wrapper(cfg)
+    assert wrapper['type'] == 'MMDistributedDataParallel'
+    assert wrapper['gradient_as_bucket_view'] is True
+    assert wrapper['find_unused_parameters'] is bool(legacy)

@@ -73,19 +73,28 @@ def _cpu_dist_backend(cfg):
         return
     cfg.env_cfg.dist_cfg.backend = 'gloo'
     # MMEngine gives DDP device_ids=[LOCAL_RANK], which a CPU module refuses
-    wrapper = cfg.get('model_wrapper_cfg') or dict(
-        type='MMDistributedDataParallel', broadcast_buffers=False,
-        find_unused_parameters=cfg.get('find_unused_parameters', False))
-    wrapper['device_ids'] = None
-    cfg.model_wrapper_cfg = wrapper
+    cfg.model_wrapper_cfg = dict(_ddp_wrapper(cfg), device_ids=None)
     print('fla_mm: no CUDA device, distributed backend nccl -> gloo', flush=True)
     dist.init_process_group('gloo')
+
+
+def _ddp_wrapper(cfg):
+    """The config's DDP wrapper (the base runtime sets one). MMEngine reads the legacy
+    top-level ``find_unused_parameters`` only when there is no ``model_wrapper_cfg``: keep it
+    meaning what users expect."""
+    wrapper = dict(cfg.get('model_wrapper_cfg') or dict(
+        type='MMDistributedDataParallel', broadcast_buffers=False))
+    if 'find_unused_parameters' in cfg:
+        wrapper['find_unused_parameters'] = cfg.find_unused_parameters
+    return wrapper
 
 
 def build_runner(cfg):
     """mmseg or mmdet Runner, chosen by the config's default_scope (one code path for both)."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
+    if cfg.get('model_wrapper_cfg') or 'find_unused_parameters' in cfg:
+        cfg.model_wrapper_cfg = _ddp_wrapper(cfg)
     _cpu_dist_backend(cfg)
     scope = cfg.get('default_scope')
     if scope == 'mmseg':
