@@ -557,7 +557,7 @@ def test_model_stats_counts_the_same_work_for_fused_and_two_call_bi_scans(monkey
     from conftest import load_tool
     stats = load_tool('model_stats')
     fused = stats.measure('plain', 'tiny', 64)
-    monkeypatch.setattr(mixer, 'AUTO_FUSED_BI_FAMILIES', ())
+    monkeypatch.setattr(mixer, 'FUSED_BI_FAMILIES', ())
     two_call = stats.measure('plain', 'tiny', 64)
     assert fused['mixer_op_flops'] > 0
     assert {k: fused[k] for k in ('traced_flops', 'mixer_op_flops')} == {

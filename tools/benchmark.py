@@ -606,9 +606,10 @@ def mixer_cases(args):
                         for f in families:
                             if f == BASELINE_FAMILY:
                                 continue
-                            variants = [('-', None, '', 1)]
+                            # (scan, bi kernel, name tag, fused segments: only 'fused' reads it)
+                            variants = [('-', None, '', 0)]
                             if 'bi' in args.scans and FAMILIES[f].get('causal', True):
-                                variants.append(('bi', 'two_call', ' two-call', 1))
+                                variants.append(('bi', 'two_call', ' two-call', 0))
                                 if f in BI_FUSED_OPS:
                                     variants += [('bi', 'fused', ' fused' + (
                                         f" {n} segment{'s' * (n > 1)}" if n else ''), n)

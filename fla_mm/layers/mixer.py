@@ -263,20 +263,18 @@ def build_gla_like(m, dim, num_heads, cfg):
     m.o_proj = nn.Linear(value_dim, dim, bias=False)
 
 
-# Families whose bi-scan fla_mm's fused kernel computes, and those that use it by default
-# (bi_kernel='auto'): all three. GLA's per-key-channel kernel passed its GPU tests at L = 1 to
-# 16384 (H200), and with the segments of ``ops.fused_bi`` it beats two chunk_gla calls at
-# 1024, 4096 and 16384 tokens (0.89 / 2.54 / 9.46 ms against 3.06 / 3.21 / 12.4, one run; README).
+# Families whose bi-scan fla_mm's fused kernel computes; bi_kernel='auto' (the default) uses
+# it for all of them. GLA's per-key-channel kernel passed its GPU tests at L = 1 to 16384
+# (H200), and with the segments of ``ops.fused_bi`` it beats two chunk_gla calls at 1024, 4096
+# and 16384 tokens (0.89 / 2.54 / 9.46 ms against 3.06 / 3.21 / 12.4, one run; README).
 BI_KERNEL_CHOICES = ('auto',) + ops.BI_KERNELS
 FUSED_BI_FAMILIES = ('retnet', 'simple_gla', 'gla')
-AUTO_FUSED_BI_FAMILIES = FUSED_BI_FAMILIES
 
 
 def _fused_bi(m):
     """Bi-scans whose two directions share q, k and v (no short conv, no rotary) run as one
     op, :func:`ops.bi_decay_attn`, without materialised flips."""
-    families = AUTO_FUSED_BI_FAMILIES if m.bi_kernel == 'auto' else FUSED_BI_FAMILIES
-    return (m.scan == 'bi' and m.bi_kernel != 'two_call' and m.family in families
+    return (m.scan == 'bi' and m.bi_kernel != 'two_call' and m.family in FUSED_BI_FAMILIES
             and not m.cfg.get('use_short_conv') and not m.cfg.get('rotary'))
 
 
@@ -813,7 +811,7 @@ class TokenMixer(nn.Module):
         bi_kernel: how a bi-scan (without short conv or rotary) runs on CUDA. 'fused': one
             fused kernel for both directions (simple_gla, RetNet, GLA); 'two_call': [x,
             flip(x)] through FLA's one-direction kernel; 'auto' (default): fla_mm's measured
-            choice, today fused for all three (AUTO_FUSED_BI_FAMILIES). Same function
+            choice, today fused for all three (FUSED_BI_FAMILIES). Same function
             either way; the other families ignore it.
         locality: ViG 2-D locality injection: y = o_proj(global) * sigmoid(DWConv3x3(x)),
             with ``local_conv`` a depthwise 3x3 conv (with bias) over the H x W token grid.
