@@ -214,7 +214,8 @@ def test_plain_out_indices_pick_blocks():
     x = torch.randn(1, 3, 32, 48)
     with torch.no_grad():
         before = m(x)
-        m.blocks[3].channel_mixer.fc2.bias.add_(1.0)
+        # not a constant: the output LayerNorm would remove a shift shared by all channels
+        m.blocks[3].channel_mixer.fc2.bias.add_(torch.linspace(-1, 1, 32))
         after = m(x)
     assert [tuple(o.shape) for o in before] == [(1, 32, 2, 3)] * 4
     for i in range(3):

@@ -517,13 +517,15 @@ def test_vig_h_reproduces_vig_h(tmp_path, outnorms):
         assert all((getattr(m, f'norm{i}').weight == 1).all() for i in range(3))
     widths = [s.blocks[0].channel_mixer.down_proj.in_features for s in m.stages]
     assert widths == [96, 192, 192, 352]            # gMlp: ceil32(int(8 * dim / 3))
+    gen = torch.Generator().manual_seed(0)
     for shape in [(32, 32), (44, 28)]:
-        x = torch.randn(2, 3, *shape)
+        x = torch.randn(2, 3, *shape, generator=gen)
         with torch.no_grad():
             ref = vig_h_reference(sd, x, VIG_H_HEADS)
             out = m(x)
-        for a, b in zip(out, ref):
-            assert a.shape == b.shape and (a - b).abs().max() <= 1e-5
+        for a, b in zip(out, ref):   # fp32 rounding through 5 blocks: relative to the outputs
+            assert a.shape == b.shape
+            assert (a - b).abs().max() <= 1e-5 * b.abs().max().clamp_min(1)
 
 
 def test_vig_h_every_tensor_lands_where_it_should(tmp_path):
