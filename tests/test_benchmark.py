@@ -151,3 +151,13 @@ def test_report_merges_runs_and_keeps_ratios_within_a_run(tmp_path):
     rows = {(r['family'], r['size']): r
             for r in run_tool('benchmark', 'report', a, b, '--out', out)['rows']}
     assert rows[('retnet', 16)]['time_ratio'] > 0 and rows[('transformer', 16)]['run'] == 1
+
+
+def test_compile_times_every_fused_kernel_for_hopper_without_a_gpu():
+    """`benchmark.py compile` lowers each kernel a fused bi-scan launches to an sm_90 cubin
+    (Triton's bundled ptxas; no GPU here) and times it."""
+    rows = run_tool('benchmark', 'compile', '--kernels', 'scalar')
+    assert [(r['segmented'], r['kernel']) for r in rows] == [
+        (False, 'forward'), (False, 'backward'), (True, 'forward'), (True, 'backward'),
+        (True, 'segment states, forward'), (True, 'segment states, backward')]
+    assert all(r['seconds'] > 0 and r['cubin_bytes'] > 10_000 for r in rows)

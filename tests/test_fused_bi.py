@@ -40,6 +40,10 @@ CASES += [(T, gates, 3) for T in (130, 300)                                    #
 # GLA chunks that decay past exp(-GLA_SAFE) in a channel take the exact 16-token steps
 CASES += [(150, 'shared-strong-gla', 1), (150, 'separate-strong-gla', 1),
           (200, 'separate-strong-gla', 2)]
+import os
+if os.environ.get('EXACT_STEPS_AS_LOOP'):   # the loop form of those steps, on their cases only
+    fused_bi.GLA_EXACT_UNROLL = False
+    CASES = [c for c in CASES if 'strong' in c[1]]
 for T, gates, segments in CASES:
         fused_bi.SEGMENTS = segments
         B, H, K, V = 2, 2, 16, 32
@@ -74,8 +78,11 @@ print('WORST', worst)
 '''
 
 
-def test_fused_kernel_matches_two_call_in_triton_interpreter():
+@pytest.mark.parametrize('exact_steps', ['inlined', 'loop'])
+def test_fused_kernel_matches_two_call_in_triton_interpreter(exact_steps):
     env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
+    if exact_steps == 'loop':
+        env['EXACT_STEPS_AS_LOOP'] = '1'
     res = subprocess.run([sys.executable, '-c', INTERPRETED], env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]

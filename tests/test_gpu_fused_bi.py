@@ -154,10 +154,14 @@ def test_fused_bi_segments(gates, L, dtype, monkeypatch):
     assert e_ref < TOL[dtype], (gates, L, dtype, e_ref)
 
 
+@pytest.mark.parametrize('exact_steps', ['inlined', 'loop'])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
-def test_fused_gla_exact_steps(dtype):
-    """GLA chunks that decay past exp(-GLA_SAFE) in a channel take the exact 16-token steps;
-    a sequence mixing both kinds of chunk still matches the reference."""
+def test_fused_gla_exact_steps(dtype, exact_steps, monkeypatch):
+    """GLA chunks that decay past exp(-GLA_SAFE) in a channel take the exact 16-token steps
+    (inlined, or as a loop: fused_bi.GLA_EXACT_UNROLL); a sequence mixing both kinds of chunk
+    still matches the reference."""
+    from fla_mm.ops import fused_bi
+    monkeypatch.setattr(fused_bi, 'GLA_EXACT_UNROLL', exact_steps == 'inlined')
     L = 3136
     gen = torch.Generator(device='cuda').manual_seed(1)
     r = (lambda *s: torch.randn(*s, device='cuda', generator=gen))
@@ -168,5 +172,6 @@ def test_fused_gla_exact_steps(dtype):
     fn = (lambda q, k, v, gf, gb: ops.bi_decay_attn(q, k, v, gf, gb, kernel='fused'))
     out, grads = _run(fn, leaves, 'shared-gla', dtype, do)
     e_ref = _worst(out, grads, *_reference_run(leaves, 'shared-gla', dtype, do))
-    gpu_report(f'\nfused_bi gla exact steps {str(dtype)[6:]:9s} L={L:6d}  vs reference={e_ref:.2e}')
+    gpu_report(f'\nfused_bi gla exact steps ({exact_steps}) {str(dtype)[6:]:9s} L={L:6d}  '
+               f'vs reference={e_ref:.2e}')
     assert e_ref < TOL[dtype], (dtype, e_ref)

@@ -12,6 +12,8 @@ log-log PNG plots of time and memory against token count or resolution::
     python tools/benchmark.py model configs/upernet_gla_ade20k.py --resolutions 512
     # one table and plots from several runs (e.g. each cut off by a GPU time limit)
     python tools/benchmark.py report work_dirs/bench/run1 work_dirs/bench/run2 --out DIR
+    # cold compile time of the fused bi-scan kernels for sm_90 (no GPU needed)
+    python tools/benchmark.py compile --kernels gla
 
 Method (printed with the results and stored in results.json): a cold first call (Triton
 compile + autotune included, timed on its own), warm-up calls, then ``--iters`` calls each
@@ -152,6 +154,17 @@ def parse_args(argv=None):
                    help='override config entries, e.g. model.backbone.scan=uni')
     _add_common(p, [2])
 
+    p = sub.add_parser('compile', help="cold compile time of fla_mm's fused bi-scan kernels "
+                       'for a GPU architecture; needs no GPU (Triton + its ptxas)',
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--kernels', nargs='+', choices=['scalar', 'gla'], default=['scalar', 'gla'],
+                   help='scalar: simple_gla / RetNet decay; gla: per key channel')
+    p.add_argument('--arch', type=int, default=90, help='CUDA compute capability (90: Hopper)')
+    p.add_argument('--dtype', choices=list(DTYPES), default='bf16')
+    p.add_argument('--head-dim', type=int, default=64)
+    p.add_argument('--gla-exact-loop', action='store_true',
+                   help="GLA's exact-step fallback as a loop (fused_bi.GLA_EXACT_UNROLL=False)")
+
     p = sub.add_parser('report', help='merge the results.json of several runs (e.g. runs cut '
                        'off by a time limit) into one table, JSON and plots',
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -161,7 +174,7 @@ def parse_args(argv=None):
     p.add_argument('--no-plots', action='store_true')
 
     args = parser.parse_args(argv)
-    if args.level == 'report':
+    if args.level in ('report', 'compile'):
         return args
     import torch
     if args.device is None:
@@ -1113,6 +1126,77 @@ def write_plots(rows, out_dir, method):
     return files
 
 
+# ----------------------------------------------------------------------------- compile
+
+def compile_times(args):
+    """Compile every kernel variant a fused bi-scan launches (forward, backward, and with
+    segments the two state kernels) into an empty Triton cache for ``args.arch``, as the first
+    call on a fresh machine does, and print the seconds each took. No GPU is needed: Triton
+    lowers to PTX and runs its bundled ptxas."""
+    import tempfile
+    from unittest import mock
+    with mock.patch.dict(os.environ, TRITON_CACHE_DIR=tempfile.mkdtemp(prefix='triton_cache_')):
+        from fla_mm.ops import fused_bi
+        with mock.patch.object(fused_bi, 'GLA_EXACT_UNROLL', not args.gla_exact_loop):
+            return _compile_times(args)
+
+
+def _compile_times(args):
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from fla_mm.ops import fused_bi as fb
+    dtype = _torch_dtype(args.dtype)
+    data = {torch.bfloat16: '*bf16', torch.float16: '*fp16', torch.float32: '*fp32'}[dtype]
+    fp32_buffers = {'g', 'dg', 'dg_tot', 'seg_S', 'seg_G', 'seg_dH', 'seg_E'}
+    ints = {'T', 'H', 'sg_d', 'sg_b', 'sg_t', 'sg_h', 'CPS', 'NSEG'}
+    d = args.head_dim
+    target = GPUTarget('cuda', args.arch, 32)
+    rows = []
+    for kind in args.kernels:
+        per_channel = kind == 'gla'
+        meta = fb._meta(torch.empty(1, 1, 1, d, dtype=dtype), torch.empty(1, 1, 1, d), per_channel)
+        state_meta = {n: meta[n] for n in ('K', 'V', 'BT', 'BK', 'BV', 'PRECISION')}
+        fwd, bwd, state = ((fb._bi_gla_fwd_kernel, fb._bi_gla_bwd_kernel,
+                            fb._bi_gla_seg_state_kernel) if per_channel else
+                           (fb._bi_fwd_kernel, fb._bi_bwd_kernel, fb._bi_seg_state_kernel))
+        for segmented in (False, True):
+            variants = [('forward', fwd, dict(meta, SEGMENTED=segmented), False),
+                        ('backward', bwd, dict(meta, SEGMENTED=segmented, NEED_DG=True), True)]
+            if segmented:
+                variants += [('segment states, forward', state, dict(state_meta, BACKWARD=False),
+                              False),
+                             ('segment states, backward', state, dict(state_meta, BACKWARD=True),
+                              True)]
+            for name, fn, consts, backward in variants:
+                sig, cx = {}, {}
+                for i, n in enumerate(fn.arg_names):
+                    if n in consts:
+                        sig[n], cx[(i,)] = 'constexpr', consts[n]
+                    else:
+                        sig[n] = ('i32' if n in ints else 'fp32' if n == 'scale' else
+                                  '*fp32' if n in fp32_buffers else data)
+                t0 = time.perf_counter()
+                compiled = triton.compile(ASTSource(fn, sig, cx), target=target,
+                                          options=fb._config(meta, backward))
+                seconds = time.perf_counter() - t0
+                rows.append(dict(kernels=kind, segmented=segmented, kernel=name, seconds=seconds,
+                                 cubin_bytes=len(compiled.asm['cubin'])))
+                print(f"[compile] {kind:6s} {'segmented' if segmented else 'one segment':11s} "
+                      f'{name:26s} {seconds:6.1f} s  cubin {len(compiled.asm["cubin"]) // 1024} KiB',
+                      flush=True)
+    for kind in args.kernels:
+        for segmented in (False, True):
+            total = sum(r['seconds'] for r in rows if r['kernels'] == kind
+                        and r['segmented'] == segmented)
+            print(f"[compile] {kind} {'segmented' if segmented else 'one segment'}: first call "
+                  f'compiles {total:.1f} s (sm_{args.arch}, {args.dtype}, head dim {d}, triton '
+                  f'{triton.__version__}, {os.cpu_count()} CPUs)')
+    return rows
+
+
 # ----------------------------------------------------------------------------- main
 
 KEY_FIELDS = ('level', 'name', 'arch', 'family', 'scan', 'size', 'batch', 'dtype', 'mode')
@@ -1218,6 +1302,8 @@ def finish(args, method, rows):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.level == 'compile':
+        return compile_times(args)
     if args.level == 'report':
         method, rows = merge_runs(args.runs)
         os.makedirs(args.out, exist_ok=True)

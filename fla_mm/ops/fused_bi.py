@@ -39,6 +39,11 @@ import triton.language as tl
 CHUNK = 64        # tokens per chunk
 GLA_STEP = 16     # per-key-channel decay, exact fallback: tokens per [BC, BC, BK] step
 GLA_SAFE = 60.0   # ... taken by chunks that decay by more than exp(-GLA_SAFE) in a channel
+# ... as BT // BC inlined copies of the step (True: the GPU-verified form) or as a loop over
+# them (False). The loop compiles the four GLA kernels for sm_90 in 12 s instead of 37 s
+# (Triton 3.7.1's ptxas on a 2-core CPU machine, `tools/benchmark.py compile`); it passes the
+# interpreter tests and becomes the default once it has passed tests/test_gpu_fused_bi.py.
+GLA_EXACT_UNROLL = True
 
 
 @triton.jit
@@ -336,7 +341,8 @@ def _gla_fwd_step_exact(q, k, v, g, o_dir, S, scale, pos, i_b, i_h, i_dir, T, H,
 def _bi_gla_fwd_kernel(q, k, v, g, o, seg_S, seg_G, scale, T, H, sg_d, sg_b, sg_t, sg_h, CPS,
                        NSEG, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                        BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                       PRECISION: tl.constexpr, SAFE: tl.constexpr, SEGMENTED: tl.constexpr):
+                       PRECISION: tl.constexpr, SAFE: tl.constexpr, SEGMENTED: tl.constexpr,
+                       UNROLL: tl.constexpr):
     """:func:`_bi_fwd_kernel` with per-key-channel decays g [2, B, T, H, K] (GLA).
 
     A chunk whose channels all decay by less than exp(-SAFE) in total takes the tensor-core
@@ -373,8 +379,13 @@ def _bi_gla_fwd_kernel(q, k, v, g, o, seg_S, seg_G, scale, T, H, sg_d, sg_b, sg_
             b_kd = (b_k * tl.exp(C_last[None, :] - C)).to(b_k.dtype)
             S = S * tl.exp(C_last)[:, None] + tl.dot(tl.trans(b_kd), b_v,
                                                      input_precision=PRECISION)
-        else:
+        elif UNROLL:
             for j in tl.static_range(NS):
+                pos_j = _sweep_pos(i * NS + j, i_dir, NT * NS, BC)
+                S = _gla_fwd_step_exact(q, k, v, g, o_dir, S, scale, pos_j, i_b, i_h, i_dir, T,
+                                        H, sg_d, sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION)
+        else:
+            for j in range(NS):
                 pos_j = _sweep_pos(i * NS + j, i_dir, NT * NS, BC)
                 S = _gla_fwd_step_exact(q, k, v, g, o_dir, S, scale, pos_j, i_b, i_h, i_dir, T,
                                         H, sg_d, sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION)
@@ -455,7 +466,7 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg
                        scale, T, H, sg_d, sg_b, sg_t, sg_h, CPS, NSEG, K: tl.constexpr,
                        V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
                        BV: tl.constexpr, PRECISION: tl.constexpr, NEED_DG: tl.constexpr,
-                       SAFE: tl.constexpr, SEGMENTED: tl.constexpr):
+                       SAFE: tl.constexpr, SEGMENTED: tl.constexpr, UNROLL: tl.constexpr):
     """:func:`_bi_bwd_kernel` with per-key-channel decays; dg is [2, 2, B, T, H, K] and
     dg_tot [2, B, H, K]. Chunks whose own and other decays both stay above exp(-SAFE) use
     the factorised tensor-core form (as the forward); the others go in exact BC-token steps."""
@@ -524,8 +535,15 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg
             if NEED_DG:
                 run_q += tl.sum(qf * b_dq, 0)
                 run_k += tl.sum(kf * b_dk, 0)
-        else:
+        elif UNROLL:
             for j in tl.static_range(NS):
+                pos_j = _sweep_pos(i * NS + j, i_dir, NT * NS, BC)
+                S, dH, run_q, run_k = _gla_bwd_step_exact(
+                    q, k, v, g, do, dq, dk, dv, dg, S, dH, run_q, run_k, scale, pos_j, i_b, i_h,
+                    i_dir, B, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION, NEED_DG,
+                    SEGMENTED)
+        else:
+            for j in range(NS):
                 pos_j = _sweep_pos(i * NS + j, i_dir, NT * NS, BC)
                 S, dH, run_q, run_k = _gla_bwd_step_exact(
                     q, k, v, g, do, dq, dk, dv, dg, S, dH, run_q, run_k, scale, pos_j, i_b, i_h,
@@ -543,7 +561,7 @@ def _meta(q, v, per_channel):
     meta = dict(K=K, V=V, BT=CHUNK, BK=BK, BV=BV,
                 PRECISION='ieee' if q.dtype == torch.float32 else 'tf32')
     if per_channel:
-        meta.update(BC=GLA_STEP, SAFE=GLA_SAFE)
+        meta.update(BC=GLA_STEP, SAFE=GLA_SAFE, UNROLL=GLA_EXACT_UNROLL)
     return meta
 
 
