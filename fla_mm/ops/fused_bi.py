@@ -40,9 +40,9 @@ CHUNK = 64        # tokens per chunk
 GLA_STEP = 16     # per-key-channel decay, exact fallback: tokens per [BC, BC, BK] step
 GLA_SAFE = 60.0   # ... taken by chunks that decay by more than exp(-GLA_SAFE) in a channel
 # ... as BT // BC inlined copies of the step (True: the GPU-verified form) or as a loop over
-# them (False). The loop compiles the four GLA kernels for sm_90 in 12 s instead of 37 s
-# (Triton 3.7.1's ptxas on a 2-core CPU machine, `tools/benchmark.py compile`); it passes the
-# interpreter tests and becomes the default once it has passed tests/test_gpu_fused_bi.py.
+# them (False). The loop compiles the segmented GLA kernels for sm_90 in 10.8 s instead of
+# 30.3 s (Triton 3.7.1's ptxas on a 2-core CPU machine, `tools/benchmark.py compile`); it passes
+# the interpreter tests and becomes the default once it has passed tests/test_gpu_fused_bi.py.
 GLA_EXACT_UNROLL = True
 
 
