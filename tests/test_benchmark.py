@@ -161,3 +161,4 @@ def test_compile_times_every_fused_kernel_for_hopper_without_a_gpu():
         (False, 'forward'), (False, 'backward'), (True, 'forward'), (True, 'backward'),
         (True, 'segment states, forward'), (True, 'segment states, backward')]
     assert all(r['seconds'] > 0 and r['cubin_bytes'] > 10_000 for r in rows)
+    assert all(0 < r['registers'] <= 255 and r['spill_store_bytes'] >= 0 for r in rows)

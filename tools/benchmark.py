@@ -1182,11 +1182,14 @@ def _compile_times(args):
                 compiled = triton.compile(ASTSource(fn, sig, cx), target=target,
                                           options=fb._config(meta, backward))
                 seconds = time.perf_counter() - t0
-                rows.append(dict(kernels=kind, segmented=segmented, kernel=name, seconds=seconds,
-                                 cubin_bytes=len(compiled.asm['cubin'])))
+                row = dict(kernels=kind, segmented=segmented, kernel=name, seconds=seconds,
+                           cubin_bytes=len(compiled.asm['cubin']),
+                           **_ptxas_usage(compiled.asm['ptx'], args.arch))
+                rows.append(row)
                 print(f"[compile] {kind:6s} {'segmented' if segmented else 'one segment':11s} "
-                      f'{name:26s} {seconds:6.1f} s  cubin {len(compiled.asm["cubin"]) // 1024} KiB',
-                      flush=True)
+                      f'{name:26s} {seconds:6.1f} s  cubin {row["cubin_bytes"] // 1024} KiB  '
+                      f'{row["registers"]} registers, spills {row["spill_store_bytes"]} B '
+                      f'stored / {row["spill_load_bytes"]} B loaded', flush=True)
     for kind in args.kernels:
         for segmented in (False, True):
             total = sum(r['seconds'] for r in rows if r['kernels'] == kind
@@ -1195,6 +1198,27 @@ def _compile_times(args):
                   f'compiles {total:.1f} s (sm_{args.arch}, {args.dtype}, head dim {d}, triton '
                   f'{triton.__version__}, {os.cpu_count()} CPUs)')
     return rows
+
+
+def _ptxas_usage(ptx, arch):
+    """Registers per thread and register-spill bytes of a kernel, from ``ptxas -v`` (the
+    ptxas Triton ships): spills mean local-memory traffic inside the kernel's loops."""
+    import re
+    import subprocess
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas
+    with tempfile.TemporaryDirectory() as d:
+        path = osp.join(d, 'kernel.ptx')
+        with open(path, 'w') as f:
+            f.write(ptx)
+        out = subprocess.run([get_ptxas(arch).path, f'-arch=sm_{arch}a', '-v', path, '-o',
+                              osp.join(d, 'kernel.cubin')], capture_output=True, text=True)
+    text = out.stdout + out.stderr
+    num = (lambda pattern: int(m.group(1)) if (m := re.search(pattern, text)) else -1)
+    return dict(registers=num(r'Used (\d+) registers'),
+                spill_store_bytes=num(r'(\d+) bytes spill stores'),
+                spill_load_bytes=num(r'(\d+) bytes spill loads'))
 
 
 # ----------------------------------------------------------------------------- main
