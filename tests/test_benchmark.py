@@ -162,3 +162,11 @@ def test_compile_times_every_fused_kernel_for_hopper_without_a_gpu():
         (True, 'segment states, forward'), (True, 'segment states, backward')]
     assert all(r['seconds'] > 0 and r['cubin_bytes'] > 10_000 for r in rows)
     assert all(0 < r['registers'] <= 255 and r['spill_store_bytes'] >= 0 for r in rows)
+    from fla_mm.ops import fused_bi
+    with pytest.raises(SystemExit, match='unknown switch.*NOPE; valid: BWD_CONFIG'):
+        run_tool('benchmark', 'compile', '--kernels', 'scalar', '--fused-bi', '{"NOPE": 1}')
+    eight = run_tool('benchmark', 'compile', '--kernels', 'scalar', '--fused-bi',
+                     '{"BWD_CONFIG": {"num_warps": 8, "num_stages": 2}}')
+    # 8 warps hold the backward's state in twice the threads: fewer spills than 4
+    assert eight[1]['spill_store_bytes'] < rows[1]['spill_store_bytes']
+    assert fused_bi.BWD_CONFIG['num_warps'] == 4      # switches are restored after the run

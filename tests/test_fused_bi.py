@@ -44,6 +44,9 @@ import os
 if os.environ.get('EXACT_STEPS_AS_LOOP'):   # the loop form of those steps, on their cases only
     fused_bi.GLA_EXACT_UNROLL = False
     CASES = [c for c in CASES if 'strong' in c[1]]
+if os.environ.get('GLA_BWD_SPLIT'):         # GLA's split backward, on every GLA case
+    fused_bi.GLA_BWD_SPLIT = True
+    CASES = [c for c in CASES if c[1].endswith('gla')]
 for T, gates, segments in CASES:
         fused_bi.SEGMENTS = segments
         B, H, K, V = 2, 2, 16, 32
@@ -78,11 +81,13 @@ print('WORST', worst)
 '''
 
 
-@pytest.mark.parametrize('exact_steps', ['inlined', 'loop'])
-def test_fused_kernel_matches_two_call_in_triton_interpreter(exact_steps):
+@pytest.mark.parametrize('variant', ['default', 'exact-steps-loop', 'gla-split-backward'])
+def test_fused_kernel_matches_two_call_in_triton_interpreter(variant):
     env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
-    if exact_steps == 'loop':
+    if variant == 'exact-steps-loop':
         env['EXACT_STEPS_AS_LOOP'] = '1'
+    elif variant == 'gla-split-backward':
+        env['GLA_BWD_SPLIT'] = '1'
     res = subprocess.run([sys.executable, '-c', INTERPRETED], env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]

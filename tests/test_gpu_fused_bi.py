@@ -175,3 +175,36 @@ def test_fused_gla_exact_steps(dtype, exact_steps, monkeypatch):
     gpu_report(f'\nfused_bi gla exact steps ({exact_steps}) {str(dtype)[6:]:9s} L={L:6d}  '
                f'vs reference={e_ref:.2e}')
     assert e_ref < TOL[dtype], (dtype, e_ref)
+
+
+# variants of the GLA kernels that are off by default until they pass here and time faster
+# (fused_bi module switches; `tools/benchmark.py compile --fused-bi ...` shows their compile
+# time and register spills without a GPU)
+GLA_VARIANTS = {
+    'exact-loop': dict(GLA_EXACT_UNROLL=False),
+    'split': dict(GLA_EXACT_UNROLL=False, GLA_BWD_SPLIT=True),
+    'split-8warps': dict(GLA_EXACT_UNROLL=False, GLA_BWD_SPLIT=True,
+                         FWD_CONFIG=dict(num_warps=8, num_stages=3),
+                         BWD_CONFIG=dict(num_warps=8, num_stages=2)),
+}
+
+
+@pytest.mark.parametrize('L', [1, 100, 3136, 16384])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
+@pytest.mark.parametrize('variant', list(GLA_VARIANTS))
+def test_fused_gla_variants_match_reference(variant, dtype, L, monkeypatch):
+    from fla_mm.ops import fused_bi
+    for name, value in GLA_VARIANTS[variant].items():
+        monkeypatch.setattr(fused_bi, name, value)
+    gen = torch.Generator(device='cuda').manual_seed(L)
+    r = (lambda *s: torch.randn(*s, device='cuda', generator=gen))
+    g = F.logsigmoid(r(B, L, H, D) + 3) / 4
+    g[:, 640:1280] *= 400            # some chunks take the exact steps
+    leaves = [r(B, L, H, D), r(B, L, H, D), r(B, L, H, D), g, F.logsigmoid(r(B, L, H, D) + 3) / 4]
+    do = r(B, L, H, D)
+    fn = (lambda q, k, v, gf, gb: ops.bi_decay_attn(q, k, v, gf, gb, kernel='fused'))
+    out, grads = _run(fn, leaves, 'separate-gla', dtype, do)
+    e_ref, name = _worst_named(out, grads, *_reference_run(leaves, 'separate-gla', dtype, do))
+    gpu_report(f'\nfused_bi gla variant {variant:13s} {str(dtype)[6:]:9s} L={L:6d}  '
+               f'vs reference={e_ref:.2e} ({name})')
+    assert e_ref < TOL[dtype], (variant, dtype, L, e_ref)

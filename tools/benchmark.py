@@ -85,6 +85,10 @@ def _add_common(p, default_batch):
     p.add_argument('--threads', type=int, default=None,
                    help='torch CPU threads (default: torch\'s own choice)')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--fused-bi', type=json.loads, default=None, metavar='JSON',
+                   help='set fla_mm.ops.fused_bi module switches for this run, e.g. '
+                        '\'{"GLA_BWD_SPLIT": true, "BWD_CONFIG": {"num_warps": 8, '
+                        '"num_stages": 2}}\' (stored with the method)')
     p.add_argument('--no-plots', action='store_true')
     p.add_argument('--size-order', choices=['desc', 'asc', 'given'], default='desc',
                    help="order of sizes and batch sizes: FLA's autotune keys leave out L and B, "
@@ -162,8 +166,9 @@ def parse_args(argv=None):
     p.add_argument('--arch', type=int, default=90, help='CUDA compute capability (90: Hopper)')
     p.add_argument('--dtype', choices=list(DTYPES), default='bf16')
     p.add_argument('--head-dim', type=int, default=64)
-    p.add_argument('--gla-exact-loop', action='store_true',
-                   help="GLA's exact-step fallback as a loop (fused_bi.GLA_EXACT_UNROLL=False)")
+    p.add_argument('--fused-bi', type=json.loads, default=None, metavar='JSON',
+                   help='fla_mm.ops.fused_bi switches, e.g. \'{"GLA_EXACT_UNROLL": false, '
+                        '"GLA_BWD_SPLIT": true, "BWD_CONFIG": {"num_warps": 8, "num_stages": 2}}\'')
 
     p = sub.add_parser('report', help='merge the results.json of several runs (e.g. runs cut '
                        'off by a time limit) into one table, JSON and plots',
@@ -957,6 +962,7 @@ def method_info(args, argv):
         'command': 'python tools/benchmark.py ' + ' '.join(argv),
         'date': datetime.datetime.now().isoformat(timespec='seconds'),
         'level': args.level,
+        'fused_bi_switches': args.fused_bi or {},
         'device': device,
         'device_kind': 'cuda' if cuda else CPU_LABEL,
         'ops_backend': 'FLA Triton kernels (fla.ops)' if kernels else
@@ -1136,9 +1142,26 @@ def compile_times(args):
     import tempfile
     from unittest import mock
     with mock.patch.dict(os.environ, TRITON_CACHE_DIR=tempfile.mkdtemp(prefix='triton_cache_')):
-        from fla_mm.ops import fused_bi
-        with mock.patch.object(fused_bi, 'GLA_EXACT_UNROLL', not args.gla_exact_loop):
+        with fused_bi_switches(args.fused_bi):
             return _compile_times(args)
+
+
+def fused_bi_switches(options):
+    """A context that sets module switches of fla_mm.ops.fused_bi (upper-case names only, so
+    that variants of the fused kernel can be compared in one process) and restores them."""
+    import contextlib
+    from unittest import mock
+
+    from fla_mm.ops import fused_bi
+    options = dict(options or {})
+    if not options:
+        return contextlib.nullcontext()
+    valid = sorted(n for n in vars(fused_bi) if n.isupper())
+    bad = sorted(set(options) - set(valid))
+    if bad:
+        raise SystemExit(f'--fused-bi: unknown switch(es) {", ".join(bad)}; valid: '
+                         f'{", ".join(valid)}')
+    return mock.patch.multiple(fused_bi, **options)
 
 
 def _compile_times(args):
@@ -1162,9 +1185,14 @@ def _compile_times(args):
         fwd, bwd, state = ((fb._bi_gla_fwd_kernel, fb._bi_gla_bwd_kernel,
                             fb._bi_gla_seg_state_kernel) if per_channel else
                            (fb._bi_fwd_kernel, fb._bi_bwd_kernel, fb._bi_seg_state_kernel))
+        bwd_meta = meta
+        if per_channel and fb.GLA_BWD_SPLIT:
+            bwd = fb._bi_gla_bwd_split_kernel
+            bwd_meta = {n: m for n, m in meta.items() if n != 'UNROLL'}
         for segmented in (False, True):
             variants = [('forward', fwd, dict(meta, SEGMENTED=segmented), False),
-                        ('backward', bwd, dict(meta, SEGMENTED=segmented, NEED_DG=True), True)]
+                        ('backward', bwd, dict(bwd_meta, SEGMENTED=segmented, NEED_DG=True),
+                         True)]
             if segmented:
                 variants += [('segment states, forward', state, dict(state_meta, BACKWARD=False),
                               False),
@@ -1340,6 +1368,8 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
     import fla_mm  # noqa: F401
+    if args.fused_bi:        # for the whole run; stored with the method
+        fused_bi_switches(args.fused_bi).start()
     cases = dict(mixer=mixer_cases, backbone=backbone_cases, model=model_cases)[args.level](args)
     method = method_info(args, argv)
     print(f"[benchmark] {len(cases)} cases on {method['device']} "

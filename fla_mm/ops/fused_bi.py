@@ -40,10 +40,13 @@ CHUNK = 64        # tokens per chunk
 GLA_STEP = 16     # per-key-channel decay, exact fallback: tokens per [BC, BC, BK] step
 GLA_SAFE = 60.0   # ... taken by chunks that decay by more than exp(-GLA_SAFE) in a channel
 # ... as BT // BC inlined copies of the step (True: the GPU-verified form) or as a loop over
-# them (False). The loop compiles the segmented GLA kernels for sm_90 in 10.8 s instead of
-# 30.3 s (Triton 3.7.1's ptxas on a 2-core CPU machine, `tools/benchmark.py compile`); it passes
-# the interpreter tests and becomes the default once it has passed tests/test_gpu_fused_bi.py.
+# them (False).
 GLA_EXACT_UNROLL = True
+# GLA's backward as twice the programs, each with one state (_bi_gla_bwd_split_kernel).
+# Both switches' other settings compile 2-5x faster and spill less (`tools/benchmark.py
+# compile`, README) and pass the interpreter tests; they stay off until they have passed
+# tests/test_gpu_fused_bi.py and timed faster on a GPU.
+GLA_BWD_SPLIT = False
 
 
 @triton.jit
@@ -553,6 +556,212 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg
         tl.store(dg_tot + ((i_dir * B + i_b) * H + i_h) * K + ck, run_q, mask=ck < K)
 
 
+# ---- GLA backward, split: dq of the own scan and dk, dv of the other scan in separate programs
+# Each program then carries one [BK, BV] state instead of two: the fused backward above uses
+# all 255 registers and spills 10-11 KB per thread (ptxas -v, `tools/benchmark.py compile`).
+# Off (GLA_BWD_SPLIT) until it has been timed and tested on a GPU.
+
+@triton.jit
+def _dg_piece(dg, x, run, slot, pos, m_k, i_b, i_h, B, T, H, K: tl.constexpr,
+              BK: tl.constexpr, EXCLUSIVE: tl.constexpr, SEGMENTED: tl.constexpr):
+    """A chunk's per-token q.dq (slot 2 * direction, EXCLUSIVE running sums) or k.dk (slot
+    2 * direction + 1, inclusive) pieces of the gate gradient; raw with segments."""
+    p, _ = _chunk_ptrs(dg + slot * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+    if SEGMENTED:
+        tl.store(p, x, mask=m_k)
+    elif EXCLUSIVE:
+        tl.store(p, run[None, :] + tl.cumsum(x, 0) - x, mask=m_k)
+    else:
+        tl.store(p, run[None, :] + tl.cumsum(x, 0), mask=m_k)
+
+
+@triton.jit
+def _gla_bwd_own_step_exact(q, k, v, g, do, dq, dg, S, run_q, scale, pos, i_b, i_h, i_dir, B,
+                            T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr, V: tl.constexpr,
+                            BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                            PRECISION: tl.constexpr, NEED_DG: tl.constexpr,
+                            SEGMENTED: tl.constexpr):
+    """The dq half of :func:`_gla_bwd_step_exact`."""
+    ar = tl.arange(0, BC)
+    ck = tl.arange(0, BK)
+    causal = ar[:, None] >= ar[None, :]
+    b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
+    b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
+    b_v, _ = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
+    b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
+    p_g = g + i_dir * sg_d + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
+    C, C_last = _own_decay(p_g, m_k)
+    kf = b_k.to(tl.float32)
+    dA = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
+    M = tl.exp(tl.where(causal[:, :, None], C[:, None, :] - C[None, :, :], float('-inf')))
+    b_dq = tl.sum(dA[:, :, None] * kf[None, :, :] * M, 1)
+    b_dq += tl.exp(C) * tl.dot(b_do.to(tl.float32), tl.trans(S), input_precision=PRECISION)
+    b_dq *= scale
+    p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+    tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
+    b_kd = (b_k * tl.exp(C_last[None, :] - C)).to(b_k.dtype)
+    S = S * tl.exp(C_last)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PRECISION)
+    if NEED_DG:
+        a = b_q.to(tl.float32) * b_dq
+        _dg_piece(dg, a, run_q, 2 * i_dir, pos, m_k, i_b, i_h, B, T, H, K, BK, True, SEGMENTED)
+        run_q += tl.sum(a, 0)
+    return S, run_q
+
+
+@triton.jit
+def _gla_bwd_other_step_exact(q, k, v, g, do, dk, dv, dg, dH, run_k, scale, pos, i_b, i_h,
+                              i_dir, B, T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr,
+                              V: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+                              BV: tl.constexpr, PRECISION: tl.constexpr, NEED_DG: tl.constexpr,
+                              SEGMENTED: tl.constexpr):
+    """The dk, dv half of :func:`_gla_bwd_step_exact` (for the other scan)."""
+    i_oth = 1 - i_dir
+    ar = tl.arange(0, BC)
+    ck = tl.arange(0, BK)
+    anti = ar[:, None] <= ar[None, :]
+    b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
+    b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
+    b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
+    b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
+    p_g = g + i_oth * sg_d + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
+    E, E_tot = _other_decay(p_g, m_k)
+    qf, kf = b_q.to(tl.float32), b_k.to(tl.float32)
+    dA = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
+    N = tl.exp(tl.where(anti[:, :, None], E[None, :, :] - E[:, None, :], float('-inf')))
+    b_dk = tl.sum(dA[:, :, None] * qf[:, None, :] * N, 0)
+    b_dk += tl.exp(E) * tl.dot(b_v.to(tl.float32), tl.trans(dH), input_precision=PRECISION)
+    b_dk *= scale
+    A = tl.sum(qf[:, None, :] * kf[None, :, :] * N, 2)
+    b_dv = tl.dot(tl.trans(A).to(b_do.dtype), b_do, input_precision=PRECISION)
+    b_dv += tl.dot((b_k * tl.exp(E)).to(b_k.dtype), dH.to(b_k.dtype), input_precision=PRECISION)
+    b_dv *= scale
+    p_dk, _ = _chunk_ptrs(dk + i_oth * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+    p_dv, _ = _chunk_ptrs(dv + i_oth * B * T * H * V, i_b, i_h, pos, T, H, V, BV)
+    tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_k)
+    tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
+    b_qd = (b_q * tl.exp(E_tot[None, :] - E)).to(b_q.dtype)
+    dH = dH * tl.exp(E_tot)[:, None] + tl.dot(tl.trans(b_qd), b_do, input_precision=PRECISION)
+    if NEED_DG:
+        b = kf * b_dk
+        _dg_piece(dg, b, run_k, 2 * i_oth + 1, pos, m_k, i_b, i_h, B, T, H, K, BK, False,
+                  SEGMENTED)
+        run_k += tl.sum(b, 0)
+    return dH, run_k
+
+
+@triton.jit
+def _bi_gla_bwd_split_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg_dH,
+                             seg_E, scale, T, H, sg_d, sg_b, sg_t, sg_h, CPS, NSEG,
+                             K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                             BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                             PRECISION: tl.constexpr, NEED_DG: tl.constexpr, SAFE: tl.constexpr,
+                             SEGMENTED: tl.constexpr):
+    """:func:`_bi_gla_bwd_kernel` as twice the programs: axis 1 is 2 * part + direction; part 0
+    sweeps with the own scan's state S and writes dq, part 1 with the other scan's adjoint
+    state dH and writes dk, dv. Same outputs, same buffers."""
+    i_bh, i_pd, i_seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_part, i_dir = i_pd // 2, i_pd % 2
+    i_b, i_h = i_bh // H, i_bh % H
+    i_oth = 1 - i_dir
+    B = tl.num_programs(0) // H
+    NT = tl.cdiv(T, BT)
+    NS: tl.constexpr = BT // BC
+    ar = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    diag = ar[:, None] == ar[None, :]
+    row = i_dir * tl.num_programs(0) + i_bh
+    if i_part == 0:
+        strict = ar[:, None] > ar[None, :]            # [t, s]: s before t
+        S = tl.zeros([BK, BV], dtype=tl.float32)
+        if SEGMENTED:
+            S = _gla_segment_start(S, seg_S, seg_G, row, i_seg, NSEG, BK, BV)
+        run_q = tl.zeros([BK], dtype=tl.float32)
+        for i in range(i_seg * CPS, tl.minimum(i_seg * CPS + CPS, NT)):
+            pos = _sweep_pos(i, i_dir, NT, BT)
+            b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
+            p_g = g + i_dir * sg_d + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
+            C, C_last = _own_decay(p_g, m_k)
+            if tl.min(C_last, 0) > -SAFE:
+                b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
+                b_v, _ = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
+                b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
+                kf = b_k.to(tl.float32)
+                dA = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
+                dA_diag = tl.sum(tl.where(diag, dA, 0.), 1)
+                b_dq = tl.dot(tl.where(strict, dA, 0.), kf * tl.exp(-C),
+                              input_precision=PRECISION)
+                b_dq += tl.dot(b_do.to(tl.float32), tl.trans(S), input_precision=PRECISION)
+                b_dq = (b_dq * tl.exp(C) + dA_diag[:, None] * kf) * scale
+                p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+                tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
+                b_kd = (b_k * tl.exp(C_last[None, :] - C)).to(b_k.dtype)
+                S = S * tl.exp(C_last)[:, None] + tl.dot(tl.trans(b_kd), b_v,
+                                                         input_precision=PRECISION)
+                if NEED_DG:
+                    a = b_q.to(tl.float32) * b_dq
+                    _dg_piece(dg, a, run_q, 2 * i_dir, pos, m_k, i_b, i_h, B, T, H, K, BK, True,
+                              SEGMENTED)
+                    run_q += tl.sum(a, 0)
+            else:
+                for j in range(NS):
+                    pos_j = _sweep_pos(i * NS + j, i_dir, NT * NS, BC)
+                    S, run_q = _gla_bwd_own_step_exact(
+                        q, k, v, g, do, dq, dg, S, run_q, scale, pos_j, i_b, i_h, i_dir, B, T,
+                        H, sg_d, sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION, NEED_DG,
+                        SEGMENTED)
+        if NEED_DG and not SEGMENTED:
+            tl.store(dg_tot + ((i_dir * B + i_b) * H + i_h) * K + ck, run_q, mask=ck < K)
+    else:
+        anti = ar[:, None] <= ar[None, :]
+        later = ar[:, None] < ar[None, :]             # [t, s]: s after t
+        dH = tl.zeros([BK, BV], dtype=tl.float32)
+        if SEGMENTED:
+            dH = _gla_segment_start(dH, seg_dH, seg_E, row, i_seg, NSEG, BK, BV)
+        run_k = tl.zeros([BK], dtype=tl.float32)
+        for i in range(i_seg * CPS, tl.minimum(i_seg * CPS + CPS, NT)):
+            pos = _sweep_pos(i, i_dir, NT, BT)
+            b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
+            p_g = g + i_oth * sg_d + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
+            E, E_tot = _other_decay(p_g, m_k)
+            if tl.min(E_tot, 0) > -SAFE:
+                b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
+                b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
+                b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
+                qf, kf = b_q.to(tl.float32), b_k.to(tl.float32)
+                dA = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
+                dA_diag = tl.sum(tl.where(diag, dA, 0.), 1)
+                q_hat = qf * tl.exp(-E)
+                b_dk = tl.dot(tl.trans(tl.where(later, dA, 0.)), q_hat,
+                              input_precision=PRECISION)
+                b_dk += tl.dot(b_v.to(tl.float32), tl.trans(dH), input_precision=PRECISION)
+                b_dk = (b_dk * tl.exp(E) + dA_diag[:, None] * qf) * scale
+                b_ke = (b_k * tl.exp(E)).to(b_k.dtype)
+                A = tl.dot(q_hat.to(b_q.dtype), tl.trans(b_ke), input_precision=PRECISION)
+                A = tl.where(anti, A, 0.)
+                b_dv = tl.dot(tl.trans(A).to(b_do.dtype), b_do, input_precision=PRECISION)
+                b_dv += tl.dot(b_ke, dH.to(b_k.dtype), input_precision=PRECISION)
+                b_dv *= scale
+                p_dk, _ = _chunk_ptrs(dk + i_oth * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+                p_dv, _ = _chunk_ptrs(dv + i_oth * B * T * H * V, i_b, i_h, pos, T, H, V, BV)
+                tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_k)
+                tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
+                b_qd = (b_q * tl.exp(E_tot[None, :] - E)).to(b_q.dtype)
+                dH = dH * tl.exp(E_tot)[:, None] + tl.dot(tl.trans(b_qd), b_do,
+                                                          input_precision=PRECISION)
+                if NEED_DG:
+                    b = kf * b_dk
+                    _dg_piece(dg, b, run_k, 2 * i_oth + 1, pos, m_k, i_b, i_h, B, T, H, K, BK,
+                              False, SEGMENTED)
+                    run_k += tl.sum(b, 0)
+            else:
+                for j in range(NS):
+                    pos_j = _sweep_pos(i * NS + j, i_dir, NT * NS, BC)
+                    dH, run_k = _gla_bwd_other_step_exact(
+                        q, k, v, g, do, dk, dv, dg, dH, run_k, scale, pos_j, i_b, i_h, i_dir,
+                        B, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION, NEED_DG,
+                        SEGMENTED)
+
+
 def _meta(q, v, per_channel):
     K, V = q.shape[-1], v.shape[-1]
     BK, BV = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
@@ -645,13 +854,17 @@ class _FusedBiDecayAttn(torch.autograd.Function):
         seg_dH, seg_E = _segment_buffers(q, B * H, nseg, meta)
         state_kernel, kernel = ((_bi_gla_seg_state_kernel, _bi_gla_bwd_kernel)
                                 if ctx.per_channel else (_bi_seg_state_kernel, _bi_bwd_kernel))
+        kernel_grid, kernel_meta = grid, meta
+        if ctx.per_channel and GLA_BWD_SPLIT:     # axis 1: 2 * part + direction
+            kernel, kernel_grid = _bi_gla_bwd_split_kernel, (B * H, 4)
+            kernel_meta = {n: m for n, m in meta.items() if n != 'UNROLL'}
         seg_meta = {n: meta[n] for n in ('K', 'V', 'BT', 'BK', 'BV', 'PRECISION')}
         if nseg > 1:
             state_kernel[grid + (nseg - 1,)](
                 q, k, v, g, do, seg_S, seg_G, seg_dH, seg_E, T, H, *g.stride()[:4], cps, nseg,
                 **seg_meta, BACKWARD=True, **_config(meta, True))
-        kernel[grid + (nseg,)](q, k, v, g, do, dq2, dk2, dv2, dg, dg_tot, seg_S, seg_G, seg_dH,
-                               seg_E, ctx.scale, T, H, *g.stride()[:4], cps, nseg, **meta,
+        kernel[kernel_grid + (nseg,)](q, k, v, g, do, dq2, dk2, dv2, dg, dg_tot, seg_S, seg_G, seg_dH,
+                               seg_E, ctx.scale, T, H, *g.stride()[:4], cps, nseg, **kernel_meta,
                                NEED_DG=need_dg, SEGMENTED=nseg > 1, **_config(meta, True))
         dgrad = None
         if need_dg and nseg == 1:
