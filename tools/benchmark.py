@@ -63,6 +63,13 @@ COLUMNS = [  # (key, header) of the markdown table
 
 # ----------------------------------------------------------------------------- arguments
 
+def _add_fused_bi(p):
+    p.add_argument('--fused-bi', type=json.loads, default=None, metavar='JSON',
+                   help='set fla_mm.ops.fused_bi module switches for this run, e.g. '
+                        '\'{"GLA_EXACT_UNROLL": false, "GLA_BWD_SPLIT": true, "BWD_CONFIG": '
+                        '{"num_warps": 8, "num_stages": 2}}\'')
+
+
 def _add_common(p, default_batch):
     p.add_argument('--batch-size', type=int, nargs='+', default=list(default_batch),
                    help='batch size, or several for a sweep')
@@ -85,10 +92,7 @@ def _add_common(p, default_batch):
     p.add_argument('--threads', type=int, default=None,
                    help='torch CPU threads (default: torch\'s own choice)')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--fused-bi', type=json.loads, default=None, metavar='JSON',
-                   help='set fla_mm.ops.fused_bi module switches for this run, e.g. '
-                        '\'{"GLA_BWD_SPLIT": true, "BWD_CONFIG": {"num_warps": 8, '
-                        '"num_stages": 2}}\' (stored with the method)')
+    _add_fused_bi(p)
     p.add_argument('--no-plots', action='store_true')
     p.add_argument('--size-order', choices=['desc', 'asc', 'given'], default='desc',
                    help="order of sizes and batch sizes: FLA's autotune keys leave out L and B, "
@@ -166,9 +170,7 @@ def parse_args(argv=None):
     p.add_argument('--arch', type=int, default=90, help='CUDA compute capability (90: Hopper)')
     p.add_argument('--dtype', choices=list(DTYPES), default='bf16')
     p.add_argument('--head-dim', type=int, default=64)
-    p.add_argument('--fused-bi', type=json.loads, default=None, metavar='JSON',
-                   help='fla_mm.ops.fused_bi switches, e.g. \'{"GLA_EXACT_UNROLL": false, '
-                        '"GLA_BWD_SPLIT": true, "BWD_CONFIG": {"num_warps": 8, "num_stages": 2}}\'')
+    _add_fused_bi(p)
 
     p = sub.add_parser('report', help='merge the results.json of several runs (e.g. runs cut '
                        'off by a time limit) into one table, JSON and plots',
@@ -1181,16 +1183,10 @@ def _compile_times(args):
     for kind in args.kernels:
         per_channel = kind == 'gla'
         meta = fb._meta(torch.empty(1, 1, 1, d, dtype=dtype), torch.empty(1, 1, 1, d), per_channel)
-        state_meta = {n: meta[n] for n in ('K', 'V', 'BT', 'BK', 'BV', 'PRECISION')}
-        fwd, bwd, state = ((fb._bi_gla_fwd_kernel, fb._bi_gla_bwd_kernel,
-                            fb._bi_gla_seg_state_kernel) if per_channel else
-                           (fb._bi_fwd_kernel, fb._bi_bwd_kernel, fb._bi_seg_state_kernel))
-        bwd_meta = meta
-        if per_channel and fb.GLA_BWD_SPLIT:
-            bwd = fb._bi_gla_bwd_split_kernel
-            bwd_meta = {n: m for n, m in meta.items() if n != 'UNROLL'}
+        state, state_meta, fwd, fwd_meta, _ = fb._kernels(meta, per_channel, backward=False)
+        _, _, bwd, bwd_meta, _ = fb._kernels(meta, per_channel, backward=True)
         for segmented in (False, True):
-            variants = [('forward', fwd, dict(meta, SEGMENTED=segmented), False),
+            variants = [('forward', fwd, dict(fwd_meta, SEGMENTED=segmented), False),
                         ('backward', bwd, dict(bwd_meta, SEGMENTED=segmented, NEED_DG=True),
                          True)]
             if segmented:

@@ -576,6 +576,18 @@ def _dg_piece(dg, x, run, slot, pos, m_k, i_b, i_h, B, T, H, K: tl.constexpr,
 
 
 @triton.jit
+def _chunk_dA(k, v, do, i_b, i_h, pos, T, H, diag, K: tl.constexpr, V: tl.constexpr,
+              BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
+    """A chunk's k, v, do tiles (v's mask), dA = do v^T and its diagonal: what both parts of
+    the split backward read first."""
+    b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
+    b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
+    b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
+    dA = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
+    return b_k, b_v, m_v, b_do, dA, tl.sum(tl.where(diag, dA, 0.), 1)
+
+
+@triton.jit
 def _gla_bwd_own_step_exact(q, k, v, g, do, dq, dg, S, run_q, scale, pos, i_b, i_h, i_dir, B,
                             T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr, V: tl.constexpr,
                             BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -682,12 +694,9 @@ def _bi_gla_bwd_split_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_
             p_g = g + i_dir * sg_d + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
             C, C_last = _own_decay(p_g, m_k)
             if tl.min(C_last, 0) > -SAFE:
-                b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
-                b_v, _ = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
-                b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
+                b_k, b_v, _, b_do, dA, dA_diag = _chunk_dA(k, v, do, i_b, i_h, pos, T, H, diag,
+                                                           K, V, BK, BV, PRECISION)
                 kf = b_k.to(tl.float32)
-                dA = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
-                dA_diag = tl.sum(tl.where(diag, dA, 0.), 1)
                 b_dq = tl.dot(tl.where(strict, dA, 0.), kf * tl.exp(-C),
                               input_precision=PRECISION)
                 b_dq += tl.dot(b_do.to(tl.float32), tl.trans(S), input_precision=PRECISION)
@@ -724,12 +733,9 @@ def _bi_gla_bwd_split_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_
             p_g = g + i_oth * sg_d + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
             E, E_tot = _other_decay(p_g, m_k)
             if tl.min(E_tot, 0) > -SAFE:
-                b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
-                b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
-                b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
+                b_k, b_v, m_v, b_do, dA, dA_diag = _chunk_dA(k, v, do, i_b, i_h, pos, T, H,
+                                                             diag, K, V, BK, BV, PRECISION)
                 qf, kf = b_q.to(tl.float32), b_k.to(tl.float32)
-                dA = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
-                dA_diag = tl.sum(tl.where(diag, dA, 0.), 1)
                 q_hat = qf * tl.exp(-E)
                 b_dk = tl.dot(tl.trans(tl.where(later, dA, 0.)), q_hat,
                               input_precision=PRECISION)
@@ -805,6 +811,21 @@ def _segments(T, BT):
     return triton.cdiv(NT, cps), cps
 
 
+def _kernels(meta, per_channel, backward):
+    """What one pass (forward or backward) launches: the segment-state kernel and its
+    constexprs, the main kernel and its constexprs, and the main kernel's programs per
+    (batch x head, segment). Used by the autograd function and by
+    ``tools/benchmark.py compile``."""
+    state = _bi_gla_seg_state_kernel if per_channel else _bi_seg_state_kernel
+    state_meta = {n: meta[n] for n in ('K', 'V', 'BT', 'BK', 'BV', 'PRECISION')}
+    if not backward:
+        return state, state_meta, _bi_gla_fwd_kernel if per_channel else _bi_fwd_kernel, meta, 2
+    if per_channel and GLA_BWD_SPLIT:     # axis 1: 2 * part + direction
+        split_meta = {n: m for n, m in meta.items() if n != 'UNROLL'}
+        return state, state_meta, _bi_gla_bwd_split_kernel, split_meta, 4
+    return state, state_meta, _bi_gla_bwd_kernel if per_channel else _bi_bwd_kernel, meta, 2
+
+
 class _FusedBiDecayAttn(torch.autograd.Function):
     """g: [2, B, T, H] (scalar decay) or [2, B, T, H, K] (per key channel), direction first."""
 
@@ -817,18 +838,16 @@ class _FusedBiDecayAttn(torch.autograd.Function):
             g = g.contiguous()
         meta = _meta(q, v, per_channel)
         o2 = q.new_empty(2, B, T, H, v.shape[-1], dtype=v.dtype)
-        grid = (B * H, 2)
         nseg, cps = _segments(T, meta['BT'])
         seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
-        state_kernel, kernel = ((_bi_gla_seg_state_kernel, _bi_gla_fwd_kernel) if per_channel
-                                else (_bi_seg_state_kernel, _bi_fwd_kernel))
-        seg_meta = {n: meta[n] for n in ('K', 'V', 'BT', 'BK', 'BV', 'PRECISION')}
+        state_kernel, seg_meta, kernel, kernel_meta, programs = _kernels(meta, per_channel, False)
         if nseg > 1:
-            state_kernel[grid + (nseg - 1,)](
+            state_kernel[(B * H, 2, nseg - 1)](
                 q, k, v, g, q, seg_S, seg_G, seg_S, seg_G, T, H, *g.stride()[:4], cps, nseg,
                 **seg_meta, BACKWARD=False, **_config(meta, False))
-        kernel[grid + (nseg,)](q, k, v, g, o2, seg_S, seg_G, scale, T, H, *g.stride()[:4], cps,
-                               nseg, **meta, SEGMENTED=nseg > 1, **_config(meta, False))
+        kernel[(B * H, programs, nseg)](q, k, v, g, o2, seg_S, seg_G, scale, T, H,
+                                        *g.stride()[:4], cps, nseg, **kernel_meta,
+                                        SEGMENTED=nseg > 1, **_config(meta, False))
         ctx.save_for_backward(q, k, v, g)
         ctx.scale, ctx.meta, ctx.per_channel = scale, meta, per_channel
         ctx.segments = nseg, cps          # the backward cuts the sweeps the same way
@@ -848,24 +867,19 @@ class _FusedBiDecayAttn(torch.autograd.Function):
             dg_tot = q.new_empty(2, B, H, *g.shape[4:], dtype=torch.float32)
         else:
             dg = dg_tot = q.new_empty(1)
-        grid = (B * H, 2)
         nseg, cps = ctx.segments
         seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
         seg_dH, seg_E = _segment_buffers(q, B * H, nseg, meta)
-        state_kernel, kernel = ((_bi_gla_seg_state_kernel, _bi_gla_bwd_kernel)
-                                if ctx.per_channel else (_bi_seg_state_kernel, _bi_bwd_kernel))
-        kernel_grid, kernel_meta = grid, meta
-        if ctx.per_channel and GLA_BWD_SPLIT:     # axis 1: 2 * part + direction
-            kernel, kernel_grid = _bi_gla_bwd_split_kernel, (B * H, 4)
-            kernel_meta = {n: m for n, m in meta.items() if n != 'UNROLL'}
-        seg_meta = {n: meta[n] for n in ('K', 'V', 'BT', 'BK', 'BV', 'PRECISION')}
+        state_kernel, seg_meta, kernel, kernel_meta, programs = _kernels(
+            meta, ctx.per_channel, True)
         if nseg > 1:
-            state_kernel[grid + (nseg - 1,)](
+            state_kernel[(B * H, 2, nseg - 1)](
                 q, k, v, g, do, seg_S, seg_G, seg_dH, seg_E, T, H, *g.stride()[:4], cps, nseg,
                 **seg_meta, BACKWARD=True, **_config(meta, True))
-        kernel[kernel_grid + (nseg,)](q, k, v, g, do, dq2, dk2, dv2, dg, dg_tot, seg_S, seg_G, seg_dH,
-                               seg_E, ctx.scale, T, H, *g.stride()[:4], cps, nseg, **kernel_meta,
-                               NEED_DG=need_dg, SEGMENTED=nseg > 1, **_config(meta, True))
+        kernel[(B * H, programs, nseg)](q, k, v, g, do, dq2, dk2, dv2, dg, dg_tot, seg_S, seg_G,
+                                        seg_dH, seg_E, ctx.scale, T, H, *g.stride()[:4], cps,
+                                        nseg, **kernel_meta, NEED_DG=need_dg,
+                                        SEGMENTED=nseg > 1, **_config(meta, True))
         dgrad = None
         if need_dg and nseg == 1:
             # gradient of each direction's log decays: the kernels left the sums (see above)
