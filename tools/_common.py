@@ -73,7 +73,7 @@ def _cpu_dist_backend(cfg):
         return
     cfg.env_cfg.dist_cfg.backend = 'gloo'
     # MMEngine gives DDP device_ids=[LOCAL_RANK], which a CPU module refuses
-    cfg.model_wrapper_cfg = dict(_ddp_wrapper(cfg), device_ids=None)
+    cfg.model_wrapper_cfg = dict(cfg.model_wrapper_cfg, device_ids=None)
     print('fla_mm: no CUDA device, distributed backend nccl -> gloo', flush=True)
     dist.init_process_group('gloo')
 
@@ -93,8 +93,7 @@ def build_runner(cfg):
     """mmseg or mmdet Runner, chosen by the config's default_scope (one code path for both)."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
-    if cfg.get('model_wrapper_cfg') or 'find_unused_parameters' in cfg:
-        cfg.model_wrapper_cfg = _ddp_wrapper(cfg)
+    cfg.model_wrapper_cfg = _ddp_wrapper(cfg)     # MMEngine's own default when none is set
     _cpu_dist_backend(cfg)
     scope = cfg.get('default_scope')
     if scope == 'mmseg':
