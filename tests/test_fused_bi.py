@@ -42,13 +42,6 @@ CASES += [(150, 'shared-strong-gla', 1), (150, 'separate-strong-gla', 1),
           (200, 'separate-strong-gla', 2)]
 # frozen gates (no gradient asked for them): the kernels skip the gate-gradient pieces
 CASES += [(100, 'shared-frozen-gla', 1), (130, 'shared-frozen-gla', 3)]
-import os
-if os.environ.get('EXACT_STEPS_AS_LOOP'):   # the loop form of those steps, on their cases only
-    fused_bi.GLA_EXACT_UNROLL = False
-    CASES = [c for c in CASES if 'strong' in c[1]]
-if os.environ.get('GLA_BWD_SPLIT'):         # GLA's split backward, on every GLA case
-    fused_bi.GLA_BWD_SPLIT = True
-    CASES = [c for c in CASES if c[1].endswith('gla')]
 for T, gates, segments in CASES:
         fused_bi.SEGMENTS = segments
         B, H, K, V = 2, 2, 16, 32
@@ -83,13 +76,8 @@ print('WORST', worst)
 '''
 
 
-@pytest.mark.parametrize('variant', ['default', 'exact-steps-loop', 'gla-split-backward'])
-def test_fused_kernel_matches_two_call_in_triton_interpreter(variant):
+def test_fused_kernel_matches_two_call_in_triton_interpreter():
     env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
-    if variant == 'exact-steps-loop':
-        env['EXACT_STEPS_AS_LOOP'] = '1'
-    elif variant == 'gla-split-backward':
-        env['GLA_BWD_SPLIT'] = '1'
     res = subprocess.run([sys.executable, '-c', INTERPRETED], env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -199,11 +187,14 @@ def test_auto_fuses_the_decay_families():
 
 
 def test_sweeps_are_cut_into_segments_from_4096_tokens(monkeypatch):
-    """By default one segment per sweep below LONG_TOKENS and LONG_SEGMENTS from there (the
-    counts measured fastest); SEGMENTS forces a count; no segment is ever empty."""
+    """By default (scalar decay) one segment per sweep below LONG_TOKENS and LONG_SEGMENTS
+    from there, and one for GLA at every length (the counts measured fastest); SEGMENTS
+    forces a count; no segment is ever empty."""
     from fla_mm.ops import fused_bi
     assert fused_bi.SEGMENTS is None
     assert [fused_bi._segments(T, 64) for T in (1, 1024, 4095, 4096, 16384)] == [
         (1, 1), (1, 16), (1, 64), (8, 8), (8, 32)]
+    assert [fused_bi._segments(T, 64, per_channel=True) for T in (1, 4096, 16384)] == [
+        (1, 1), (1, 64), (1, 256)]
     monkeypatch.setattr(fused_bi, 'SEGMENTS', 6)
     assert [fused_bi._segments(T, 64) for T in (100, 1024, 16384)] == [(2, 1), (6, 3), (6, 43)]

@@ -66,8 +66,7 @@ COLUMNS = [  # (key, header) of the markdown table
 def _add_fused_bi(p):
     p.add_argument('--fused-bi', type=json.loads, default=None, metavar='JSON',
                    help='set fla_mm.ops.fused_bi module switches for this run, e.g. '
-                        '\'{"GLA_EXACT_UNROLL": false, "GLA_BWD_SPLIT": true, "BWD_CONFIG": '
-                        '{"num_warps": 8, "num_stages": 2}}\'')
+                        '\'{"GLA_SAFE": 30.0, "BWD_CONFIG": {"num_warps": 8, "num_stages": 2}}\'')
 
 
 def _add_common(p, default_batch):

@@ -16,18 +16,21 @@ kernel has the same shape: the program that sweeps left to right carries the for
 state (for dq of the forward scan) and the adjoint state of the backward scan (for its dk, dv),
 the other program the mirror image, so each gradient piece is written once. The two
 directions' pieces are summed afterwards (plain adds, deterministic). The gate gradient
-comes from the identity dG_t = q_t . dq_t - k_t . dk_t per direction and a cumsum.
+comes from the identity dG_t = q_t . dq_t - k_t . dk_t per direction and a cumsum. For GLA
+the two states of a backward program are split over two programs (dq; dk and dv), which keeps
+the kernel inside the register file.
 
 Per-key-channel decay (GLA): a 64-token chunk whose channels all decay by less than
 exp(-GLA_SAFE) computes its scores on tensor cores as (q e^C)(k e^-C)^T, masked (e^-C <=
 e^GLA_SAFE cannot overflow fp32/bf16); any other chunk goes in exact 16-token steps whose
 scores are a [16, 16, K] tensor. The branch is per chunk, inside the kernel.
 
-From 4096 tokens (``LONG_TOKENS``) each sweep is cut into ``LONG_SEGMENTS`` runs of chunks,
-one program each, after a small kernel has summed every segment's local state (per key
+With scalar decay, from 4096 tokens (``LONG_TOKENS``) each sweep is cut into
+``LONG_SEGMENTS`` runs of chunks, one program each, after a small kernel has summed every segment's local state (per key
 channel for GLA): more programs for the GPU at the cost of one extra pass over k, v (and q,
 do). It is exact (GPU-tested at 6 segments, uneven on purpose) and measured faster there;
-``SEGMENTS`` overrides the count.
+GLA, whose split backward already has twice the programs, measured fastest with one segment
+at every length. ``SEGMENTS`` overrides the count.
 
 Block sizes are fixed (no autotuning), so the first call compiles two kernels and nothing else.
 The kernels also run under ``TRITON_INTERPRET=1`` on CPU tensors, which is how CI checks them.
@@ -39,14 +42,6 @@ import triton.language as tl
 CHUNK = 64        # tokens per chunk
 GLA_STEP = 16     # per-key-channel decay, exact fallback: tokens per [BC, BC, BK] step
 GLA_SAFE = 60.0   # ... taken by chunks that decay by more than exp(-GLA_SAFE) in a channel
-# ... as BT // BC inlined copies of the step (True: the GPU-verified form) or as a loop over
-# them (False).
-GLA_EXACT_UNROLL = True
-# GLA's backward as twice the programs, each with one state (_bi_gla_bwd_split_kernel).
-# Both switches' other settings compile 2-5x faster and spill less (`tools/benchmark.py
-# compile`, README) and pass the interpreter tests; they stay off until they have passed
-# tests/test_gpu_fused_bi.py and timed faster on a GPU.
-GLA_BWD_SPLIT = False
 
 
 @triton.jit
@@ -344,8 +339,7 @@ def _gla_fwd_step_exact(q, k, v, g, o_dir, S, scale, pos, i_b, i_h, i_dir, T, H,
 def _bi_gla_fwd_kernel(q, k, v, g, o, seg_S, seg_G, scale, T, H, sg_d, sg_b, sg_t, sg_h, CPS,
                        NSEG, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                        BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                       PRECISION: tl.constexpr, SAFE: tl.constexpr, SEGMENTED: tl.constexpr,
-                       UNROLL: tl.constexpr):
+                       PRECISION: tl.constexpr, SAFE: tl.constexpr, SEGMENTED: tl.constexpr):
     """:func:`_bi_fwd_kernel` with per-key-channel decays g [2, B, T, H, K] (GLA).
 
     A chunk whose channels all decay by less than exp(-SAFE) in total takes the tensor-core
@@ -382,184 +376,18 @@ def _bi_gla_fwd_kernel(q, k, v, g, o, seg_S, seg_G, scale, T, H, sg_d, sg_b, sg_
             b_kd = (b_k * tl.exp(C_last[None, :] - C)).to(b_k.dtype)
             S = S * tl.exp(C_last)[:, None] + tl.dot(tl.trans(b_kd), b_v,
                                                      input_precision=PRECISION)
-        elif UNROLL:
-            for j in tl.static_range(NS):
-                pos_j = _sweep_pos(i * NS + j, i_dir, NT * NS, BC)
-                S = _gla_fwd_step_exact(q, k, v, g, o_dir, S, scale, pos_j, i_b, i_h, i_dir, T,
-                                        H, sg_d, sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION)
         else:
-            for j in range(NS):
+            for j in range(NS):     # a loop, not inlined copies: 3x faster compile, fewer spills
                 pos_j = _sweep_pos(i * NS + j, i_dir, NT * NS, BC)
                 S = _gla_fwd_step_exact(q, k, v, g, o_dir, S, scale, pos_j, i_b, i_h, i_dir, T,
                                         H, sg_d, sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION)
 
 
-@triton.jit
-def _gla_bwd_step_exact(q, k, v, g, do, dq, dk, dv, dg, S, dH, run_q, run_k, scale, pos, i_b,
-                        i_h, i_dir, B, T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr,
-                        V: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                        PRECISION: tl.constexpr, NEED_DG: tl.constexpr,
-                        SEGMENTED: tl.constexpr):
-    """One BC-token step of the GLA backward sweep, exact for any decay ([BC, BC, BK])."""
-    i_oth = 1 - i_dir
-    ar = tl.arange(0, BC)
-    ck = tl.arange(0, BK)
-    causal = ar[:, None] >= ar[None, :]
-    anti = ar[:, None] <= ar[None, :]
-    b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
-    b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
-    b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
-    b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
-    p_g = g + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
-    C, C_last = _own_decay(p_g + i_dir * sg_d, m_k)
-    E, E_tot = _other_decay(p_g + i_oth * sg_d, m_k)
-    qf, kf = b_q.to(tl.float32), b_k.to(tl.float32)
-    dA = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)    # do_t . v_s
-    M = tl.exp(tl.where(causal[:, :, None], C[:, None, :] - C[None, :, :], float('-inf')))
-    b_dq = tl.sum(dA[:, :, None] * kf[None, :, :] * M, 1)
-    b_dq += tl.exp(C) * tl.dot(b_do.to(tl.float32), tl.trans(S), input_precision=PRECISION)
-    b_dq *= scale
-    p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
-    tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
-    b_kd = (b_k * tl.exp(C_last[None, :] - C)).to(b_k.dtype)
-    S = S * tl.exp(C_last)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PRECISION)
-    N = tl.exp(tl.where(anti[:, :, None], E[None, :, :] - E[:, None, :], float('-inf')))
-    b_dk = tl.sum(dA[:, :, None] * qf[:, None, :] * N, 0)
-    b_dk += tl.exp(E) * tl.dot(b_v.to(tl.float32), tl.trans(dH), input_precision=PRECISION)
-    b_dk *= scale
-    A = tl.sum(qf[:, None, :] * kf[None, :, :] * N, 2)
-    b_dv = tl.dot(tl.trans(A).to(b_do.dtype), b_do, input_precision=PRECISION)
-    b_dv += tl.dot((b_k * tl.exp(E)).to(b_k.dtype), dH.to(b_k.dtype), input_precision=PRECISION)
-    b_dv *= scale
-    _store_bwd_pieces(dk, dv, dg, b_dk, b_dv, qf * b_dq, kf * b_dk, run_q, run_k, pos, m_k, m_v,
-                      i_b, i_h, i_dir, B, T, H, K, V, BK, BV, NEED_DG, SEGMENTED)
-    b_qd = (b_q * tl.exp(E_tot[None, :] - E)).to(b_q.dtype)
-    dH = dH * tl.exp(E_tot)[:, None] + tl.dot(tl.trans(b_qd), b_do, input_precision=PRECISION)
-    if NEED_DG:
-        run_q += tl.sum(qf * b_dq, 0)
-        run_k += tl.sum(kf * b_dk, 0)
-    return S, dH, run_q, run_k
-
-
-@triton.jit
-def _store_bwd_pieces(dk, dv, dg, b_dk, b_dv, a, b, run_q, run_k, pos, m_k, m_v, i_b, i_h,
-                      i_dir, B, T, H, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
-                      BV: tl.constexpr, NEED_DG: tl.constexpr, SEGMENTED: tl.constexpr):
-    """dk, dv of the other scan, and the running sums of q.dq (a) and k.dk (b) per channel
-    (with segments: a and b per token, summed afterwards)."""
-    i_oth = 1 - i_dir
-    p_dk, _ = _chunk_ptrs(dk + i_oth * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
-    p_dv, _ = _chunk_ptrs(dv + i_oth * B * T * H * V, i_b, i_h, pos, T, H, V, BV)
-    tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_k)
-    tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
-    if NEED_DG:
-        p_dg, _ = _chunk_ptrs(dg, i_b, i_h, pos, T, H, K, BK)
-        if SEGMENTED:
-            tl.store(p_dg + (i_dir * 2) * B * T * H * K, a, mask=m_k)
-            tl.store(p_dg + (i_oth * 2 + 1) * B * T * H * K, b, mask=m_k)
-        else:
-            tl.store(p_dg + (i_dir * 2) * B * T * H * K, run_q[None, :] + tl.cumsum(a, 0) - a,
-                     mask=m_k)
-            tl.store(p_dg + (i_oth * 2 + 1) * B * T * H * K, run_k[None, :] + tl.cumsum(b, 0),
-                     mask=m_k)
-
-
-@triton.jit
-def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg_dH, seg_E,
-                       scale, T, H, sg_d, sg_b, sg_t, sg_h, CPS, NSEG, K: tl.constexpr,
-                       V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-                       BV: tl.constexpr, PRECISION: tl.constexpr, NEED_DG: tl.constexpr,
-                       SAFE: tl.constexpr, SEGMENTED: tl.constexpr, UNROLL: tl.constexpr):
-    """:func:`_bi_bwd_kernel` with per-key-channel decays; dg is [2, 2, B, T, H, K] and
-    dg_tot [2, B, H, K]. Chunks whose own and other decays both stay above exp(-SAFE) use
-    the factorised tensor-core form (as the forward); the others go in exact BC-token steps."""
-    i_bh, i_dir, i_seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // H, i_bh % H
-    i_oth = 1 - i_dir
-    B = tl.num_programs(0) // H
-    NT = tl.cdiv(T, BT)
-    NS: tl.constexpr = BT // BC
-    ar = tl.arange(0, BT)
-    ck = tl.arange(0, BK)
-    anti = ar[:, None] <= ar[None, :]
-    strict = ar[:, None] > ar[None, :]            # [t, s]: s before t
-    later = ar[:, None] < ar[None, :]             # [t, s]: s after t
-    diag = ar[:, None] == ar[None, :]
-    S = tl.zeros([BK, BV], dtype=tl.float32)
-    dH = tl.zeros([BK, BV], dtype=tl.float32)
-    if SEGMENTED:
-        row = i_dir * tl.num_programs(0) + i_bh
-        S = _gla_segment_start(S, seg_S, seg_G, row, i_seg, NSEG, BK, BV)
-        dH = _gla_segment_start(dH, seg_dH, seg_E, row, i_seg, NSEG, BK, BV)
-    run_q = tl.zeros([BK], dtype=tl.float32)
-    run_k = tl.zeros([BK], dtype=tl.float32)
-    for i in range(i_seg * CPS, tl.minimum(i_seg * CPS + CPS, NT)):
-        pos = _sweep_pos(i, i_dir, NT, BT)
-        b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
-        p_g = g + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
-        C, C_last = _own_decay(p_g + i_dir * sg_d, m_k)
-        E, E_tot = _other_decay(p_g + i_oth * sg_d, m_k)
-        if tl.minimum(tl.min(C_last, 0), tl.min(E_tot, 0)) > -SAFE:
-            b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
-            b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
-            b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
-            qf, kf = b_q.to(tl.float32), b_k.to(tl.float32)
-            dA = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
-            # the diagonal (s = t, no decay) is added exactly, outside the factorised dots: its
-            # q.dq and k.dk terms cancel in dg, and TF32 rounding of k exp(-C) (16-bit inputs)
-            # would leave ~5e-4 of each behind (at T=1, where the true dg is 0, all of it)
-            dA_diag = tl.sum(tl.where(diag, dA, 0.), 1)
-            # own scan: dq = exp(C) * ((dA strictly below the diagonal) (k exp(-C)) + do S^T)
-            b_dq = tl.dot(tl.where(strict, dA, 0.), kf * tl.exp(-C), input_precision=PRECISION)
-            b_dq += tl.dot(b_do.to(tl.float32), tl.trans(S), input_precision=PRECISION)
-            b_dq = (b_dq * tl.exp(C) + dA_diag[:, None] * kf) * scale
-            p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
-            tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
-            b_kd = (b_k * tl.exp(C_last[None, :] - C)).to(b_k.dtype)
-            S = S * tl.exp(C_last)[:, None] + tl.dot(tl.trans(b_kd), b_v,
-                                                     input_precision=PRECISION)
-            # other scan: decay exp(E_s - E_t) = exp(E_s) exp(-E_t), t <= s
-            q_hat = qf * tl.exp(-E)
-            b_dk = tl.dot(tl.trans(tl.where(later, dA, 0.)), q_hat, input_precision=PRECISION)
-            b_dk += tl.dot(b_v.to(tl.float32), tl.trans(dH), input_precision=PRECISION)
-            b_dk = (b_dk * tl.exp(E) + dA_diag[:, None] * qf) * scale
-            b_ke = (b_k * tl.exp(E)).to(b_k.dtype)
-            A = tl.dot(q_hat.to(b_q.dtype), tl.trans(b_ke), input_precision=PRECISION)
-            A = tl.where(anti, A, 0.)
-            b_dv = tl.dot(tl.trans(A).to(b_do.dtype), b_do, input_precision=PRECISION)
-            b_dv += tl.dot(b_ke, dH.to(b_k.dtype), input_precision=PRECISION)
-            b_dv *= scale
-            _store_bwd_pieces(dk, dv, dg, b_dk, b_dv, qf * b_dq, kf * b_dk, run_q, run_k, pos,
-                              m_k, m_v, i_b, i_h, i_dir, B, T, H, K, V, BK, BV, NEED_DG,
-                              SEGMENTED)
-            b_qd = (b_q * tl.exp(E_tot[None, :] - E)).to(b_q.dtype)
-            dH = dH * tl.exp(E_tot)[:, None] + tl.dot(tl.trans(b_qd), b_do,
-                                                      input_precision=PRECISION)
-            if NEED_DG:
-                run_q += tl.sum(qf * b_dq, 0)
-                run_k += tl.sum(kf * b_dk, 0)
-        elif UNROLL:
-            for j in tl.static_range(NS):
-                pos_j = _sweep_pos(i * NS + j, i_dir, NT * NS, BC)
-                S, dH, run_q, run_k = _gla_bwd_step_exact(
-                    q, k, v, g, do, dq, dk, dv, dg, S, dH, run_q, run_k, scale, pos_j, i_b, i_h,
-                    i_dir, B, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION, NEED_DG,
-                    SEGMENTED)
-        else:
-            for j in range(NS):
-                pos_j = _sweep_pos(i * NS + j, i_dir, NT * NS, BC)
-                S, dH, run_q, run_k = _gla_bwd_step_exact(
-                    q, k, v, g, do, dq, dk, dv, dg, S, dH, run_q, run_k, scale, pos_j, i_b, i_h,
-                    i_dir, B, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION, NEED_DG,
-                    SEGMENTED)
-    if NEED_DG and not SEGMENTED:
-        tl.store(dg_tot + ((i_dir * B + i_b) * H + i_h) * K + ck, run_q, mask=ck < K)
-
-
-# ---- GLA backward, split: dq of the own scan and dk, dv of the other scan in separate programs
-# Each program then carries one [BK, BV] state instead of two: the fused backward above uses
-# all 255 registers and spills 10-11 KB per thread (ptxas -v, `tools/benchmark.py compile`).
-# Off (GLA_BWD_SPLIT) until it has been timed and tested on a GPU.
+# ---- GLA backward: dq of the own scan and dk, dv of the other scan in separate programs,
+# each carrying one [BK, BV] state. One program carrying both (as the scalar-decay backward
+# does) used all 255 registers and spilled 10-11 KB per thread (ptxas -v, `tools/benchmark.py
+# compile`); split, GLA's forward+backward ran 1.3x faster at 4096 and 16384 tokens on an
+# H200 (README).
 
 @triton.jit
 def _dg_piece(dg, x, run, slot, pos, m_k, i_b, i_h, B, T, H, K: tl.constexpr,
@@ -579,7 +407,7 @@ def _dg_piece(dg, x, run, slot, pos, m_k, i_b, i_h, B, T, H, K: tl.constexpr,
 def _chunk_dA(k, v, do, i_b, i_h, pos, T, H, diag, K: tl.constexpr, V: tl.constexpr,
               BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
     """A chunk's k, v, do tiles (v's mask), dA = do v^T and its diagonal: what both parts of
-    the split backward read first."""
+    the GLA backward read first."""
     b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
     b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
     b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
@@ -593,7 +421,7 @@ def _gla_bwd_own_step_exact(q, k, v, g, do, dq, dg, S, run_q, scale, pos, i_b, i
                             BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                             PRECISION: tl.constexpr, NEED_DG: tl.constexpr,
                             SEGMENTED: tl.constexpr):
-    """The dq half of :func:`_gla_bwd_step_exact`."""
+    """One BC-token step of the dq sweep, exact for any decay ([BC, BC, BK])."""
     ar = tl.arange(0, BC)
     ck = tl.arange(0, BK)
     causal = ar[:, None] >= ar[None, :]
@@ -626,7 +454,7 @@ def _gla_bwd_other_step_exact(q, k, v, g, do, dk, dv, dg, dH, run_k, scale, pos,
                               V: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
                               BV: tl.constexpr, PRECISION: tl.constexpr, NEED_DG: tl.constexpr,
                               SEGMENTED: tl.constexpr):
-    """The dk, dv half of :func:`_gla_bwd_step_exact` (for the other scan)."""
+    """One BC-token step of the dk, dv sweep (of the other scan), exact for any decay."""
     i_oth = 1 - i_dir
     ar = tl.arange(0, BC)
     ck = tl.arange(0, BK)
@@ -662,15 +490,16 @@ def _gla_bwd_other_step_exact(q, k, v, g, do, dk, dv, dg, dH, run_k, scale, pos,
 
 
 @triton.jit
-def _bi_gla_bwd_split_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg_dH,
+def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg_dH,
                              seg_E, scale, T, H, sg_d, sg_b, sg_t, sg_h, CPS, NSEG,
                              K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                              BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                              PRECISION: tl.constexpr, NEED_DG: tl.constexpr, SAFE: tl.constexpr,
                              SEGMENTED: tl.constexpr):
-    """:func:`_bi_gla_bwd_kernel` as twice the programs: axis 1 is 2 * part + direction; part 0
-    sweeps with the own scan's state S and writes dq, part 1 with the other scan's adjoint
-    state dH and writes dk, dv. Same outputs, same buffers."""
+    """:func:`_bi_bwd_kernel` for per-key-channel decays, as twice the programs: axis 1 is
+    2 * part + direction; part 0 sweeps with the own scan's state S and writes dq, part 1
+    with the other scan's adjoint state dH and writes dk, dv. dg is [2, 2, B, T, H, K] and
+    dg_tot [2, B, H, K]; chunks that decay past exp(-SAFE) go in BC-token exact steps."""
     i_bh, i_pd, i_seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_part, i_dir = i_pd // 2, i_pd % 2
     i_b, i_h = i_bh // H, i_bh % H
@@ -776,7 +605,7 @@ def _meta(q, v, per_channel):
     meta = dict(K=K, V=V, BT=CHUNK, BK=BK, BV=BV,
                 PRECISION='ieee' if q.dtype == torch.float32 else 'tf32')
     if per_channel:
-        meta.update(BC=GLA_STEP, SAFE=GLA_SAFE, UNROLL=GLA_EXACT_UNROLL)
+        meta.update(BC=GLA_STEP, SAFE=GLA_SAFE)
     return meta
 
 
@@ -793,19 +622,20 @@ def _config(meta, backward):
     return cfg
 
 
-# Segments per sweep. None (default): by sequence length, as measured on an H200 (B=8, H=6,
-# d=64, bf16, forward+backward; README): one segment is fastest at 1024 tokens (GLA 0.89 ms
-# against 1.0-1.3 ms with 2-8), eight at 4096 (GLA 2.54 ms against 3.47 ms with one) and at
-# 16384 (GLA 9.4 against 13.8, simple_gla 3.4 against 4.5, RetNet 2.7 against 3.6 ms).
+# Segments per sweep. None (default): as measured on an H200 (B=8, H=6, d=64, bf16,
+# forward+backward; README). Scalar decay: one below 4096 tokens, eight from there
+# (simple_gla 3.4 against 4.5 ms at 16384, RetNet 2.7 against 3.6). GLA: one at every length
+# (1.09 / 1.91 / 7.54 ms at 1024 / 4096 / 16384 tokens against 1.32 / 2.12 / 7.84 with eight).
 # An int forces that many (tests, tools/benchmark.py --fused-segments).
 SEGMENTS = None
 LONG_TOKENS, LONG_SEGMENTS = 4096, 8
 
 
-def _segments(T, BT):
+def _segments(T, BT, per_channel=False):
     """(segments, chunks per segment) for a sequence of T tokens, no segment empty."""
     NT = triton.cdiv(T, BT)
-    want = SEGMENTS if SEGMENTS is not None else LONG_SEGMENTS if T >= LONG_TOKENS else 1
+    want = (SEGMENTS if SEGMENTS is not None else 1 if per_channel
+            else LONG_SEGMENTS if T >= LONG_TOKENS else 1)
     n = max(1, min(want, NT))
     cps = triton.cdiv(NT, n)
     return triton.cdiv(NT, cps), cps
@@ -820,10 +650,9 @@ def _kernels(meta, per_channel, backward):
     state_meta = {n: meta[n] for n in ('K', 'V', 'BT', 'BK', 'BV', 'PRECISION')}
     if not backward:
         return state, state_meta, _bi_gla_fwd_kernel if per_channel else _bi_fwd_kernel, meta, 2
-    if per_channel and GLA_BWD_SPLIT:     # axis 1: 2 * part + direction
-        split_meta = {n: m for n, m in meta.items() if n != 'UNROLL'}
-        return state, state_meta, _bi_gla_bwd_split_kernel, split_meta, 4
-    return state, state_meta, _bi_gla_bwd_kernel if per_channel else _bi_bwd_kernel, meta, 2
+    if per_channel:                       # axis 1: 2 * part + direction
+        return state, state_meta, _bi_gla_bwd_kernel, meta, 4
+    return state, state_meta, _bi_bwd_kernel, meta, 2
 
 
 class _FusedBiDecayAttn(torch.autograd.Function):
@@ -838,7 +667,7 @@ class _FusedBiDecayAttn(torch.autograd.Function):
             g = g.contiguous()
         meta = _meta(q, v, per_channel)
         o2 = q.new_empty(2, B, T, H, v.shape[-1], dtype=v.dtype)
-        nseg, cps = _segments(T, meta['BT'])
+        nseg, cps = _segments(T, meta['BT'], per_channel)
         seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
         state_kernel, seg_meta, kernel, kernel_meta, programs = _kernels(meta, per_channel, False)
         if nseg > 1:
