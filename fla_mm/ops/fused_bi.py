@@ -26,11 +26,11 @@ e^GLA_SAFE cannot overflow fp32/bf16); any other chunk goes in exact 16-token st
 scores are a [16, 16, K] tensor. The branch is per chunk, inside the kernel.
 
 With scalar decay, from 4096 tokens (``LONG_TOKENS``) each sweep is cut into
-``LONG_SEGMENTS`` runs of chunks, one program each, after a small kernel has summed every segment's local state (per key
-channel for GLA): more programs for the GPU at the cost of one extra pass over k, v (and q,
-do). It is exact (GPU-tested at 6 segments, uneven on purpose) and measured faster there;
-GLA, whose split backward already has twice the programs, measured fastest with one segment
-at every length. ``SEGMENTS`` overrides the count.
+``LONG_SEGMENTS`` runs of chunks, one program each, after a small kernel has summed every
+segment's local state (per key channel for GLA): more programs for the GPU at the cost of
+one extra pass over k, v (and q, do). It is exact (GPU-tested at 6 segments, uneven on
+purpose) and measured faster there; GLA, whose split backward already has twice the
+programs, measured fastest with one segment at every length. ``SEGMENTS`` overrides the count.
 
 Block sizes are fixed (no autotuning), so the first call compiles two kernels and nothing else.
 The kernels also run under ``TRITON_INTERPRET=1`` on CPU tensors, which is how CI checks them.
