@@ -42,6 +42,10 @@ CASES += [(150, 'shared-strong-gla', 1), (150, 'separate-strong-gla', 1),
           (200, 'separate-strong-gla', 2)]
 # frozen gates (no gradient asked for them): the kernels skip the gate-gradient pieces
 CASES += [(100, 'shared-frozen-gla', 1), (130, 'shared-frozen-gla', 3)]
+import os
+if os.environ.get('GLA_DG_ATOMIC'):         # GLA's gate-gradient pieces by atomic adds
+    fused_bi.GLA_DG_ATOMIC = True
+    CASES = [c for c in CASES if c[1].endswith('gla')]
 for T, gates, segments in CASES:
         fused_bi.SEGMENTS = segments
         B, H, K, V = 2, 2, 16, 32
@@ -76,8 +80,11 @@ print('WORST', worst)
 '''
 
 
-def test_fused_kernel_matches_two_call_in_triton_interpreter():
+@pytest.mark.parametrize('variant', ['default', 'gla-dg-atomic'])
+def test_fused_kernel_matches_two_call_in_triton_interpreter(variant):
     env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
+    if variant == 'gla-dg-atomic':
+        env['GLA_DG_ATOMIC'] = '1'
     res = subprocess.run([sys.executable, '-c', INTERPRETED], env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]

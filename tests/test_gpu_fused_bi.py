@@ -189,3 +189,29 @@ def test_fused_gla_exact_steps(dtype, gates, L):
                f'vs reference={e_ref:.2e} ({name})  (two-call vs reference={e_two:.2e} '
                f'({name_two}))')
     assert e_ref < TOL[dtype], (gates, dtype, L, e_ref, e_two)
+
+
+@pytest.mark.parametrize('segments', [1, 6])
+@pytest.mark.parametrize('L', [1, 100, 3136, 16384])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
+def test_fused_gla_dg_atomic(dtype, L, segments, monkeypatch):
+    """fused_bi.GLA_DG_ATOMIC (off until this passes): the gate-gradient pieces by atomic
+    adds into one buffer per direction compute the same gradients as the default."""
+    from fla_mm.ops import fused_bi
+    gen = torch.Generator(device='cuda').manual_seed(L)
+    r = (lambda *s: torch.randn(*s, device='cuda', generator=gen))
+    leaves = [r(B, L, H, D), r(B, L, H, D), r(B, L, H, D),
+              F.logsigmoid(r(B, L, H, D) + 3) / 4, F.logsigmoid(r(B, L, H, D) + 3) / 4]
+    do = r(B, L, H, D)
+    fn = (lambda q, k, v, gf, gb: ops.bi_decay_attn(q, k, v, gf, gb, kernel='fused'))
+    monkeypatch.setattr(fused_bi, 'SEGMENTS', segments)
+    default = _run(fn, leaves, 'separate-gla', dtype, do)
+    monkeypatch.setattr(fused_bi, 'GLA_DG_ATOMIC', True)
+    atomic = _run(fn, leaves, 'separate-gla', dtype, do)
+    again = _run(fn, leaves, 'separate-gla', dtype, do)
+    e_ref, name = _worst_named(*atomic, *_reference_run(leaves, 'separate-gla', dtype, do))
+    e_default = _worst(*atomic, *default)
+    gpu_report(f'\nfused_bi gla dg atomic segments={segments} {str(dtype)[6:]:9s} L={L:6d}  '
+               f'vs reference={e_ref:.2e} ({name})  vs default={e_default:.2e}')
+    assert all(torch.equal(a, b) for a, b in zip(atomic[1], again[1]))   # deterministic
+    assert e_ref < TOL[dtype], (dtype, L, segments, e_ref)

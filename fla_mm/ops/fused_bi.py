@@ -42,6 +42,11 @@ import triton.language as tl
 CHUNK = 64        # tokens per chunk
 GLA_STEP = 16     # per-key-channel decay, exact fallback: tokens per [BC, BC, BK] step
 GLA_SAFE = 60.0   # ... taken by chunks that decay by more than exp(-GLA_SAFE) in a channel
+# GLA's gate-gradient pieces: False, four fp32 buffers [2, 2, B, T, H, K] (GPU-verified);
+# True, two, filled by atomic adds, and the gradient made in place: 768 MiB less at the
+# backward's peak at B=8, 16384 tokens, H=6, K=64 (estimate, of 2784 MiB measured). Interpreter-tested; on once it has passed
+# tests/test_gpu_fused_bi.py and been measured on a GPU.
+GLA_DG_ATOMIC = False
 
 
 @triton.jit
@@ -391,16 +396,31 @@ def _bi_gla_fwd_kernel(q, k, v, g, o, seg_S, seg_G, scale, T, H, sg_d, sg_b, sg_
 
 @triton.jit
 def _dg_piece(dg, x, run, slot, pos, m_k, i_b, i_h, B, T, H, K: tl.constexpr,
-              BK: tl.constexpr, EXCLUSIVE: tl.constexpr, SEGMENTED: tl.constexpr):
+              BK: tl.constexpr, EXCLUSIVE: tl.constexpr, SEGMENTED: tl.constexpr,
+              DG_ATOMIC: tl.constexpr):
     """A chunk's per-token q.dq (slot 2 * direction, EXCLUSIVE running sums) or k.dk (slot
-    2 * direction + 1, inclusive) pieces of the gate gradient; raw with segments."""
-    p, _ = _chunk_ptrs(dg + slot * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
-    if SEGMENTED:
-        tl.store(p, x, mask=m_k)
-    elif EXCLUSIVE:
-        tl.store(p, run[None, :] + tl.cumsum(x, 0) - x, mask=m_k)
+    2 * direction + 1, inclusive) pieces of the gate gradient; raw with segments.
+
+    DG_ATOMIC: both pieces of a direction are added into one zeroed buffer per direction
+    (q.dq - k.dk per token with segments, the sum of the running sums without): half the
+    buffer. Exactly two adds land on each zero, and a + b == b + a in floating point, so the
+    result does not depend on which program comes first."""
+    if DG_ATOMIC:
+        p, _ = _chunk_ptrs(dg + (slot // 2) * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+        if SEGMENTED:
+            tl.atomic_add(p, x if EXCLUSIVE else -x, mask=m_k)
+        elif EXCLUSIVE:
+            tl.atomic_add(p, run[None, :] + tl.cumsum(x, 0) - x, mask=m_k)
+        else:
+            tl.atomic_add(p, run[None, :] + tl.cumsum(x, 0), mask=m_k)
     else:
-        tl.store(p, run[None, :] + tl.cumsum(x, 0), mask=m_k)
+        p, _ = _chunk_ptrs(dg + slot * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+        if SEGMENTED:
+            tl.store(p, x, mask=m_k)
+        elif EXCLUSIVE:
+            tl.store(p, run[None, :] + tl.cumsum(x, 0) - x, mask=m_k)
+        else:
+            tl.store(p, run[None, :] + tl.cumsum(x, 0), mask=m_k)
 
 
 @triton.jit
@@ -420,7 +440,7 @@ def _gla_bwd_own_step_exact(q, k, v, g, do, dq, dg, S, run_q, scale, pos, i_b, i
                             T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr, V: tl.constexpr,
                             BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                             PRECISION: tl.constexpr, NEED_DG: tl.constexpr,
-                            SEGMENTED: tl.constexpr):
+                            SEGMENTED: tl.constexpr, DG_ATOMIC: tl.constexpr):
     """One BC-token step of the dq sweep, exact for any decay ([BC, BC, BK])."""
     ar = tl.arange(0, BC)
     ck = tl.arange(0, BK)
@@ -443,7 +463,8 @@ def _gla_bwd_own_step_exact(q, k, v, g, do, dq, dg, S, run_q, scale, pos, i_b, i
     S = S * tl.exp(C_last)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PRECISION)
     if NEED_DG:
         a = b_q.to(tl.float32) * b_dq
-        _dg_piece(dg, a, run_q, 2 * i_dir, pos, m_k, i_b, i_h, B, T, H, K, BK, True, SEGMENTED)
+        _dg_piece(dg, a, run_q, 2 * i_dir, pos, m_k, i_b, i_h, B, T, H, K, BK, True, SEGMENTED,
+                  DG_ATOMIC)
         run_q += tl.sum(a, 0)
     return S, run_q
 
@@ -453,7 +474,7 @@ def _gla_bwd_other_step_exact(q, k, v, g, do, dk, dv, dg, dH, run_k, scale, pos,
                               i_dir, B, T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr,
                               V: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
                               BV: tl.constexpr, PRECISION: tl.constexpr, NEED_DG: tl.constexpr,
-                              SEGMENTED: tl.constexpr):
+                              SEGMENTED: tl.constexpr, DG_ATOMIC: tl.constexpr):
     """One BC-token step of the dk, dv sweep (of the other scan), exact for any decay."""
     i_oth = 1 - i_dir
     ar = tl.arange(0, BC)
@@ -484,18 +505,17 @@ def _gla_bwd_other_step_exact(q, k, v, g, do, dk, dv, dg, dH, run_k, scale, pos,
     if NEED_DG:
         b = kf * b_dk
         _dg_piece(dg, b, run_k, 2 * i_oth + 1, pos, m_k, i_b, i_h, B, T, H, K, BK, False,
-                  SEGMENTED)
+                  SEGMENTED, DG_ATOMIC)
         run_k += tl.sum(b, 0)
     return dH, run_k
 
 
 @triton.jit
-def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg_dH,
-                             seg_E, scale, T, H, sg_d, sg_b, sg_t, sg_h, CPS, NSEG,
-                             K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                             BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                             PRECISION: tl.constexpr, NEED_DG: tl.constexpr, SAFE: tl.constexpr,
-                             SEGMENTED: tl.constexpr):
+def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg_dH, seg_E,
+                       scale, T, H, sg_d, sg_b, sg_t, sg_h, CPS, NSEG, K: tl.constexpr,
+                       V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+                       BV: tl.constexpr, PRECISION: tl.constexpr, NEED_DG: tl.constexpr,
+                       SAFE: tl.constexpr, SEGMENTED: tl.constexpr, DG_ATOMIC: tl.constexpr):
     """:func:`_bi_bwd_kernel` for per-key-channel decays, as twice the programs: axis 1 is
     2 * part + direction; part 0 sweeps with the own scan's state S and writes dq, part 1
     with the other scan's adjoint state dH and writes dk, dv. dg is [2, 2, B, T, H, K] and
@@ -538,7 +558,7 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg
                 if NEED_DG:
                     a = b_q.to(tl.float32) * b_dq
                     _dg_piece(dg, a, run_q, 2 * i_dir, pos, m_k, i_b, i_h, B, T, H, K, BK, True,
-                              SEGMENTED)
+                              SEGMENTED, DG_ATOMIC)
                     run_q += tl.sum(a, 0)
             else:
                 for j in range(NS):
@@ -546,7 +566,7 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg
                     S, run_q = _gla_bwd_own_step_exact(
                         q, k, v, g, do, dq, dg, S, run_q, scale, pos_j, i_b, i_h, i_dir, B, T,
                         H, sg_d, sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION, NEED_DG,
-                        SEGMENTED)
+                        SEGMENTED, DG_ATOMIC)
         if NEED_DG and not SEGMENTED:
             tl.store(dg_tot + ((i_dir * B + i_b) * H + i_h) * K + ck, run_q, mask=ck < K)
     else:
@@ -586,7 +606,7 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg
                 if NEED_DG:
                     b = kf * b_dk
                     _dg_piece(dg, b, run_k, 2 * i_oth + 1, pos, m_k, i_b, i_h, B, T, H, K, BK,
-                              False, SEGMENTED)
+                              False, SEGMENTED, DG_ATOMIC)
                     run_k += tl.sum(b, 0)
             else:
                 for j in range(NS):
@@ -594,7 +614,7 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg
                     dH, run_k = _gla_bwd_other_step_exact(
                         q, k, v, g, do, dk, dv, dg, dH, run_k, scale, pos_j, i_b, i_h, i_dir,
                         B, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION, NEED_DG,
-                        SEGMENTED)
+                        SEGMENTED, DG_ATOMIC)
 
 
 def _meta(q, v, per_channel):
@@ -651,7 +671,7 @@ def _kernels(meta, per_channel, backward):
     if not backward:
         return state, state_meta, _bi_gla_fwd_kernel if per_channel else _bi_fwd_kernel, meta, 2
     if per_channel:                       # axis 1: 2 * part + direction
-        return state, state_meta, _bi_gla_bwd_kernel, meta, 4
+        return state, state_meta, _bi_gla_bwd_kernel, dict(meta, DG_ATOMIC=GLA_DG_ATOMIC), 4
     return state, state_meta, _bi_bwd_kernel, meta, 2
 
 
@@ -691,16 +711,18 @@ class _FusedBiDecayAttn(torch.autograd.Function):
         do = do.contiguous()
         dq2, dk2 = q.new_empty(2, *q.shape), k.new_empty(2, *k.shape)
         dv2 = v.new_empty(2, *v.shape)
+        state_kernel, seg_meta, kernel, kernel_meta, programs = _kernels(
+            meta, ctx.per_channel, True)
+        atomic = kernel_meta.get('DG_ATOMIC', False)
         if need_dg:
-            dg = q.new_empty(2, 2, *g.shape[1:], dtype=torch.float32)
+            dg = (q.new_zeros(2, *g.shape[1:], dtype=torch.float32) if atomic else
+                  q.new_empty(2, 2, *g.shape[1:], dtype=torch.float32))
             dg_tot = q.new_empty(2, B, H, *g.shape[4:], dtype=torch.float32)
         else:
             dg = dg_tot = q.new_empty(1)
         nseg, cps = ctx.segments
         seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
         seg_dH, seg_E = _segment_buffers(q, B * H, nseg, meta)
-        state_kernel, seg_meta, kernel, kernel_meta, programs = _kernels(
-            meta, ctx.per_channel, True)
         if nseg > 1:
             state_kernel[(B * H, 2, nseg - 1)](
                 q, k, v, g, do, seg_S, seg_G, seg_dH, seg_E, T, H, *g.stride()[:4], cps, nseg,
@@ -712,11 +734,12 @@ class _FusedBiDecayAttn(torch.autograd.Function):
         dgrad = None
         if need_dg and nseg == 1:
             # gradient of each direction's log decays: the kernels left the sums (see above)
-            dgrad = dg_tot.unsqueeze(2) - dg[:, 0] - dg[:, 1]
+            dgrad = (dg.neg_().add_(dg_tot.unsqueeze(2)) if atomic else
+                     dg_tot.unsqueeze(2) - dg[:, 0] - dg[:, 1])
         elif need_dg:
             # per-token dG = q.dq - k.dk; forward gates reach every later t (suffix sum),
             # backward gates every earlier t (prefix sum); scanned along a contiguous T axis
-            d = (dg[:, 0] - dg[:, 1]).movedim(2, -1).contiguous()    # [2, B, H, (K,) T]
+            d = (dg if atomic else dg[:, 0] - dg[:, 1]).movedim(2, -1).contiguous()
             pre = d.cumsum(-1)
             dgrad = torch.stack([pre[0][..., -1:] - pre[0] + d[0], pre[1]]).movedim(-1, 2)
         # sums in place: no third buffer per gradient at the backward's peak (the pair's
