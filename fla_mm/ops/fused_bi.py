@@ -44,8 +44,9 @@ GLA_STEP = 16     # per-key-channel decay, exact fallback: tokens per [BC, BC, B
 GLA_SAFE = 60.0   # ... taken by chunks that decay by more than exp(-GLA_SAFE) in a channel
 # GLA's gate-gradient pieces: False, four fp32 buffers [2, 2, B, T, H, K] (GPU-verified);
 # True, two, filled by atomic adds, and the gradient made in place: 768 MiB less at the
-# backward's peak at B=8, 16384 tokens, H=6, K=64 (estimate, of 2784 MiB measured). Interpreter-tested; on once it has passed
-# tests/test_gpu_fused_bi.py and been measured on a GPU.
+# backward's peak at B=8, 16384 tokens, H=6, K=64 (estimate, of 2784 MiB measured).
+# Interpreter-tested; on once it has passed tests/test_gpu_fused_bi.py and been measured on
+# a GPU.
 GLA_DG_ATOMIC = False
 
 
@@ -518,8 +519,9 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg
                        SAFE: tl.constexpr, SEGMENTED: tl.constexpr, DG_ATOMIC: tl.constexpr):
     """:func:`_bi_bwd_kernel` for per-key-channel decays, as twice the programs: axis 1 is
     2 * part + direction; part 0 sweeps with the own scan's state S and writes dq, part 1
-    with the other scan's adjoint state dH and writes dk, dv. dg is [2, 2, B, T, H, K] and
-    dg_tot [2, B, H, K]; chunks that decay past exp(-SAFE) go in BC-token exact steps."""
+    with the other scan's adjoint state dH and writes dk, dv. dg is [2, 2, B, T, H, K]
+    ([2, B, T, H, K] with DG_ATOMIC) and dg_tot [2, B, H, K]; chunks that decay past
+    exp(-SAFE) go in BC-token exact steps."""
     i_bh, i_pd, i_seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_part, i_dir = i_pd // 2, i_pd % 2
     i_b, i_h = i_bh // H, i_bh % H
@@ -546,6 +548,10 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg
                 b_k, b_v, _, b_do, dA, dA_diag = _chunk_dA(k, v, do, i_b, i_h, pos, T, H, diag,
                                                            K, V, BK, BV, PRECISION)
                 kf = b_k.to(tl.float32)
+                # dq = exp(C) * ((dA strictly below the diagonal) (k exp(-C)) + do S^T), and the
+                # diagonal (s = t, no decay) added exactly: its q.dq and k.dk terms cancel in dg,
+                # and TF32 rounding of k exp(-C) would leave ~5e-4 of each behind (at T=1,
+                # where the true dg is 0, all of it)
                 b_dq = tl.dot(tl.where(strict, dA, 0.), kf * tl.exp(-C),
                               input_precision=PRECISION)
                 b_dq += tl.dot(b_do.to(tl.float32), tl.trans(S), input_precision=PRECISION)
@@ -585,6 +591,7 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg
                 b_k, b_v, m_v, b_do, dA, dA_diag = _chunk_dA(k, v, do, i_b, i_h, pos, T, H,
                                                              diag, K, V, BK, BV, PRECISION)
                 qf, kf = b_q.to(tl.float32), b_k.to(tl.float32)
+                # other scan: decay exp(E_s - E_t) = exp(E_s) exp(-E_t), t <= s
                 q_hat = qf * tl.exp(-E)
                 b_dk = tl.dot(tl.trans(tl.where(later, dA, 0.)), q_hat,
                               input_precision=PRECISION)
