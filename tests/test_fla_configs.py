@@ -2,6 +2,7 @@
 files that FLA's own loader (fla.ops.utils.cache) finds, and fla_mm points FLA at them."""
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -105,3 +106,17 @@ def test_use_shipped_configs_leaves_user_choices(tmp_path, fresh_env, env):
     fresh_env.setenv(*env)
     assert fla_configs.use_shipped_configs('NVIDIA H200', tmp_path) is None
     assert os.environ.get('FLA_CONFIG_DIR') == (env[1] if env[0] == 'FLA_CONFIG_DIR' else None)
+
+
+def test_plugin_makes_plain_autotuned_fla_kernels_read_configs():
+    """tests/fla_cached_autotune.py: FLA's dplr kernels (rwkv7), plain @triton.autotune in FLA
+    0.6.0, become FLA's CachedAutotuner, which reads $FLA_CONFIG_DIR."""
+    code = ('import fla_cached_autotune, fla.ops\n'
+            'from fla.ops.generalized_delta_rule.dplr import chunk_o_fwd as m\n'
+            'print(type(m.chunk_dplr_fwd_kernel_o.fn).__name__)')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent)]
+                                                       + sys.path), FLA_CACHE_MODE='fuzzy')
+    res = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == 'CachedAutotuner'
