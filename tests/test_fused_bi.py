@@ -42,12 +42,16 @@ CASES += [(150, 'shared-strong-gla', 1), (150, 'separate-strong-gla', 1),
           (200, 'separate-strong-gla', 2)]
 # frozen gates (no gradient asked for them): the kernels skip the gate-gradient pieces
 CASES += [(100, 'shared-frozen-gla', 1), (130, 'shared-frozen-gla', 3)]
+# GLA's forward in 3 segments, its backward in one (GLA_FWD_SEGMENTS from LONG_TOKENS = 128)
+CASES += [(300, 'separate-gla', 'fwd3'), (300, 'separate-strong-gla', 'fwd3')]
 import os
 if os.environ.get('GLA_DG_ATOMIC'):         # GLA's gate-gradient pieces by atomic adds
     fused_bi.GLA_DG_ATOMIC = True
     CASES = [c for c in CASES if c[1].endswith('gla')]
 for T, gates, segments in CASES:
-        fused_bi.SEGMENTS = segments
+        fwd3 = segments == 'fwd3'
+        fused_bi.SEGMENTS = None if fwd3 else segments
+        fused_bi.GLA_FWD_SEGMENTS, fused_bi.LONG_TOKENS = (3, 128) if fwd3 else (None, 4096)
         B, H, K, V = 2, 2, 16, 32
         x = [torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)]
         shape = (B, T, H, K) if gates.endswith('gla') else (B, T, H)
@@ -203,5 +207,8 @@ def test_sweeps_are_cut_into_segments_from_4096_tokens(monkeypatch):
         (1, 1), (1, 16), (1, 64), (8, 8), (8, 32)]
     assert [fused_bi._segments(T, 64, per_channel=True) for T in (1, 4096, 16384)] == [
         (1, 1), (1, 64), (1, 256)]
+    monkeypatch.setattr(fused_bi, 'GLA_FWD_SEGMENTS', 8)     # GLA's forward alone
+    assert [fused_bi._segments(T, 64, True, backward) for T, backward in
+            ((1024, False), (16384, False), (16384, True))] == [(1, 16), (8, 32), (1, 256)]
     monkeypatch.setattr(fused_bi, 'SEGMENTS', 6)
     assert [fused_bi._segments(T, 64) for T in (100, 1024, 16384)] == [(2, 1), (6, 3), (6, 43)]

@@ -215,3 +215,23 @@ def test_fused_gla_dg_atomic(dtype, L, segments, monkeypatch):
                f'vs reference={e_ref:.2e} ({name})  vs default={e_default:.2e}')
     assert all(torch.equal(a, b) for a, b in zip(atomic[1], again[1]))   # deterministic
     assert e_ref < TOL[dtype], (dtype, L, segments, e_ref)
+
+
+@pytest.mark.parametrize('L', [4096, 16384])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
+def test_fused_gla_forward_segments(dtype, L, monkeypatch):
+    """fused_bi.GLA_FWD_SEGMENTS (not yet timed): GLA's forward in 8 segments, its backward in
+    one, computes the same function."""
+    from fla_mm.ops import fused_bi
+    gen = torch.Generator(device='cuda').manual_seed(L)
+    r = (lambda *s: torch.randn(*s, device='cuda', generator=gen))
+    leaves = [r(B, L, H, D), r(B, L, H, D), r(B, L, H, D),
+              F.logsigmoid(r(B, L, H, D) + 3) / 4, F.logsigmoid(r(B, L, H, D) + 3) / 4]
+    do = r(B, L, H, D)
+    monkeypatch.setattr(fused_bi, 'GLA_FWD_SEGMENTS', 8)
+    out = _run(lambda q, k, v, gf, gb: ops.bi_decay_attn(q, k, v, gf, gb, kernel='fused'),
+               leaves, 'separate-gla', dtype, do)
+    e_ref, name = _worst_named(*out, *_reference_run(leaves, 'separate-gla', dtype, do))
+    gpu_report(f'\nfused_bi gla forward segments=8 {str(dtype)[6:]:9s} L={L:6d}  '
+               f'vs reference={e_ref:.2e} ({name})')
+    assert e_ref < TOL[dtype], (dtype, L, e_ref)

@@ -656,13 +656,22 @@ def _config(meta, backward):
 # An int forces that many (tests, tools/benchmark.py --fused-segments).
 SEGMENTS = None
 LONG_TOKENS, LONG_SEGMENTS = 4096, 8
+# GLA's forward from LONG_TOKENS, when SEGMENTS is None: None, the backward's count (one).
+# The two passes need not agree (each sums its own segment states); the forward alone has
+# one program per (batch x head, direction), 96 on 132 SMs at B=8, H=6. Not yet timed.
+GLA_FWD_SEGMENTS = None
 
 
-def _segments(T, BT, per_channel=False):
-    """(segments, chunks per segment) for a sequence of T tokens, no segment empty."""
+def _segments(T, BT, per_channel=False, backward=False):
+    """(segments, chunks per segment) of one pass over T tokens, no segment empty."""
     NT = triton.cdiv(T, BT)
-    want = (SEGMENTS if SEGMENTS is not None else 1 if per_channel
-            else LONG_SEGMENTS if T >= LONG_TOKENS else 1)
+    if SEGMENTS is not None:
+        want = SEGMENTS
+    elif per_channel:
+        fwd = GLA_FWD_SEGMENTS if not backward and T >= LONG_TOKENS else None
+        want = fwd or 1
+    else:
+        want = LONG_SEGMENTS if T >= LONG_TOKENS else 1
     n = max(1, min(want, NT))
     cps = triton.cdiv(NT, n)
     return triton.cdiv(NT, cps), cps
@@ -706,7 +715,6 @@ class _FusedBiDecayAttn(torch.autograd.Function):
                                         SEGMENTED=nseg > 1, **_config(meta, False))
         ctx.save_for_backward(q, k, v, g)
         ctx.scale, ctx.meta, ctx.per_channel = scale, meta, per_channel
-        ctx.segments = nseg, cps          # the backward cuts the sweeps the same way
         return o2[0] + o2[1]
 
     @staticmethod
@@ -727,7 +735,7 @@ class _FusedBiDecayAttn(torch.autograd.Function):
             dg_tot = q.new_empty(2, B, H, *g.shape[4:], dtype=torch.float32)
         else:
             dg = dg_tot = q.new_empty(1)
-        nseg, cps = ctx.segments
+        nseg, cps = _segments(T, meta['BT'], ctx.per_channel, backward=True)
         seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
         seg_dH, seg_E = _segment_buffers(q, B * H, nseg, meta)
         if nseg > 1:
