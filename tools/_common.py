@@ -105,3 +105,14 @@ def build_runner(cfg):
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
+
+
+def close_distributed():
+    """End a torchrun job cleanly: wait for every rank, then destroy the process group.
+    Left to interpreter exit, gloo's threads can outlive it and abort the process
+    ("terminate called without an active exception", SIGABRT) after training has finished,
+    which torchrun reports as a failed job: seen in 1 of 15 two-process CPU runs."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

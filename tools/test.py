@@ -8,7 +8,8 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import add_common_args, build_runner, load_config  # noqa: E402
+from _common import (add_common_args, build_runner, close_distributed,  # noqa: E402
+                     load_config)
 
 
 def parse_args(argv=None):
@@ -30,6 +31,7 @@ def main(argv=None):
     metrics = runner.test()
     if runner.rank == 0:
         runner.logger.info(f'Metrics: {metrics} | log: {runner.log_dir}')
+    close_distributed()
     return metrics
 
 

@@ -8,7 +8,8 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import add_common_args, build_runner, check_input_size, load_config  # noqa: E402
+from _common import (add_common_args, build_runner, check_input_size,  # noqa: E402
+                     close_distributed, load_config)
 
 
 def parse_args(argv=None):
@@ -48,6 +49,7 @@ def main(argv=None):
         ckpt = open(last).read().strip() if osp.exists(last) else '(none saved)'
         runner.logger.info(f'Done. work_dir: {osp.abspath(cfg.work_dir)} | '
                            f'log: {runner.log_dir} | last checkpoint: {ckpt}')
+    close_distributed()
 
 
 if __name__ == '__main__':
