@@ -83,6 +83,16 @@ def test_fused_segments_give_one_row_each(tmp_path):
         run_tool('benchmark', 'mixer', '--fused-segments', '-1', '--out', out, *TINY)
 
 
+def test_op_rows_choose_which_ops_are_timed(tmp_path):
+    """--op-rows fused: only SDPA and the fused bi-scan op (no FLA one-direction or two-call
+    rows, whose first calls autotune FLA's kernels on a fresh GPU)."""
+    out = str(tmp_path / 'rows')
+    result = run_tool('benchmark', 'mixer', '--families', 'retnet', 'gla', '--levels', 'op',
+                      '--op-rows', 'fused', '--tokens', '16', '--heads', '2', '--head-dim',
+                      '16', '--mode', 'fwd', '--out', out, *TINY)
+    assert [r['name'] for r in result['rows']] == ['sdpa', 'ops.retnet fused', 'ops.gla fused']
+
+
 def test_backbone_level(tmp_path):
     out = str(tmp_path / 'backbone')
     arch = json.dumps({'FLAPyramid': PYRAMID, 'FLAPlain': PLAIN})

@@ -44,14 +44,10 @@ CASES += [(150, 'shared-strong-gla', 1), (150, 'separate-strong-gla', 1),
 CASES += [(100, 'shared-frozen-gla', 1), (130, 'shared-frozen-gla', 3)]
 # GLA's forward in 3 segments, its backward in one (GLA_FWD_SEGMENTS from LONG_TOKENS = 128)
 CASES += [(300, 'separate-gla', 'fwd3'), (300, 'separate-strong-gla', 'fwd3')]
-import os
-if os.environ.get('GLA_DG_ATOMIC'):         # GLA's gate-gradient pieces by atomic adds
-    fused_bi.GLA_DG_ATOMIC = True
-    CASES = [c for c in CASES if c[1].endswith('gla')]
 for T, gates, segments in CASES:
         fwd3 = segments == 'fwd3'
         fused_bi.SEGMENTS = None if fwd3 else segments
-        fused_bi.GLA_FWD_SEGMENTS, fused_bi.LONG_TOKENS = (3, 128) if fwd3 else (None, 4096)
+        fused_bi.GLA_FWD_SEGMENTS, fused_bi.LONG_TOKENS = (3, 128) if fwd3 else (8, 4096)
         B, H, K, V = 2, 2, 16, 32
         x = [torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)]
         shape = (B, T, H, K) if gates.endswith('gla') else (B, T, H)
@@ -69,7 +65,10 @@ for T, gates, segments in CASES:
         b = [t.clone().requires_grad_(i < 3 or 'frozen' not in gates) for i, t in enumerate(leaves)]
         g_a = (a[3], a[4]) if sep else (a[3], None) if shared else (gf, None)
         g_b = (b[3], b[4]) if sep else (b[3], b[3]) if shared else (gf, gf)
-        o = fused_bi_decay_attn(*a[:3], *g_a, scale=0.3)
+        if sep and T in (100, 300):     # both directions' gates as one [B, T, 2, H(, K)] view
+            o = fused_bi_decay_attn(*a[:3], torch.stack(g_a, 2), scale=0.3, stacked=True)
+        else:
+            o = fused_bi_decay_attn(*a[:3], *g_a, scale=0.3)
         r = two_call(*b[:3], *g_b, 0.3)
         do = torch.randn_like(r)
         o.backward(do)
@@ -84,11 +83,8 @@ print('WORST', worst)
 '''
 
 
-@pytest.mark.parametrize('variant', ['default', 'gla-dg-atomic'])
-def test_fused_kernel_matches_two_call_in_triton_interpreter(variant):
+def test_fused_kernel_matches_two_call_in_triton_interpreter():
     env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
-    if variant == 'gla-dg-atomic':
-        env['GLA_DG_ATOMIC'] = '1'
     res = subprocess.run([sys.executable, '-c', INTERPRETED], env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -199,15 +195,16 @@ def test_auto_fuses_the_decay_families():
 
 def test_sweeps_are_cut_into_segments_from_4096_tokens(monkeypatch):
     """By default (scalar decay) one segment per sweep below LONG_TOKENS and LONG_SEGMENTS
-    from there, and one for GLA at every length (the counts measured fastest); SEGMENTS
-    forces a count; no segment is ever empty."""
+    from there; GLA's backward one at every length, its forward GLA_FWD_SEGMENTS from
+    LONG_TOKENS (the counts measured fastest); SEGMENTS forces a count; no segment is ever
+    empty."""
     from fla_mm.ops import fused_bi
     assert fused_bi.SEGMENTS is None
     assert [fused_bi._segments(T, 64) for T in (1, 1024, 4095, 4096, 16384)] == [
         (1, 1), (1, 16), (1, 64), (8, 8), (8, 32)]
-    assert [fused_bi._segments(T, 64, per_channel=True) for T in (1, 4096, 16384)] == [
-        (1, 1), (1, 64), (1, 256)]
-    monkeypatch.setattr(fused_bi, 'GLA_FWD_SEGMENTS', 8)     # GLA's forward alone
+    assert [fused_bi._segments(T, 64, per_channel=True, backward=True)
+            for T in (1, 4096, 16384)] == [(1, 1), (1, 64), (1, 256)]
+    assert fused_bi.GLA_FWD_SEGMENTS == 8
     assert [fused_bi._segments(T, 64, True, backward) for T, backward in
             ((1024, False), (16384, False), (16384, True))] == [(1, 16), (8, 32), (1, 256)]
     monkeypatch.setattr(fused_bi, 'SEGMENTS', 6)

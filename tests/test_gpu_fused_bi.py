@@ -21,6 +21,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not ops.fla_ava
 
 B, H, D = 2, 3, 64
 TOL = {torch.float32: 1e-3, torch.bfloat16: 2e-2}
+DG_TOL = {torch.float32: 1e-3, torch.bfloat16: 1e-2}      # gate gradients, tighter in bf16
 # FLA's fp32 kernels take tl.dot in TF32 unless TRITON_F32_DEFAULT=ieee (the fused kernel
 # asks for ieee itself): the two-call comparison meets 1e-3 only with true fp32 dots
 TWO_CALL_TOL = dict(TOL) if os.environ.get('TRITON_F32_DEFAULT') == 'ieee' else {
@@ -96,8 +97,13 @@ def test_fused_bi_vs_two_call(gates, dtype, L):
         leaves.append(F.logsigmoid(r(*shape) + 3) / 4)
     do = r(B, L, H, D)
     scale = D ** -0.5
-    fused, g_fused = _run(lambda q, k, v, gf, gb: ops.bi_decay_attn(
-        q, k, v, gf, gb, scale=scale, kernel='fused'), leaves, gates, dtype, do)
+
+    def fused_op(q, k, v, gf, gb):
+        if gates.startswith('separate'):      # as the mixers pass direction gates: one view
+            return ops.bi_decay_attn(q, k, v, torch.stack([gf, gb], 2), scale=scale,
+                                     kernel='fused', stacked=True)
+        return ops.bi_decay_attn(q, k, v, gf, gb, scale=scale, kernel='fused')
+    fused, g_fused = _run(fused_op, leaves, gates, dtype, do)
     two, g_two = _run(lambda q, k, v, gf, gb: ops.bi_decay_attn(
         q, k, v, gf, gb, scale=scale, kernel='two_call'), leaves, gates, dtype, do)
     ref, g_ref = _reference_run(leaves, gates, dtype, do, scale)
@@ -109,6 +115,10 @@ def test_fused_bi_vs_two_call(gates, dtype, L):
                f'(two-call vs reference={e_two_ref:.2e})')
     assert e_ref < TOL[dtype], (L, dtype, gates, e_ref)
     assert e_two < TWO_CALL_TOL[dtype], (L, dtype, gates, e_two)
+    # the gate gradient sums rounding over the whole sequence: with bf16 state operands in
+    # the backward it reached 1.8e-2 at 16384 tokens (fp32 states: <= 4.8e-3, FLA 2.3e-3)
+    e_dg = max([_rel(a, b) for a, b in zip(g_fused[3:], g_ref[3:]) if b is not None] + [0])
+    assert e_dg < DG_TOL[dtype], (L, dtype, gates, e_dg)
 
 
 @pytest.mark.parametrize('family', ['simple_gla', 'retnet', 'gla'])
@@ -154,12 +164,7 @@ def test_fused_bi_segments(gates, L, dtype, monkeypatch):
     assert e_ref < TOL[dtype], (gates, L, dtype, e_ref)
 
 
-# bf16 at 16384 tokens on this input: the gate gradient misses the 2e-2 bar by a hair (2.01e-2
-# on an H200, where FLA's two-call path gets 5.8e-3): known, kept visible as an xfail
-_NOISY = pytest.mark.xfail(reason='bf16 gate gradient at 16384 tokens: 2.01e-2 measured',
-                           strict=False)
-EXACT_STEP_CASES = [pytest.param(d, g, L, id=f'{i}-{g}-{L}',
-                                 marks=[_NOISY] if (i, L) == ('bf16', 16384) else [])
+EXACT_STEP_CASES = [pytest.param(d, g, L, id=f'{i}-{g}-{L}')
                     for d, i in ((torch.float32, 'fp32'), (torch.bfloat16, 'bf16'))
                     for g, L in [('separate-gla', L) for L in (1, 100, 3136, 16384)]
                     + [('shared-gla', 3136)]]
@@ -189,49 +194,3 @@ def test_fused_gla_exact_steps(dtype, gates, L):
                f'vs reference={e_ref:.2e} ({name})  (two-call vs reference={e_two:.2e} '
                f'({name_two}))')
     assert e_ref < TOL[dtype], (gates, dtype, L, e_ref, e_two)
-
-
-@pytest.mark.parametrize('segments', [1, 6])
-@pytest.mark.parametrize('L', [1, 100, 3136, 16384])
-@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
-def test_fused_gla_dg_atomic(dtype, L, segments, monkeypatch):
-    """fused_bi.GLA_DG_ATOMIC (off until this passes): the gate-gradient pieces by atomic
-    adds into one buffer per direction compute the same gradients as the default."""
-    from fla_mm.ops import fused_bi
-    gen = torch.Generator(device='cuda').manual_seed(L)
-    r = (lambda *s: torch.randn(*s, device='cuda', generator=gen))
-    leaves = [r(B, L, H, D), r(B, L, H, D), r(B, L, H, D),
-              F.logsigmoid(r(B, L, H, D) + 3) / 4, F.logsigmoid(r(B, L, H, D) + 3) / 4]
-    do = r(B, L, H, D)
-    fn = (lambda q, k, v, gf, gb: ops.bi_decay_attn(q, k, v, gf, gb, kernel='fused'))
-    monkeypatch.setattr(fused_bi, 'SEGMENTS', segments)
-    default = _run(fn, leaves, 'separate-gla', dtype, do)
-    monkeypatch.setattr(fused_bi, 'GLA_DG_ATOMIC', True)
-    atomic = _run(fn, leaves, 'separate-gla', dtype, do)
-    again = _run(fn, leaves, 'separate-gla', dtype, do)
-    e_ref, name = _worst_named(*atomic, *_reference_run(leaves, 'separate-gla', dtype, do))
-    e_default = _worst(*atomic, *default)
-    gpu_report(f'\nfused_bi gla dg atomic segments={segments} {str(dtype)[6:]:9s} L={L:6d}  '
-               f'vs reference={e_ref:.2e} ({name})  vs default={e_default:.2e}')
-    assert all(torch.equal(a, b) for a, b in zip(atomic[1], again[1]))   # deterministic
-    assert e_ref < TOL[dtype], (dtype, L, segments, e_ref)
-
-
-@pytest.mark.parametrize('L', [4096, 16384])
-@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
-def test_fused_gla_forward_segments(dtype, L, monkeypatch):
-    """fused_bi.GLA_FWD_SEGMENTS (not yet timed): GLA's forward in 8 segments, its backward in
-    one, computes the same function."""
-    from fla_mm.ops import fused_bi
-    gen = torch.Generator(device='cuda').manual_seed(L)
-    r = (lambda *s: torch.randn(*s, device='cuda', generator=gen))
-    leaves = [r(B, L, H, D), r(B, L, H, D), r(B, L, H, D),
-              F.logsigmoid(r(B, L, H, D) + 3) / 4, F.logsigmoid(r(B, L, H, D) + 3) / 4]
-    do = r(B, L, H, D)
-    monkeypatch.setattr(fused_bi, 'GLA_FWD_SEGMENTS', 8)
-    out = _run(lambda q, k, v, gf, gb: ops.bi_decay_attn(q, k, v, gf, gb, kernel='fused'),
-               leaves, 'separate-gla', dtype, do)
-    e_ref, name = _worst_named(*out, *_reference_run(leaves, 'separate-gla', dtype, do))
-    gpu_report(f'\nfused_bi gla forward segments=8 {str(dtype)[6:]:9s} L={L:6d}  '
-               f'vs reference={e_ref:.2e} ({name})')
-    assert e_ref < TOL[dtype], (dtype, L, e_ref)

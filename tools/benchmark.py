@@ -129,6 +129,11 @@ def parse_args(argv=None):
                    help='op level: time the fused bi-scan kernel with each of these numbers '
                         'of segments per sweep (fla_mm.ops.fused_bi.SEGMENTS); 0: by '
                         'sequence length, as the mixers run it')
+    p.add_argument('--op-rows', nargs='+', choices=OP_ROWS, default=list(OP_ROWS),
+                   help="op level rows per family: 'uni' = the op over one direction, "
+                        "'two_call' = both directions as two calls batched, 'fused' = "
+                        "fla_mm's fused bi-scan kernel (SDPA is always timed); e.g. 'fused' "
+                        "alone skips FLA's autotuning of its own kernels on a fresh GPU")
     _add_common(p, [8])
 
     p = sub.add_parser('backbone', help='fla_mm backbones at image resolutions',
@@ -508,6 +513,7 @@ def _op_of(family):
 
 
 BI_FUSED_OPS = ('gla', 'retnet', 'simple_gla')   # families ops.bi_decay_attn runs fused
+OP_ROWS = ('uni', 'two_call', 'fused')            # --op-rows
 
 
 def _bi_op(family, fn, B, L, bi, segments=0):
@@ -626,10 +632,11 @@ def mixer_cases(args):
                             if f == BASELINE_FAMILY:
                                 continue
                             # (scan, bi kernel, name tag, fused segments: only 'fused' reads it)
-                            variants = [('-', None, '', 0)]
+                            variants = [('-', None, '', 0)] * ('uni' in args.op_rows)
                             if 'bi' in args.scans and FAMILIES[f].get('causal', True):
-                                variants.append(('bi', 'two_call', ' two-call', 0))
-                                if f in BI_FUSED_OPS:
+                                variants += [('bi', 'two_call', ' two-call', 0)] * (
+                                    'two_call' in args.op_rows)
+                                if f in BI_FUSED_OPS and 'fused' in args.op_rows:
                                     variants += [('bi', 'fused', ' fused' + (
                                         f" {n} segment{'s' * (n > 1)}" if n else ''), n)
                                         for n in args.fused_segments]

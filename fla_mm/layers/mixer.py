@@ -287,7 +287,9 @@ def _mix_bi_decay(m, x):
     g = _log_decay(m, x).reshape(B, L, m.num_gates, q.shape[2], -1)    # [B, L, directions, H, K or 1]
     if m.spec['gate'] == 'head':
         g = g.squeeze(-1)
-    return ops.bi_decay_attn(q, k, v, g[:, :, 0], g[:, :, -1] if m.num_gates > 1 else None)
+    if m.num_gates > 1:          # direction gates: both read in place, no stacked copy
+        return ops.bi_decay_attn(q, k, v, g, stacked=True)
+    return ops.bi_decay_attn(q, k, v, g[:, :, 0])
 
 
 def mix_gla_like(m, x):

@@ -183,12 +183,13 @@ def retnet(q, k, v, scale=None):
 BI_KERNELS = ('fused', 'two_call')
 
 
-def bi_decay_attn(q, k, v, gf, gb=None, scale=None, kernel='fused'):
+def bi_decay_attn(q, k, v, gf, gb=None, scale=None, kernel='fused', stacked=False):
     """Both scans of decayed linear attention (simple_gla / RetNet / GLA), merged.
 
     o = fwd_scan(x) + flip(fwd_scan(flip(x))) with log decays ``gf`` / ``gb`` (fp32; [B, T, H]
     scalar per head, or [B, T, H, K] per key channel as GLA; ``gb=None``: the same gates both
-    ways), in the original token order. On CUDA ``kernel='fused'`` runs :mod:`.fused_bi` (one
+    ways; ``stacked=True``: ``gf`` holds both, [B, T, 2, H(, K)], forward first, and the fused
+    kernel reads them in place), in the original token order. On CUDA ``kernel='fused'`` runs :mod:`.fused_bi` (one
     kernel for both directions, forward and backward); 'two_call' and the CPU run the
     one-direction op on [x, flip(x)] batched, as the other scans do. Same function either way.
     """
@@ -196,7 +197,9 @@ def bi_decay_attn(q, k, v, gf, gb=None, scale=None, kernel='fused'):
         raise ValueError(f'Unknown bi-scan kernel {kernel!r}; valid: {", ".join(BI_KERNELS)}')
     if kernel == 'fused' and _use_kernel(q):
         from .fused_bi import fused_bi_decay_attn
-        return fused_bi_decay_attn(q, k, v, gf, gb, scale=scale)
+        return fused_bi_decay_attn(q, k, v, gf, gb, scale=scale, stacked=stacked)
+    if stacked:
+        gf, gb = gf[:, :, 0], gf[:, :, 1]
     gb = gf if gb is None else gb
     cat = (lambda a: torch.cat([a, a.flip(1)], 0))
     op = gla if gf.dim() == 4 else simple_gla

@@ -29,8 +29,14 @@ With scalar decay, from 4096 tokens (``LONG_TOKENS``) each sweep is cut into
 ``LONG_SEGMENTS`` runs of chunks, one program each, after a small kernel has summed every
 segment's local state (per key channel for GLA): more programs for the GPU at the cost of
 one extra pass over k, v (and q, do). It is exact (GPU-tested at 6 segments, uneven on
-purpose) and measured faster there; GLA, whose split backward already has twice the
-programs, measured fastest with one segment at every length. ``SEGMENTS`` overrides the count.
+purpose) and measured faster there. GLA's forward is cut the same way (``GLA_FWD_SEGMENTS``);
+its split backward, which already has twice the programs, measured fastest with one segment
+at every length. ``SEGMENTS`` overrides the count.
+
+Precision: 16-bit inputs take their dots on tensor cores with fp32 accumulation; where an
+operand is fp32 (the states, and in the backward everything behind dq and dk) the dot is
+TF32. The backward keeps its states' operands in fp32 for the gate gradient
+(:func:`_state_step`).
 
 Block sizes are fixed (no autotuning), so the first call compiles two kernels and nothing else.
 The kernels also run under ``TRITON_INTERPRET=1`` on CPU tensors, which is how CI checks them.
@@ -42,12 +48,6 @@ import triton.language as tl
 CHUNK = 64        # tokens per chunk
 GLA_STEP = 16     # per-key-channel decay, exact fallback: tokens per [BC, BC, BK] step
 GLA_SAFE = 60.0   # ... taken by chunks that decay by more than exp(-GLA_SAFE) in a channel
-# GLA's gate-gradient pieces: False, four fp32 buffers [2, 2, B, T, H, K] (GPU-verified);
-# True, two, filled by atomic adds, and the gradient made in place: 768 MiB less at the
-# backward's peak at B=8, 16384 tokens, H=6, K=64 (estimate, of 2784 MiB measured).
-# Interpreter-tested; on once it has passed tests/test_gpu_fused_bi.py and been measured on
-# a GPU.
-GLA_DG_ATOMIC = False
 
 
 @triton.jit
@@ -96,6 +96,21 @@ def _kv_tile(base, BK: tl.constexpr, BV: tl.constexpr):
 
 
 @triton.jit
+def _state_step(S, decay, x, y, F32: tl.constexpr, PRECISION: tl.constexpr):
+    """The sweep's state update S * decay + x^T y (x: decayed keys, or queries for an adjoint
+    state, in fp32; y: values or output gradients). The forward rounds x to y's dtype. The
+    backward keeps both in fp32 (F32; TF32 dots for 16-bit inputs): its gate gradient is a
+    sum over the sequence of q.dq - k.dk whose pair terms cancel except near the token, but the
+    dq side and the dk side round differently, and with bf16 states that rounding grew with the
+    length. Measured on an H200 (bf16 GLA, 16384 tokens, max error / max |dg|): bf16 states
+    1.8e-2, fp32 states 4.8e-3 (FLA's two calls 2.3e-3) for 9% more time; 'tf32x3' dots 1e-5
+    for 83% more."""
+    if F32:
+        return S * decay + tl.dot(tl.trans(x), y.to(tl.float32), input_precision=PRECISION)
+    return S * decay + tl.dot(tl.trans(x.to(y.dtype)), y, input_precision=PRECISION)
+
+
+@triton.jit
 def _segment_start(S, seg_S, seg_G, row, i_seg, NSEG, BK: tl.constexpr, BV: tl.constexpr):
     """State entering segment i_seg: the local states of the segments before it, decayed."""
     for j in range(0, i_seg):
@@ -129,15 +144,15 @@ def _bi_seg_state_kernel(q, k, v, g, do, seg_S, seg_G, seg_dH, seg_E, T, H, sg_d
         m_t = (pos >= 0) & (pos < T)
         p_g = g + i_b * sg_b + pos * sg_t + i_h * sg_h
         C, C_last = _own_decay(p_g + i_dir * sg_d, m_t)
-        b_kd = (b_k * tl.exp(C_last - C)[:, None]).to(b_k.dtype)
-        S = S * tl.exp(C_last) + tl.dot(tl.trans(b_kd), b_v, input_precision=PRECISION)
+        S = _state_step(S, tl.exp(C_last), b_k * tl.exp(C_last - C)[:, None], b_v,
+                        BACKWARD, PRECISION)
         G += C_last
         if BACKWARD:
             b_q, _ = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
             b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
             E, E_tot = _other_decay(p_g + i_oth * sg_d, m_t)
-            b_qd = (b_q * tl.exp(E_tot - E)[:, None]).to(b_q.dtype)
-            dH = dH * tl.exp(E_tot) + tl.dot(tl.trans(b_qd), b_do, input_precision=PRECISION)
+            dH = _state_step(dH, tl.exp(E_tot), b_q * tl.exp(E_tot - E)[:, None], b_do,
+                             True, PRECISION)
             Eg += E_tot
     tl.store(_kv_tile(seg_S + (row * NSEG + i_seg) * BK * BV, BK, BV), S)
     tl.store(seg_G + row * NSEG + i_seg, G)
@@ -174,8 +189,8 @@ def _bi_fwd_kernel(q, k, v, g, o, seg_S, seg_G, scale, T, H, sg_d, sg_b, sg_t, s
                       input_precision=PRECISION)
         p_o, _ = _chunk_ptrs(o_dir, i_b, i_h, pos, T, H, V, BV)
         tl.store(p_o, (b_o * scale).to(p_o.dtype.element_ty), mask=m_v)
-        b_kd = (b_k * tl.exp(C_last - C)[:, None]).to(b_k.dtype)
-        S = S * tl.exp(C_last) + tl.dot(tl.trans(b_kd), b_v, input_precision=PRECISION)
+        S = _state_step(S, tl.exp(C_last), b_k * tl.exp(C_last - C)[:, None], b_v,
+                        False, PRECISION)
 
 
 @triton.jit
@@ -231,8 +246,8 @@ def _bi_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg_dH,
         b_dq *= scale
         p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
         tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
-        b_kd = (b_k * tl.exp(C_last - C)[:, None]).to(b_k.dtype)
-        S = S * tl.exp(C_last) + tl.dot(tl.trans(b_kd), b_v, input_precision=PRECISION)
+        S = _state_step(S, tl.exp(C_last), b_k * tl.exp(C_last - C)[:, None], b_v,
+                        True, PRECISION)
         # other scan: dk, dv
         N = tl.exp(tl.where(anti, E[None, :] - E[:, None], float('-inf')))
         b_dk = tl.dot(tl.trans(dA * N), qf, input_precision=PRECISION)
@@ -246,8 +261,8 @@ def _bi_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg_dH,
         p_dv, _ = _chunk_ptrs(dv + i_oth * B * T * H * V, i_b, i_h, pos, T, H, V, BV)
         tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_k)
         tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
-        b_qd = (b_q * tl.exp(E_tot - E)[:, None]).to(b_q.dtype)
-        dH = dH * tl.exp(E_tot) + tl.dot(tl.trans(b_qd), b_do, input_precision=PRECISION)
+        dH = _state_step(dH, tl.exp(E_tot), b_q * tl.exp(E_tot - E)[:, None], b_do,
+                         True, PRECISION)
         if NEED_DG:
             p_dg = dg + (i_b * T + pos) * H + i_h
             a = tl.sum(qf * b_dq, 1)
@@ -299,16 +314,15 @@ def _bi_gla_seg_state_kernel(q, k, v, g, do, seg_S, seg_G, seg_dH, seg_E, T, H, 
         b_v, _ = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
         p_g = g + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
         C, C_last = _own_decay(p_g + i_dir * sg_d, m_k)
-        b_kd = (b_k * tl.exp(C_last[None, :] - C)).to(b_k.dtype)
-        S = S * tl.exp(C_last)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PRECISION)
+        S = _state_step(S, tl.exp(C_last)[:, None], b_k * tl.exp(C_last[None, :] - C), b_v,
+                        BACKWARD, PRECISION)
         G += C_last
         if BACKWARD:
             b_q, _ = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
             b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
             E, E_tot = _other_decay(p_g + i_oth * sg_d, m_k)
-            b_qd = (b_q * tl.exp(E_tot[None, :] - E)).to(b_q.dtype)
-            dH = dH * tl.exp(E_tot)[:, None] + tl.dot(tl.trans(b_qd), b_do,
-                                                      input_precision=PRECISION)
+            dH = _state_step(dH, tl.exp(E_tot)[:, None], b_q * tl.exp(E_tot[None, :] - E), b_do,
+                             True, PRECISION)
             Eg += E_tot
     tl.store(_kv_tile(seg_S + (row * NSEG + i_seg) * BK * BV, BK, BV), S)
     tl.store(seg_G + (row * NSEG + i_seg) * BK + ck, G)
@@ -337,8 +351,8 @@ def _gla_fwd_step_exact(q, k, v, g, o_dir, S, scale, pos, i_b, i_h, i_dir, T, H,
     b_o += tl.dot((b_q * tl.exp(C)).to(b_q.dtype), S.to(b_q.dtype), input_precision=PRECISION)
     p_o, _ = _chunk_ptrs(o_dir, i_b, i_h, pos, T, H, V, BV)
     tl.store(p_o, (b_o * scale).to(p_o.dtype.element_ty), mask=m_v)
-    b_kd = (b_k * tl.exp(C_last[None, :] - C)).to(b_k.dtype)
-    return S * tl.exp(C_last)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PRECISION)
+    return _state_step(S, tl.exp(C_last)[:, None], b_k * tl.exp(C_last[None, :] - C), b_v,
+                       False, PRECISION)
 
 
 @triton.jit
@@ -379,9 +393,8 @@ def _bi_gla_fwd_kernel(q, k, v, g, o, seg_S, seg_G, scale, T, H, sg_d, sg_b, sg_
             b_o += tl.dot(b_qg, S.to(b_q.dtype), input_precision=PRECISION)
             p_o, _ = _chunk_ptrs(o_dir, i_b, i_h, pos, T, H, V, BV)
             tl.store(p_o, (b_o * scale).to(p_o.dtype.element_ty), mask=m_v)
-            b_kd = (b_k * tl.exp(C_last[None, :] - C)).to(b_k.dtype)
-            S = S * tl.exp(C_last)[:, None] + tl.dot(tl.trans(b_kd), b_v,
-                                                     input_precision=PRECISION)
+            S = _state_step(S, tl.exp(C_last)[:, None], b_k * tl.exp(C_last[None, :] - C), b_v,
+                            False, PRECISION)
         else:
             for j in range(NS):     # a loop, not inlined copies: 3x faster compile, fewer spills
                 pos_j = _sweep_pos(i * NS + j, i_dir, NT * NS, BC)
@@ -397,31 +410,16 @@ def _bi_gla_fwd_kernel(q, k, v, g, o, seg_S, seg_G, scale, T, H, sg_d, sg_b, sg_
 
 @triton.jit
 def _dg_piece(dg, x, run, slot, pos, m_k, i_b, i_h, B, T, H, K: tl.constexpr,
-              BK: tl.constexpr, EXCLUSIVE: tl.constexpr, SEGMENTED: tl.constexpr,
-              DG_ATOMIC: tl.constexpr):
+              BK: tl.constexpr, EXCLUSIVE: tl.constexpr, SEGMENTED: tl.constexpr):
     """A chunk's per-token q.dq (slot 2 * direction, EXCLUSIVE running sums) or k.dk (slot
-    2 * direction + 1, inclusive) pieces of the gate gradient; raw with segments.
-
-    DG_ATOMIC: both pieces of a direction are added into one zeroed buffer per direction
-    (q.dq - k.dk per token with segments, the sum of the running sums without): half the
-    buffer. Exactly two adds land on each zero, and a + b == b + a in floating point, so the
-    result does not depend on which program comes first."""
-    if DG_ATOMIC:
-        p, _ = _chunk_ptrs(dg + (slot // 2) * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
-        if SEGMENTED:
-            tl.atomic_add(p, x if EXCLUSIVE else -x, mask=m_k)
-        elif EXCLUSIVE:
-            tl.atomic_add(p, run[None, :] + tl.cumsum(x, 0) - x, mask=m_k)
-        else:
-            tl.atomic_add(p, run[None, :] + tl.cumsum(x, 0), mask=m_k)
+    2 * direction + 1, inclusive) pieces of the gate gradient; raw with segments."""
+    p, _ = _chunk_ptrs(dg + slot * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+    if SEGMENTED:
+        tl.store(p, x, mask=m_k)
+    elif EXCLUSIVE:
+        tl.store(p, run[None, :] + tl.cumsum(x, 0) - x, mask=m_k)
     else:
-        p, _ = _chunk_ptrs(dg + slot * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
-        if SEGMENTED:
-            tl.store(p, x, mask=m_k)
-        elif EXCLUSIVE:
-            tl.store(p, run[None, :] + tl.cumsum(x, 0) - x, mask=m_k)
-        else:
-            tl.store(p, run[None, :] + tl.cumsum(x, 0), mask=m_k)
+        tl.store(p, run[None, :] + tl.cumsum(x, 0), mask=m_k)
 
 
 @triton.jit
@@ -441,7 +439,7 @@ def _gla_bwd_own_step_exact(q, k, v, g, do, dq, dg, S, run_q, scale, pos, i_b, i
                             T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr, V: tl.constexpr,
                             BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                             PRECISION: tl.constexpr, NEED_DG: tl.constexpr,
-                            SEGMENTED: tl.constexpr, DG_ATOMIC: tl.constexpr):
+                            SEGMENTED: tl.constexpr):
     """One BC-token step of the dq sweep, exact for any decay ([BC, BC, BK])."""
     ar = tl.arange(0, BC)
     ck = tl.arange(0, BK)
@@ -460,12 +458,11 @@ def _gla_bwd_own_step_exact(q, k, v, g, do, dq, dg, S, run_q, scale, pos, i_b, i
     b_dq *= scale
     p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
     tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
-    b_kd = (b_k * tl.exp(C_last[None, :] - C)).to(b_k.dtype)
-    S = S * tl.exp(C_last)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PRECISION)
+    S = _state_step(S, tl.exp(C_last)[:, None], b_k * tl.exp(C_last[None, :] - C), b_v,
+                    True, PRECISION)
     if NEED_DG:
         a = b_q.to(tl.float32) * b_dq
-        _dg_piece(dg, a, run_q, 2 * i_dir, pos, m_k, i_b, i_h, B, T, H, K, BK, True, SEGMENTED,
-                  DG_ATOMIC)
+        _dg_piece(dg, a, run_q, 2 * i_dir, pos, m_k, i_b, i_h, B, T, H, K, BK, True, SEGMENTED)
         run_q += tl.sum(a, 0)
     return S, run_q
 
@@ -475,7 +472,7 @@ def _gla_bwd_other_step_exact(q, k, v, g, do, dk, dv, dg, dH, run_k, scale, pos,
                               i_dir, B, T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr,
                               V: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
                               BV: tl.constexpr, PRECISION: tl.constexpr, NEED_DG: tl.constexpr,
-                              SEGMENTED: tl.constexpr, DG_ATOMIC: tl.constexpr):
+                              SEGMENTED: tl.constexpr):
     """One BC-token step of the dk, dv sweep (of the other scan), exact for any decay."""
     i_oth = 1 - i_dir
     ar = tl.arange(0, BC)
@@ -501,12 +498,12 @@ def _gla_bwd_other_step_exact(q, k, v, g, do, dk, dv, dg, dH, run_k, scale, pos,
     p_dv, _ = _chunk_ptrs(dv + i_oth * B * T * H * V, i_b, i_h, pos, T, H, V, BV)
     tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_k)
     tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
-    b_qd = (b_q * tl.exp(E_tot[None, :] - E)).to(b_q.dtype)
-    dH = dH * tl.exp(E_tot)[:, None] + tl.dot(tl.trans(b_qd), b_do, input_precision=PRECISION)
+    dH = _state_step(dH, tl.exp(E_tot)[:, None], b_q * tl.exp(E_tot[None, :] - E), b_do,
+                     True, PRECISION)
     if NEED_DG:
         b = kf * b_dk
         _dg_piece(dg, b, run_k, 2 * i_oth + 1, pos, m_k, i_b, i_h, B, T, H, K, BK, False,
-                  SEGMENTED, DG_ATOMIC)
+                  SEGMENTED)
         run_k += tl.sum(b, 0)
     return dH, run_k
 
@@ -516,11 +513,11 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg
                        scale, T, H, sg_d, sg_b, sg_t, sg_h, CPS, NSEG, K: tl.constexpr,
                        V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
                        BV: tl.constexpr, PRECISION: tl.constexpr, NEED_DG: tl.constexpr,
-                       SAFE: tl.constexpr, SEGMENTED: tl.constexpr, DG_ATOMIC: tl.constexpr):
+                       SAFE: tl.constexpr, SEGMENTED: tl.constexpr):
     """:func:`_bi_bwd_kernel` for per-key-channel decays, as twice the programs: axis 1 is
     2 * part + direction; part 0 sweeps with the own scan's state S and writes dq, part 1
     with the other scan's adjoint state dH and writes dk, dv. dg is [2, 2, B, T, H, K]
-    ([2, B, T, H, K] with DG_ATOMIC) and dg_tot [2, B, H, K]; chunks that decay past
+    and dg_tot [2, B, H, K]; chunks that decay past
     exp(-SAFE) go in BC-token exact steps."""
     i_bh, i_pd, i_seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_part, i_dir = i_pd // 2, i_pd % 2
@@ -558,13 +555,12 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg
                 b_dq = (b_dq * tl.exp(C) + dA_diag[:, None] * kf) * scale
                 p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
                 tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
-                b_kd = (b_k * tl.exp(C_last[None, :] - C)).to(b_k.dtype)
-                S = S * tl.exp(C_last)[:, None] + tl.dot(tl.trans(b_kd), b_v,
-                                                         input_precision=PRECISION)
+                S = _state_step(S, tl.exp(C_last)[:, None], b_k * tl.exp(C_last[None, :] - C), b_v,
+                                True, PRECISION)
                 if NEED_DG:
                     a = b_q.to(tl.float32) * b_dq
                     _dg_piece(dg, a, run_q, 2 * i_dir, pos, m_k, i_b, i_h, B, T, H, K, BK, True,
-                              SEGMENTED, DG_ATOMIC)
+                              SEGMENTED)
                     run_q += tl.sum(a, 0)
             else:
                 for j in range(NS):
@@ -572,7 +568,7 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg
                     S, run_q = _gla_bwd_own_step_exact(
                         q, k, v, g, do, dq, dg, S, run_q, scale, pos_j, i_b, i_h, i_dir, B, T,
                         H, sg_d, sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION, NEED_DG,
-                        SEGMENTED, DG_ATOMIC)
+                        SEGMENTED)
         if NEED_DG and not SEGMENTED:
             tl.store(dg_tot + ((i_dir * B + i_b) * H + i_h) * K + ck, run_q, mask=ck < K)
     else:
@@ -607,13 +603,12 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg
                 p_dv, _ = _chunk_ptrs(dv + i_oth * B * T * H * V, i_b, i_h, pos, T, H, V, BV)
                 tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_k)
                 tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
-                b_qd = (b_q * tl.exp(E_tot[None, :] - E)).to(b_q.dtype)
-                dH = dH * tl.exp(E_tot)[:, None] + tl.dot(tl.trans(b_qd), b_do,
-                                                          input_precision=PRECISION)
+                dH = _state_step(dH, tl.exp(E_tot)[:, None], b_q * tl.exp(E_tot[None, :] - E), b_do,
+                                 True, PRECISION)
                 if NEED_DG:
                     b = kf * b_dk
                     _dg_piece(dg, b, run_k, 2 * i_oth + 1, pos, m_k, i_b, i_h, B, T, H, K, BK,
-                              False, SEGMENTED, DG_ATOMIC)
+                              False, SEGMENTED)
                     run_k += tl.sum(b, 0)
             else:
                 for j in range(NS):
@@ -621,7 +616,7 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg
                     dH, run_k = _gla_bwd_other_step_exact(
                         q, k, v, g, do, dk, dv, dg, dH, run_k, scale, pos_j, i_b, i_h, i_dir,
                         B, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION, NEED_DG,
-                        SEGMENTED, DG_ATOMIC)
+                        SEGMENTED)
 
 
 def _meta(q, v, per_channel):
@@ -651,15 +646,16 @@ def _config(meta, backward):
 
 # Segments per sweep. None (default): as measured on an H200 (B=8, H=6, d=64, bf16,
 # forward+backward; README). Scalar decay: one below 4096 tokens, eight from there
-# (simple_gla 3.4 against 4.5 ms at 16384, RetNet 2.7 against 3.6). GLA: one at every length
-# (1.09 / 1.91 / 7.54 ms at 1024 / 4096 / 16384 tokens against 1.32 / 2.12 / 7.84 with eight).
-# An int forces that many (tests, tools/benchmark.py --fused-segments).
+# (simple_gla 3.4 against 4.5 ms at 16384, RetNet 2.7 against 3.6). GLA's backward (twice the
+# programs already): one at every length (1.09 / 1.91 / 7.54 ms at 1024 / 4096 / 16384 tokens
+# against 1.32 / 2.12 / 7.84 with eight). GLA's forward (one program per batch x head x
+# direction, 96 on 132 SMs at B=8, H=6): GLA_FWD_SEGMENTS from LONG_TOKENS (7.08 against
+# 7.67 ms at 16384, 1.95 against 2.03 at 4096); the passes need not agree, each sums its own
+# segment states. An int SEGMENTS forces that many everywhere (tests, tools/benchmark.py
+# --fused-segments).
 SEGMENTS = None
 LONG_TOKENS, LONG_SEGMENTS = 4096, 8
-# GLA's forward from LONG_TOKENS, when SEGMENTS is None: None, the backward's count (one).
-# The two passes need not agree (each sums its own segment states); the forward alone has
-# one program per (batch x head, direction), 96 on 132 SMs at B=8, H=6. Not yet timed.
-GLA_FWD_SEGMENTS = None
+GLA_FWD_SEGMENTS = 8
 
 
 def _segments(T, BT, per_channel=False, backward=False):
@@ -668,8 +664,7 @@ def _segments(T, BT, per_channel=False, backward=False):
     if SEGMENTS is not None:
         want = SEGMENTS
     elif per_channel:
-        fwd = GLA_FWD_SEGMENTS if not backward and T >= LONG_TOKENS else None
-        want = fwd or 1
+        want = GLA_FWD_SEGMENTS if not backward and T >= LONG_TOKENS else 1
     else:
         want = LONG_SEGMENTS if T >= LONG_TOKENS else 1
     n = max(1, min(want, NT))
@@ -687,7 +682,7 @@ def _kernels(meta, per_channel, backward):
     if not backward:
         return state, state_meta, _bi_gla_fwd_kernel if per_channel else _bi_fwd_kernel, meta, 2
     if per_channel:                       # axis 1: 2 * part + direction
-        return state, state_meta, _bi_gla_bwd_kernel, dict(meta, DG_ATOMIC=GLA_DG_ATOMIC), 4
+        return state, state_meta, _bi_gla_bwd_kernel, meta, 4
     return state, state_meta, _bi_bwd_kernel, meta, 2
 
 
@@ -728,10 +723,8 @@ class _FusedBiDecayAttn(torch.autograd.Function):
         dv2 = v.new_empty(2, *v.shape)
         state_kernel, seg_meta, kernel, kernel_meta, programs = _kernels(
             meta, ctx.per_channel, True)
-        atomic = kernel_meta.get('DG_ATOMIC', False)
         if need_dg:
-            dg = (q.new_zeros(2, *g.shape[1:], dtype=torch.float32) if atomic else
-                  q.new_empty(2, 2, *g.shape[1:], dtype=torch.float32))
+            dg = q.new_empty(2, 2, *g.shape[1:], dtype=torch.float32)
             dg_tot = q.new_empty(2, B, H, *g.shape[4:], dtype=torch.float32)
         else:
             dg = dg_tot = q.new_empty(1)
@@ -749,12 +742,13 @@ class _FusedBiDecayAttn(torch.autograd.Function):
         dgrad = None
         if need_dg and nseg == 1:
             # gradient of each direction's log decays: the kernels left the sums (see above)
-            dgrad = (dg.neg_().add_(dg_tot.unsqueeze(2)) if atomic else
-                     dg_tot.unsqueeze(2) - dg[:, 0] - dg[:, 1])
+            # (in g's own layout where it has one: a stacked view's gradient needs no copy)
+            dgrad = torch.sub(dg_tot.unsqueeze(2), dg[:, 0], out=torch.empty_like(g))
+            dgrad.sub_(dg[:, 1])
         elif need_dg:
             # per-token dG = q.dq - k.dk; forward gates reach every later t (suffix sum),
             # backward gates every earlier t (prefix sum); scanned along a contiguous T axis
-            d = (dg if atomic else dg[:, 0] - dg[:, 1]).movedim(2, -1).contiguous()
+            d = (dg[:, 0] - dg[:, 1]).movedim(2, -1).contiguous()
             pre = d.cumsum(-1)
             dgrad = torch.stack([pre[0][..., -1:] - pre[0] + d[0], pre[1]]).movedim(-1, 2)
         # sums in place: no third buffer per gradient at the backward's peak (the pair's
@@ -772,15 +766,19 @@ def _segment_buffers(q, BH, nseg, meta):
             q.new_empty(2, BH, nseg, *channels, dtype=torch.float32))
 
 
-def fused_bi_decay_attn(q, k, v, gf, gb=None, scale=None):
+def fused_bi_decay_attn(q, k, v, gf, gb=None, scale=None, stacked=False):
     """Both scans of decayed linear attention in one kernel pair (see module docstring).
 
     ``gf`` / ``gb``: log decays of the forward / backward scan, [B, T, H] (simple_gla, RetNet)
     or [B, T, H, K] (GLA); ``gb=None``: the same tensor. A stride-0 expanded tensor is read
-    without being materialised.
+    without being materialised. ``stacked=True``: ``gf`` is [B, T, 2, H(, K)], both directions
+    (forward first, ``gb`` None), read through a view: no stacked copy, and its gradient comes
+    back in the same layout.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if gb is None or gb is gf:
+    if stacked:
+        g = gf.movedim(2, 0)
+    elif gb is None or gb is gf:
         g = gf.unsqueeze(0).expand(2, *gf.shape)
     else:
         g = torch.stack([gf, gb])
