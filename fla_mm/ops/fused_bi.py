@@ -98,8 +98,9 @@ def _kv_tile(base, BK: tl.constexpr, BV: tl.constexpr):
 @triton.jit
 def _state_step(S, decay, x, y, F32: tl.constexpr, PRECISION: tl.constexpr):
     """The sweep's state update S * decay + x^T y (x: decayed keys, or queries for an adjoint
-    state, in fp32; y: values or output gradients). The forward rounds x to y's dtype. The
-    backward keeps both in fp32 (F32; TF32 dots for 16-bit inputs): its gate gradient is a
+    state, in fp32; y: values or output gradients). The forward rounds x to y's dtype. A
+    backward that computes the gate gradient keeps both in fp32 (F32; TF32 dots for 16-bit
+    inputs; RetNet's fixed decay needs none and keeps bf16 states). The gate gradient is a
     sum over the sequence of q.dq - k.dk whose pair terms cancel except near the token, but the
     dq side and the dk side round differently, and with bf16 states that rounding grew with the
     length. Measured on an H200 (bf16 GLA, 16384 tokens, max error / max |dg|): bf16 states
@@ -247,7 +248,7 @@ def _bi_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg_dH,
         p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
         tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
         S = _state_step(S, tl.exp(C_last), b_k * tl.exp(C_last - C)[:, None], b_v,
-                        True, PRECISION)
+                        NEED_DG, PRECISION)
         # other scan: dk, dv
         N = tl.exp(tl.where(anti, E[None, :] - E[:, None], float('-inf')))
         b_dk = tl.dot(tl.trans(dA * N), qf, input_precision=PRECISION)
@@ -262,7 +263,7 @@ def _bi_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg_dH,
         tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_k)
         tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
         dH = _state_step(dH, tl.exp(E_tot), b_q * tl.exp(E_tot - E)[:, None], b_do,
-                         True, PRECISION)
+                         NEED_DG, PRECISION)
         if NEED_DG:
             p_dg = dg + (i_b * T + pos) * H + i_h
             a = tl.sum(qf * b_dq, 1)
@@ -459,7 +460,7 @@ def _gla_bwd_own_step_exact(q, k, v, g, do, dq, dg, S, run_q, scale, pos, i_b, i
     p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
     tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
     S = _state_step(S, tl.exp(C_last)[:, None], b_k * tl.exp(C_last[None, :] - C), b_v,
-                    True, PRECISION)
+                    NEED_DG, PRECISION)
     if NEED_DG:
         a = b_q.to(tl.float32) * b_dq
         _dg_piece(dg, a, run_q, 2 * i_dir, pos, m_k, i_b, i_h, B, T, H, K, BK, True, SEGMENTED)
@@ -499,7 +500,7 @@ def _gla_bwd_other_step_exact(q, k, v, g, do, dk, dv, dg, dH, run_k, scale, pos,
     tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_k)
     tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
     dH = _state_step(dH, tl.exp(E_tot)[:, None], b_q * tl.exp(E_tot[None, :] - E), b_do,
-                     True, PRECISION)
+                     NEED_DG, PRECISION)
     if NEED_DG:
         b = kf * b_dk
         _dg_piece(dg, b, run_k, 2 * i_oth + 1, pos, m_k, i_b, i_h, B, T, H, K, BK, False,
@@ -556,7 +557,7 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg
                 p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
                 tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
                 S = _state_step(S, tl.exp(C_last)[:, None], b_k * tl.exp(C_last[None, :] - C), b_v,
-                                True, PRECISION)
+                                NEED_DG, PRECISION)
                 if NEED_DG:
                     a = b_q.to(tl.float32) * b_dq
                     _dg_piece(dg, a, run_q, 2 * i_dir, pos, m_k, i_b, i_h, B, T, H, K, BK, True,
@@ -604,7 +605,7 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg
                 tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_k)
                 tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
                 dH = _state_step(dH, tl.exp(E_tot)[:, None], b_q * tl.exp(E_tot[None, :] - E), b_do,
-                                 True, PRECISION)
+                                 NEED_DG, PRECISION)
                 if NEED_DG:
                     b = kf * b_dk
                     _dg_piece(dg, b, run_k, 2 * i_oth + 1, pos, m_k, i_b, i_h, B, T, H, K, BK,
