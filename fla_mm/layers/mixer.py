@@ -265,8 +265,8 @@ def build_gla_like(m, dim, num_heads, cfg):
 
 # Families whose bi-scan fla_mm's fused kernel computes; bi_kernel='auto' (the default) uses
 # it for all of them. GLA's per-key-channel kernel passed its GPU tests at L = 1 to 16384
-# (H200), and with the segments of ``ops.fused_bi`` it beats two chunk_gla calls at 1024, 4096
-# and 16384 tokens (0.89 / 2.54 / 9.46 ms against 3.06 / 3.21 / 12.4, one run; README).
+# (H200) and beats two chunk_gla calls at 1024, 4096 and 16384 tokens (0.81 / 1.99 / 7.83 ms
+# against 2.82 / 3.18 / 12.4, not the same run; README).
 BI_KERNEL_CHOICES = ('auto',) + ops.BI_KERNELS
 FUSED_BI_FAMILIES = ('retnet', 'simple_gla', 'gla')
 
