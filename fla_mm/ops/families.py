@@ -189,9 +189,10 @@ def bi_decay_attn(q, k, v, gf, gb=None, scale=None, kernel='fused', stacked=Fals
     o = fwd_scan(x) + flip(fwd_scan(flip(x))) with log decays ``gf`` / ``gb`` (fp32; [B, T, H]
     scalar per head, or [B, T, H, K] per key channel as GLA; ``gb=None``: the same gates both
     ways; ``stacked=True``: ``gf`` holds both, [B, T, 2, H(, K)], forward first, and the fused
-    kernel reads them in place), in the original token order. On CUDA ``kernel='fused'`` runs :mod:`.fused_bi` (one
-    kernel for both directions, forward and backward); 'two_call' and the CPU run the
-    one-direction op on [x, flip(x)] batched, as the other scans do. Same function either way.
+    kernel reads them in place), in the original token order. On CUDA ``kernel='fused'`` runs
+    :mod:`.fused_bi` (one kernel for both directions, forward and backward); 'two_call' and
+    the CPU run the one-direction op on [x, flip(x)] batched, as the other scans do. Same
+    function either way.
     """
     if kernel not in BI_KERNELS:
         raise ValueError(f'Unknown bi-scan kernel {kernel!r}; valid: {", ".join(BI_KERNELS)}')

@@ -517,9 +517,8 @@ def _bi_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, dg_tot, seg_S, seg_G, seg
                        SAFE: tl.constexpr, SEGMENTED: tl.constexpr):
     """:func:`_bi_bwd_kernel` for per-key-channel decays, as twice the programs: axis 1 is
     2 * part + direction; part 0 sweeps with the own scan's state S and writes dq, part 1
-    with the other scan's adjoint state dH and writes dk, dv. dg is [2, 2, B, T, H, K]
-    and dg_tot [2, B, H, K]; chunks that decay past
-    exp(-SAFE) go in BC-token exact steps."""
+    with the other scan's adjoint state dH and writes dk, dv. dg is [2, 2, B, T, H, K] and
+    dg_tot [2, B, H, K]; chunks that decay past exp(-SAFE) go in BC-token exact steps."""
     i_bh, i_pd, i_seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_part, i_dir = i_pd // 2, i_pd % 2
     i_b, i_h = i_bh // H, i_bh % H
