@@ -1189,12 +1189,11 @@ def _compile_times(args):
     for kind in args.kernels:
         per_channel = kind == 'gla'
         meta = fb._meta(torch.empty(1, 1, 1, d, dtype=dtype), torch.empty(1, 1, 1, d), per_channel)
-        state, state_meta, fwd, fwd_meta, _ = fb._kernels(meta, per_channel, backward=False)
-        _, _, bwd, bwd_meta, _ = fb._kernels(meta, per_channel, backward=True)
+        state, state_meta, fwd, _ = fb._kernels(meta, per_channel, backward=False)
+        _, _, bwd, _ = fb._kernels(meta, per_channel, backward=True)
         for segmented in (False, True):
-            variants = [('forward', fwd, dict(fwd_meta, SEGMENTED=segmented), False),
-                        ('backward', bwd, dict(bwd_meta, SEGMENTED=segmented, NEED_DG=True),
-                         True)]
+            variants = [('forward', fwd, dict(meta, SEGMENTED=segmented), False),
+                        ('backward', bwd, dict(meta, SEGMENTED=segmented, NEED_DG=True), True)]
             if segmented:
                 variants += [('segment states, forward', state, dict(state_meta, BACKWARD=False),
                               False),

@@ -674,16 +674,16 @@ def _segments(T, BT, per_channel=False, backward=False):
 
 def _kernels(meta, per_channel, backward):
     """What one pass (forward or backward) launches: the segment-state kernel and its
-    constexprs, the main kernel and its constexprs, and the main kernel's programs per
+    constexprs, the main kernel (whose constexprs are ``meta``) and its programs per
     (batch x head, segment). Used by the autograd function and by
     ``tools/benchmark.py compile``."""
     state = _bi_gla_seg_state_kernel if per_channel else _bi_seg_state_kernel
     state_meta = {n: meta[n] for n in ('K', 'V', 'BT', 'BK', 'BV', 'PRECISION')}
     if not backward:
-        return state, state_meta, _bi_gla_fwd_kernel if per_channel else _bi_fwd_kernel, meta, 2
+        return state, state_meta, _bi_gla_fwd_kernel if per_channel else _bi_fwd_kernel, 2
     if per_channel:                       # axis 1: 2 * part + direction
-        return state, state_meta, _bi_gla_bwd_kernel, meta, 4
-    return state, state_meta, _bi_bwd_kernel, meta, 2
+        return state, state_meta, _bi_gla_bwd_kernel, 4
+    return state, state_meta, _bi_bwd_kernel, 2
 
 
 class _FusedBiDecayAttn(torch.autograd.Function):
@@ -700,13 +700,13 @@ class _FusedBiDecayAttn(torch.autograd.Function):
         o2 = q.new_empty(2, B, T, H, v.shape[-1], dtype=v.dtype)
         nseg, cps = _segments(T, meta['BT'], per_channel)
         seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
-        state_kernel, seg_meta, kernel, kernel_meta, programs = _kernels(meta, per_channel, False)
+        state_kernel, seg_meta, kernel, programs = _kernels(meta, per_channel, False)
         if nseg > 1:
             state_kernel[(B * H, 2, nseg - 1)](
                 q, k, v, g, q, seg_S, seg_G, seg_S, seg_G, T, H, *g.stride()[:4], cps, nseg,
                 **seg_meta, BACKWARD=False, **_config(meta, False))
         kernel[(B * H, programs, nseg)](q, k, v, g, o2, seg_S, seg_G, scale, T, H,
-                                        *g.stride()[:4], cps, nseg, **kernel_meta,
+                                        *g.stride()[:4], cps, nseg, **meta,
                                         SEGMENTED=nseg > 1, **_config(meta, False))
         ctx.save_for_backward(q, k, v, g)
         ctx.scale, ctx.meta, ctx.per_channel = scale, meta, per_channel
@@ -721,8 +721,7 @@ class _FusedBiDecayAttn(torch.autograd.Function):
         do = do.contiguous()
         dq2, dk2 = q.new_empty(2, *q.shape), k.new_empty(2, *k.shape)
         dv2 = v.new_empty(2, *v.shape)
-        state_kernel, seg_meta, kernel, kernel_meta, programs = _kernels(
-            meta, ctx.per_channel, True)
+        state_kernel, seg_meta, kernel, programs = _kernels(meta, ctx.per_channel, True)
         if need_dg:
             dg = q.new_empty(2, 2, *g.shape[1:], dtype=torch.float32)
             dg_tot = q.new_empty(2, B, H, *g.shape[4:], dtype=torch.float32)
@@ -737,7 +736,7 @@ class _FusedBiDecayAttn(torch.autograd.Function):
                 **seg_meta, BACKWARD=True, **_config(meta, True))
         kernel[(B * H, programs, nseg)](q, k, v, g, do, dq2, dk2, dv2, dg, dg_tot, seg_S, seg_G,
                                         seg_dH, seg_E, ctx.scale, T, H, *g.stride()[:4], cps,
-                                        nseg, **kernel_meta, NEED_DG=need_dg,
+                                        nseg, **meta, NEED_DG=need_dg,
                                         SEGMENTED=nseg > 1, **_config(meta, True))
         dgrad = None
         if need_dg and nseg == 1:
