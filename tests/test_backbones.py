@@ -14,7 +14,7 @@ from fla_mm.backbones import FLAPlain, FLAPyramid
 from fla_mm.backbones.plain import ARCHS as PLAIN_ARCHS
 from fla_mm.backbones.pyramid import ARCHS as PYRAMID_ARCHS
 from fla_mm.layers import FAMILIES, RepMixerBlock, resize_pos_embed
-from fla_mm.layers.mixer import RMSNorm
+from fla_mm.layers.modules import RMSNorm
 from fla_mm.layers.repmixer import RepMixer
 
 PYR = dict(embed_dims=[16, 32, 32, 64], depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4])
@@ -554,11 +554,11 @@ def test_model_stats_counts_the_same_work_for_fused_and_two_call_bi_scans(monkey
     """The fused and the two-call bi-scan do the same projections and scans: equal counts
     (the tracer dropped projections feeding only a replaced op, and re-ran the real op when
     its shape key held traced sizes)."""
-    import fla_mm.layers.mixer as mixer
     from conftest import load_tool
+    from fla_mm import ops
     stats = load_tool('model_stats')
     fused = stats.measure('plain', 'tiny', 64)
-    monkeypatch.setattr(mixer, 'FUSED_BI_FAMILIES', ())
+    monkeypatch.setattr(ops, 'BI_FUSED_FAMILIES', ())
     two_call = stats.measure('plain', 'tiny', 64)
     assert fused['mixer_op_flops'] > 0
     assert {k: fused[k] for k in ('traced_flops', 'mixer_op_flops')} == {

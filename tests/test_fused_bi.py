@@ -173,24 +173,25 @@ def test_mixer_fused_path_is_the_two_call_function(family, options):
 
 
 def test_unknown_bi_kernel_lists_the_valid_ones():
-    with pytest.raises(ValueError, match='auto, fused, two_call'):
+    with pytest.raises(ValueError, match='valid: fused, two_call'):
         TokenMixer(32, 2, family='simple_gla', scan='bi', bi_kernel='fast')
 
 
-def test_auto_fuses_the_decay_families():
-    """bi_kernel='auto' (the default) takes the fused path for simple_gla, RetNet and GLA,
-    as 'fused' does; short conv, rotary, other scans and 'two_call' never do."""
-    from fla_mm.layers.mixer import _fused_bi
-    fused = {f: _fused_bi(TokenMixer(32, 2, family=f, scan='bi', **o))
+def test_default_fuses_the_decay_families():
+    """The default bi_kernel ('fused') takes the fused path for simple_gla, RetNet and GLA;
+    short conv, rotary, other scans and 'two_call' never do. 'auto', the old default, still
+    builds the fused mixer, with a FutureWarning."""
+    def fused_bi(family, scan='bi', **kw):
+        return TokenMixer(32, 2, family=family, scan=scan, **kw).fused_bi()
+    fused = {f: fused_bi(f, **o)
              for f, o in (('simple_gla', {}), ('retnet', dict(rotary=False)), ('gla', {}))}
     assert fused == dict(simple_gla=True, retnet=True, gla=True)
-    assert _fused_bi(TokenMixer(32, 2, family='gla', scan='bi', bi_kernel='fused'))
-    assert not _fused_bi(TokenMixer(32, 2, family='gla', scan='bi', bi_kernel='fused',
-                                    use_short_conv=True))
-    assert not _fused_bi(TokenMixer(32, 2, family='retnet', scan='bi'))      # rotary default
-    assert not _fused_bi(TokenMixer(32, 2, family='simple_gla', scan='cross'))
-    assert not _fused_bi(TokenMixer(32, 2, family='simple_gla', scan='bi',
-                                    bi_kernel='two_call'))
+    with pytest.warns(FutureWarning, match="'auto' is read as 'fused'"):
+        assert fused_bi('gla', bi_kernel='auto')
+    assert not fused_bi('gla', use_short_conv=True)
+    assert not fused_bi('retnet')      # rotary default
+    assert not fused_bi('simple_gla', scan='cross')
+    assert not fused_bi('simple_gla', bi_kernel='two_call')
 
 
 def test_sweeps_are_cut_into_segments_from_4096_tokens(monkeypatch):

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from fla_mm.layers.mixer import FAMILIES, TokenMixer
+from fla_mm.layers.scan import ScanContext
 from fla_mm.layers.scan import SCANS, merge, num_directions, scan
 
 GRIDS = [(7, 7), (14, 14), (25, 38), (1, 1), (2, 3)]
@@ -66,9 +67,9 @@ def test_bi_is_sum_of_directions():
     m = TokenMixer(16, 2, family='linear_attn', scan='bi', feature_map='identity',
                    output_norm='identity').eval()
     x = torch.randn(1, 6, 16)
-    o_fwd = m.spec['op'](*(p(x).reshape(1, 6, 2, 8) for p in (m.q_proj, m.k_proj, m.v_proj)))
-    o_bwd = m.spec['op'](*(p(x.flip(1)).reshape(1, 6, 2, 8)
-                           for p in (m.q_proj, m.k_proj, m.v_proj))).flip(1)
+    o_fwd = m.op(*(p(x).reshape(1, 6, 2, 8) for p in (m.q_proj, m.k_proj, m.v_proj)))
+    o_bwd = m.op(*(p(x.flip(1)).reshape(1, 6, 2, 8)
+                   for p in (m.q_proj, m.k_proj, m.v_proj))).flip(1)
     torch.testing.assert_close(m(x, (2, 3)), m.o_proj((o_fwd + o_bwd).reshape(1, 6, 16)))
 
 
@@ -83,8 +84,7 @@ def test_direction_gates(family):
     m(x, (3, 4)).sum().backward()
     assert torch.isfinite(x.grad).all()
     g = torch.arange(4.).repeat_interleave(3).reshape(1, 1, 12).expand(1, 12, 12)
-    m._hw, m._perm = (3, 4), None
-    per_dir = m.scan_gate_(g)
+    per_dir = ScanContext('cross', (3, 4)).scan_gates(g, m.num_gates)
     for d in range(4):   # direction d carries slice d of the gate
         assert (per_dir[d] == d).all()
 
@@ -240,7 +240,7 @@ def _fused_bitlinear_emulated(x, norm_weight, weight, eps=1e-8):
 def test_bitlinear_rounds_ties_away_from_zero():
     """x = ones normalises to exactly 1, so the quantiser sees the norm weight; with max 127 its
     scale is 1 and the weights below are exact ties (torch.round would give 2, -2, 0, -0, 4)."""
-    from fla_mm.layers.mixer import BitLinear
+    from fla_mm.layers.modules import BitLinear
     lin = BitLinear(8, 8)
     with torch.no_grad():
         lin.norm.weight.copy_(torch.tensor([2.5, -2.5, 0.5, -0.5, 3.5, 127., 1.25, -126.5]))
@@ -255,7 +255,7 @@ def test_bitlinear_rounds_ties_away_from_zero():
 def test_bitlinear_matches_fused_kernel_math(dtype):
     """Forward equal to the kernel's math (quantised in fp32 also for bf16 inputs: quantising
     the bf16-rounded norm output puts many values in other bins)."""
-    from fla_mm.layers.mixer import BitLinear
+    from fla_mm.layers.modules import BitLinear
     torch.manual_seed(0)
     lin = BitLinear(64, 32)
     with torch.no_grad():

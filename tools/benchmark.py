@@ -492,14 +492,14 @@ def capture_op_inputs(family, B, L, H, d, device, dtype, seed=0, mixer_cfg=None)
     def recorder(*a, **kw):
         raise _OpCall(a, kw)
 
-    mixer.spec = dict(mixer.spec, op=recorder)
+    mixer.op = recorder
     x = torch.randn(B, L, H * d, device=device)
     try:
         with torch.no_grad(), _autocast(device, dtype):
             mixer(x, grid_hw(L))
     except _OpCall as call:
         return call.args, call.kwargs
-    raise RuntimeError(f'TokenMixer({family!r}) never called its op through spec["op"]')
+    raise RuntimeError(f'TokenMixer({family!r}) never called its op (mixer.op)')
 
 
 def _describe(t):

@@ -20,6 +20,7 @@ import json
 import logging
 import os.path as osp
 import sys
+from unittest import mock
 
 import torch
 
@@ -54,9 +55,8 @@ def analytic_mixer_ops():
     (once per family and shape, outside the traced pass) and returns zeros of that shape.
     """
     from fla_mm import ops
-    from fla_mm.layers.mixer import FAMILIES
+    from fla_mm.layers.mixer import MIXERS
     record = dict(macs=0, calls=0)
-    saved = {name: spec['op'] for name, spec in FAMILIES.items()}
     shapes = {}
 
     def stand_in(name, real, causal_default):
@@ -86,15 +86,12 @@ def analytic_mixer_ops():
         record['calls'] += 1
         return out
 
-    for name, spec in FAMILIES.items():
-        spec['op'] = stand_in(name, spec['op'], spec.get('causal', True))
-    saved_bi, ops.bi_decay_attn = ops.bi_decay_attn, bi_stand_in
-    try:
+    with contextlib.ExitStack() as stack:
+        for name, cls in MIXERS.items():
+            stand = staticmethod(stand_in(name, cls.op, cls.causal))
+            stack.enter_context(mock.patch.object(cls, 'op', stand))
+        stack.enter_context(mock.patch.object(ops, 'bi_decay_attn', bi_stand_in))
         yield record
-    finally:
-        for name, op in saved.items():
-            FAMILIES[name]['op'] = op
-        ops.bi_decay_attn = saved_bi
 
 
 def build(layout, size, mixer, scan):

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseModule
 
-from ..layers import FAMILIES
+from ..layers import FAMILIES, TokenMixer
 
 
 def resolve_arch(arch, archs):
@@ -145,7 +145,6 @@ class FLABackboneBase(BaseModule):
             raise ValueError('cuda_graph=True cannot be combined with with_cp=True: activation '
                              'checkpointing recomputes the forward inside the backward')
         if cuda_graph:
-            from ..layers.mixer import TokenMixer
             random = [n for n, m in self.named_modules()
                       if isinstance(m, TokenMixer) and m.scan == 'random']
             if random:

@@ -146,7 +146,7 @@ class FLAPlain(FLABackboneBase):
                   layer_scale=layer_scale, with_cp=with_cp)
             for i in range(depth))
         grid_mixers = [i for i, b in enumerate(self.blocks)
-                       if b.attn.scan == 'cross' or b.attn.locality or b.attn.spec.get('grid')]
+                       if b.attn.scan == 'cross' or b.attn.locality or b.attn.grid]
         if cls_token and grid_mixers:
             raise ValueError(f'cls_token=True needs mixers that do not use the 2-D grid; blocks '
                              f'{grid_mixers} use the cross scan, locality or vig_gla')

@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
-from .mixer import RMSNorm, TokenMixer
+from .mixer import TokenMixer
+from .modules import RMSNorm
 
 
 class DropPath(nn.Module):

@@ -3,8 +3,12 @@
 Each order is a pair of pure functions. ``scan(x, hw)`` maps [B, L, ...] to [D*B, L, ...]
 (D directions stacked on the batch so that ONE kernel call handles them all), and
 ``merge(y, hw)`` maps [D*B, L, ...] back to [B, L, ...] by summing the directions, each
-put back in raster order.
+put back in raster order. :class:`ScanContext` binds one forward's order, grid and random
+permutation, and is what a mixer's ``mix`` receives.
 """
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
 import torch
 
 SCANS = ('uni', 'bi', 'cross', 'random')
@@ -40,6 +44,15 @@ def scan(x, hw, name, perm=None):
     return x if perm is None else x[:, perm]
 
 
+def scan_direction(x, hw, name, d, perm=None):
+    """Direction ``d`` alone of :func:`scan`: [B, L, ...] -> [B, L, ...]."""
+    if name == 'random':
+        return x if perm is None else x[:, perm]
+    if d >= 2:                                    # cross: the column-major directions
+        x = _transpose_grid(x, hw)
+    return x.flip(1) if d % 2 else x
+
+
 def merge(y, hw, name, perm=None):
     """Inverse of :func:`scan` summed over directions: [D*B, L, ...] -> [B, L, ...]."""
     _check(name)
@@ -55,3 +68,35 @@ def merge(y, hw, name, perm=None):
     if perm is None:
         return y
     return y[:, torch.argsort(perm)]
+
+
+@dataclass(frozen=True, eq=False)
+class ScanContext:
+    """One forward's scan: the order ``name``, the token grid ``hw`` and, for 'random' in
+    training, the permutation ``perm``. Handed to a mixer's ``mix`` as an argument, so no
+    per-call state is left on the module."""
+    name: str
+    hw: Tuple[int, int]
+    perm: Optional[torch.Tensor] = None
+
+    @property
+    def directions(self):
+        return num_directions(self.name)
+
+    def scan(self, t):
+        """[B, L, ...] -> [D*B, L, ...]."""
+        return scan(t, self.hw, self.name, self.perm)
+
+    def merge(self, t):
+        """[D*B, L, ...] -> [B, L, ...], the directions summed in raster order."""
+        return merge(t, self.hw, self.name, self.perm)
+
+    def scan_gates(self, g, num_gates):
+        """Scan a gate [B, L, num_gates * n]. With one gate, as :meth:`scan`; with a gate per
+        direction (ViG's direction-wise gating), direction d is scanned from slice d alone."""
+        if num_gates == 1:
+            return self.scan(g)
+        B, L = g.shape[:2]
+        g = g.reshape(B, L, num_gates, -1)
+        return torch.cat([scan_direction(g[:, :, d], self.hw, self.name, d, self.perm)
+                          for d in range(num_gates)], 0)

@@ -181,6 +181,7 @@ def retnet(q, k, v, scale=None):
 
 
 BI_KERNELS = ('fused', 'two_call')
+BI_FUSED_FAMILIES = ('gla', 'retnet', 'simple_gla')   # bi-scans the fused kernel computes
 
 
 def bi_decay_attn(q, k, v, gf, gb=None, scale=None, kernel='fused', stacked=False):
