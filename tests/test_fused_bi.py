@@ -1,4 +1,4 @@
-"""The fused bidirectional kernel (fla_mm/ops/fused_bi.py) against the two-call reference.
+"""The fused bidirectional kernel (fla_mm/ops/fused_bi/) against the two-call reference.
 
 On CPU the Triton kernels run under TRITON_INTERPRET=1 (in a subprocess: the interpreter is
 chosen when triton is imported), so CI checks the kernel's math, forward and every gradient.
@@ -12,14 +12,16 @@ import pytest
 import torch
 
 from fla_mm.layers.mixer import TokenMixer
+from fla_mm.ops.fused_bi import FusedBiConfig
+from fla_mm.ops.fused_bi.launch import _segments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Both interpreted scripts start with this: the two-call reference on the CPU.
 PRELUDE = r'''
 import torch, torch.nn.functional as F
-import fla_mm.ops.fused_bi as fused_bi
-from fla_mm.ops.fused_bi import fused_bi_decay_attn
+import fla_mm.ops.fused_bi.launch as launch
+from fla_mm.ops.fused_bi import FusedBiConfig, fused_bi_decay_attn
 from fla_mm.ops.reference import chunk_decay_attn_ref
 
 def two_call(q, k, v, gf, gb, scale):
@@ -42,12 +44,12 @@ CASES += [(150, 'shared-strong-gla', 1), (150, 'separate-strong-gla', 1),
           (200, 'separate-strong-gla', 2)]
 # frozen gates (no gradient asked for them): the kernels skip the gate-gradient pieces
 CASES += [(100, 'shared-frozen-gla', 1), (130, 'shared-frozen-gla', 3)]
-# GLA's forward in 3 segments, its backward in one (GLA_FWD_SEGMENTS from LONG_TOKENS = 128)
+# GLA's forward in 3 segments, its backward in one (gla_fwd_segments from long_tokens = 128)
 CASES += [(300, 'separate-gla', 'fwd3'), (300, 'separate-strong-gla', 'fwd3')]
 for T, gates, segments in CASES:
         fwd3 = segments == 'fwd3'
-        fused_bi.SEGMENTS = None if fwd3 else segments
-        fused_bi.GLA_FWD_SEGMENTS, fused_bi.LONG_TOKENS = (3, 128) if fwd3 else (8, 4096)
+        config = (FusedBiConfig(gla_fwd_segments=3, long_tokens=128) if fwd3 else
+                  FusedBiConfig(segments=segments))
         B, H, K, V = 2, 2, 16, 32
         x = [torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)]
         shape = (B, T, H, K) if gates.endswith('gla') else (B, T, H)
@@ -66,9 +68,10 @@ for T, gates, segments in CASES:
         g_a = (a[3], a[4]) if sep else (a[3], None) if shared else (gf, None)
         g_b = (b[3], b[4]) if sep else (b[3], b[3]) if shared else (gf, gf)
         if sep and T in (100, 300):     # both directions' gates as one [B, T, 2, H(, K)] view
-            o = fused_bi_decay_attn(*a[:3], torch.stack(g_a, 2), scale=0.3, stacked=True)
+            o = fused_bi_decay_attn(*a[:3], torch.stack(g_a, 2), scale=0.3, stacked=True,
+                                    config=config)
         else:
-            o = fused_bi_decay_attn(*a[:3], *g_a, scale=0.3)
+            o = fused_bi_decay_attn(*a[:3], *g_a, scale=0.3, config=config)
         r = two_call(*b[:3], *g_b, 0.3)
         do = torch.randn_like(r)
         o.backward(do)
@@ -112,8 +115,8 @@ def tf32_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
         b = interp.TensorHandle(tf32(b.data), b.dtype.scalar)
     return create_dot(self, a, b, d, input_precision, max_num_imprecise_acc)
 interp.InterpreterBuilder.create_dot = tf32_dot
-meta = fused_bi._meta
-fused_bi._meta = lambda q, v, per_channel: dict(meta(q, v, per_channel), PRECISION='tf32')
+meta = launch._meta
+launch._meta = lambda q, v, per_channel: dict(meta(q, v, per_channel), PRECISION='tf32')
 
 B, H, D = 2, 3, 64
 for T in (1, 49):
@@ -193,19 +196,48 @@ def test_auto_fuses_the_decay_families():
                                     bi_kernel='two_call'))
 
 
-def test_sweeps_are_cut_into_segments_from_4096_tokens(monkeypatch):
-    """By default (scalar decay) one segment per sweep below LONG_TOKENS and LONG_SEGMENTS
-    from there; GLA's backward one at every length, its forward GLA_FWD_SEGMENTS from
-    LONG_TOKENS (the counts measured fastest); SEGMENTS forces a count; no segment is ever
-    empty."""
-    from fla_mm.ops import fused_bi
-    assert fused_bi.SEGMENTS is None
-    assert [fused_bi._segments(T, 64) for T in (1, 1024, 4095, 4096, 16384)] == [
+def test_sweeps_are_cut_into_segments_from_4096_tokens():
+    """By default (scalar decay) one segment per sweep below long_tokens and long_segments
+    from there; GLA's backward one at every length, its forward gla_fwd_segments from
+    long_tokens (the counts measured fastest); ``segments`` forces a count; no segment is
+    ever empty."""
+    default = FusedBiConfig()
+    assert (default.segments, default.long_tokens, default.long_segments,
+            default.gla_fwd_segments) == (None, 4096, 8, 8)
+    assert [_segments(T, 64) for T in (1, 1024, 4095, 4096, 16384)] == [
         (1, 1), (1, 16), (1, 64), (8, 8), (8, 32)]
-    assert [fused_bi._segments(T, 64, per_channel=True, backward=True)
+    assert [_segments(T, 64, per_channel=True, backward=True)
             for T in (1, 4096, 16384)] == [(1, 1), (1, 64), (1, 256)]
-    assert fused_bi.GLA_FWD_SEGMENTS == 8
-    assert [fused_bi._segments(T, 64, True, backward) for T, backward in
+    assert [_segments(T, 64, True, backward) for T, backward in
             ((1024, False), (16384, False), (16384, True))] == [(1, 16), (8, 32), (1, 256)]
-    monkeypatch.setattr(fused_bi, 'SEGMENTS', 6)
-    assert [fused_bi._segments(T, 64) for T in (100, 1024, 16384)] == [(2, 1), (6, 3), (6, 43)]
+    six = FusedBiConfig(segments=6)
+    assert [_segments(T, 64, config=six) for T in (100, 1024, 16384)] == [
+        (2, 1), (6, 3), (6, 43)]
+    short = FusedBiConfig(long_tokens=128, long_segments=3, gla_fwd_segments=2)
+    assert [_segments(300, 64, per_channel, backward, short) for per_channel, backward in
+            ((False, False), (False, True), (True, False), (True, True))] == [
+        (3, 2), (3, 2), (2, 3), (1, 5)]
+
+
+def test_config_is_frozen_and_checked():
+    """A config is a value: frozen, built from a dict whose unknown keys are an error naming
+    the valid ones, and refusing counts a launch cannot use."""
+    config = FusedBiConfig.from_dict({'segments': 3, 'bwd_warps': 8})
+    assert config == FusedBiConfig(segments=3, bwd_warps=8) and config.fwd_warps == 4
+    with pytest.raises(AttributeError):
+        config.segments = 4
+    with pytest.raises(ValueError, match='unknown key.*SEGMENTS; valid: segments, long_tokens'):
+        FusedBiConfig.from_dict({'SEGMENTS': 3})
+    for bad in (dict(segments=0), dict(long_segments=-1), dict(fwd_warps=3),
+                dict(bwd_stages=1.5), dict(gla_fwd_segments=True)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            FusedBiConfig(**bad)
+    assert FusedBiConfig.coerce(None) == FusedBiConfig()
+    assert FusedBiConfig.coerce({'segments': 2}) == FusedBiConfig(segments=2)
+    assert FusedBiConfig.coerce(config) is config
+    with pytest.raises(TypeError):
+        FusedBiConfig.coerce(3)
+    with pytest.raises(ValueError, match='unknown key'):     # checked on the CPU path too
+        from fla_mm import ops
+        x = torch.randn(1, 4, 1, 16)
+        ops.bi_decay_attn(x, x, x, torch.zeros(1, 4, 1), config={'nope': 1})

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from conftest import gpu_report
 
 from fla_mm import ops
+from fla_mm.ops.fused_bi import FusedBiConfig
 from fla_mm.ops.reference import chunk_decay_attn_ref
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not ops.fla_available(),
@@ -145,18 +146,18 @@ def test_fused_bi_mixer_trains_and_matches_two_call(family):
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
 @pytest.mark.parametrize('L', [3136, 16384])
 @pytest.mark.parametrize('gates', ['separate', 'separate-gla'])
-def test_fused_bi_segments(gates, L, dtype, monkeypatch):
-    """Cutting each sweep into segments (fused_bi.SEGMENTS) computes the same function
+def test_fused_bi_segments(gates, L, dtype):
+    """Cutting each sweep into segments (FusedBiConfig.segments) computes the same function
     (scalar decay, and per key channel as GLA)."""
-    from fla_mm.ops import fused_bi
     gen = torch.Generator(device='cuda').manual_seed(L)
     r = (lambda *s: torch.randn(*s, device='cuda', generator=gen))
     gshape = (B, L, H, D) if gates.endswith('gla') else (B, L, H)
     leaves = [r(B, L, H, D), r(B, L, H, D), r(B, L, H, D), F.logsigmoid(r(*gshape) + 3) / 4,
               F.logsigmoid(r(*gshape) + 3) / 4]
     do = r(B, L, H, D)
-    fn = (lambda q, k, v, gf, gb: ops.bi_decay_attn(q, k, v, gf, gb, kernel='fused'))
-    monkeypatch.setattr(fused_bi, 'SEGMENTS', 6)
+    six = FusedBiConfig(segments=6)
+    fn = (lambda q, k, v, gf, gb: ops.bi_decay_attn(q, k, v, gf, gb, kernel='fused',
+                                                    config=six))
     seg, g_seg = _run(fn, leaves, gates, dtype, do)
     e_ref = _worst(seg, g_seg, *_reference_run(leaves, gates, dtype, do))
     gpu_report(f'\nfused_bi segments=6 {gates:12s} {str(dtype)[6:]:9s} L={L:6d}  '
