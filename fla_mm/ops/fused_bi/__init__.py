@@ -11,6 +11,8 @@ diagonal s = t is counted once in each direction, as in ViG and fla_mm's ``merge
 
 The files:
 
+- ``naive.py``: that formula token by token in PyTorch (:func:`naive_bi_decay_attn`), the
+  specification the kernels are tested against.
 - ``common.py``: Triton helpers both kernel families share (tiles in sweep order, the chunk's
   cumulative decays of either scan, the state update).
 - ``scalar.py``: the kernels for a scalar decay per head (simple_gla, RetNet).
@@ -54,6 +56,7 @@ The kernels also run under ``TRITON_INTERPRET=1`` on CPU tensors, which is how C
 """
 from .config import DEFAULT_CONFIG, FusedBiConfig
 from .launch import CHUNK, GLA_SAFE, GLA_STEP, fused_bi_decay_attn
+from .naive import naive_bi_decay_attn
 
 __all__ = ['CHUNK', 'DEFAULT_CONFIG', 'GLA_SAFE', 'GLA_STEP', 'FusedBiConfig',
-           'fused_bi_decay_attn']
+           'fused_bi_decay_attn', 'naive_bi_decay_attn']
