@@ -172,11 +172,24 @@ def test_compile_times_every_fused_kernel_for_hopper_without_a_gpu():
         (True, 'segment states, forward'), (True, 'segment states, backward')]
     assert all(r['seconds'] > 0 and r['cubin_bytes'] > 10_000 for r in rows)
     assert all(0 < r['registers'] <= 255 and r['spill_store_bytes'] >= 0 for r in rows)
-    from fla_mm.ops import fused_bi
-    with pytest.raises(SystemExit, match='unknown switch.*NOPE; valid: BWD_CONFIG'):
+    with pytest.raises(SystemExit, match='unknown key.*NOPE; valid: segments, long_tokens'):
         run_tool('benchmark', 'compile', '--kernels', 'scalar', '--fused-bi', '{"NOPE": 1}')
     eight = run_tool('benchmark', 'compile', '--kernels', 'scalar', '--fused-bi',
-                     '{"BWD_CONFIG": {"num_warps": 8, "num_stages": 2}}')
+                     '{"bwd_warps": 8}')
     # 8 warps hold the backward's state in twice the threads: fewer spills than 4
     assert eight[1]['spill_store_bytes'] < rows[1]['spill_store_bytes']
-    assert fused_bi.BWD_CONFIG['num_warps'] == 4      # switches are restored after the run
+
+
+def test_fused_bi_config_reaches_the_op_level(tmp_path):
+    """--fused-bi is a FusedBiConfig (checked when the command line is read), stored with the
+    method; the op level's fused rows run with it."""
+    out = str(tmp_path / 'cfg')
+    result = run_tool('benchmark', 'mixer', '--families', 'simple_gla', '--levels', 'op',
+                      '--op-rows', 'fused', '--fused-bi', '{"segments": 2, "long_tokens": 64}',
+                      '--tokens', '16', '--heads', '2', '--head-dim', '16', '--mode', 'fwd',
+                      '--out', out, *TINY)
+    assert [r['status'] for r in result['rows']] == ['ok', 'ok']
+    assert result['method']['fused_bi_config']['segments'] == 2
+    assert result['method']['fused_bi_config']['long_tokens'] == 64
+    with pytest.raises(SystemExit, match='fwd_warps must be a power of 2'):
+        run_tool('benchmark', 'mixer', '--fused-bi', '{"fwd_warps": 3}', '--out', out, *TINY)

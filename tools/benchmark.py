@@ -65,8 +65,10 @@ COLUMNS = [  # (key, header) of the markdown table
 
 def _add_fused_bi(p):
     p.add_argument('--fused-bi', type=json.loads, default=None, metavar='JSON',
-                   help='set fla_mm.ops.fused_bi module switches for this run, e.g. '
-                        '\'{"GLA_SAFE": 30.0, "BWD_CONFIG": {"num_warps": 8, "num_stages": 2}}\'')
+                   help='the fused bi-scan kernel variant, fields of '
+                        'fla_mm.ops.fused_bi.FusedBiConfig, e.g. \'{"bwd_warps": 8, '
+                        '"long_tokens": 2048}\': passed as config= to the op level\'s fused '
+                        'ops and as the bi_config option to the mixers of the fused families')
 
 
 def _add_common(p, default_batch):
@@ -127,8 +129,8 @@ def parse_args(argv=None):
                    help='extra TokenMixer options as JSON, e.g. \'{"direction_gates": true}\'')
     p.add_argument('--fused-segments', type=int, nargs='+', default=[0],
                    help='op level: time the fused bi-scan kernel with each of these numbers '
-                        'of segments per sweep (fla_mm.ops.fused_bi.SEGMENTS); 0: by '
-                        'sequence length, as the mixers run it')
+                        'of segments per sweep (FusedBiConfig.segments); 0: as --fused-bi '
+                        'says, by default by sequence length, as the mixers run it')
     p.add_argument('--op-rows', nargs='+', choices=OP_ROWS, default=list(OP_ROWS),
                    help="op level rows per family: 'uni' = the op over one direction, "
                         "'two_call' = both directions as two calls batched, 'fused' = "
@@ -185,6 +187,14 @@ def parse_args(argv=None):
     p.add_argument('--no-plots', action='store_true')
 
     args = parser.parse_args(argv)
+    if getattr(args, 'fused_bi', None) is not None:
+        from fla_mm.ops.fused_bi import FusedBiConfig
+        if not isinstance(args.fused_bi, dict):
+            raise SystemExit('--fused-bi: a JSON object of FusedBiConfig fields expected')
+        try:
+            args.fused_bi = FusedBiConfig.from_dict(args.fused_bi)
+        except (TypeError, ValueError) as exc:
+            raise SystemExit(f'--fused-bi: {exc}')
     if args.level in ('report', 'compile'):
         return args
     import torch
@@ -512,28 +522,30 @@ def _op_of(family):
     return getattr(ops, 'OPS', {}).get(family) or FAMILIES[family]['op']
 
 
-BI_FUSED_OPS = ('gla', 'retnet', 'simple_gla')   # families ops.bi_decay_attn runs fused
 OP_ROWS = ('uni', 'two_call', 'fused')            # --op-rows
 
 
-def _bi_op(family, fn, B, L, bi, segments=0):
+def _bi_op(family, fn, B, L, bi, segments=0, config=None):
     """The op over both scan directions of [B, L, ...] inputs: 'two_call' = ``fn`` on
     [x, flip(x)] batched, then flip back and add (what TokenMixer's 'bi' scan does);
     'fused' = ops.bi_decay_attn, one kernel for both directions (gla / simple_gla / retnet),
-    its sweeps cut into ``segments`` parallel runs (0: by length, as the mixers run it)."""
+    in the variant ``config`` (a FusedBiConfig; None: the default) with its sweeps cut into
+    ``segments`` parallel runs (0: as ``config`` says)."""
+    import dataclasses
+
     import torch
 
     from fla_mm import ops
-    from fla_mm.ops import fused_bi
+    from fla_mm.ops.fused_bi import FusedBiConfig
     if bi == 'fused':
+        config = FusedBiConfig.coerce(config)
+        if segments:
+            config = dataclasses.replace(config, segments=segments)
+
         def fused(q, k, v, g=None, **kw):
             if g is None:   # retnet: its fixed per-head decay
                 g = ops.retnet_decay(q.shape[2], q.device).expand(*q.shape[:3])
-            default, fused_bi.SEGMENTS = fused_bi.SEGMENTS, segments or None
-            try:      # read by the forward, which keeps it for its backward
-                return ops.bi_decay_attn(q, k, v, g, kernel='fused', **kw)
-            finally:
-                fused_bi.SEGMENTS = default
+            return ops.bi_decay_attn(q, k, v, g, kernel='fused', config=config, **kw)
         return fused
 
     def scanned(t):
@@ -548,7 +560,8 @@ def _bi_op(family, fn, B, L, bi, segments=0):
     return two_call
 
 
-def op_setup(family, B, L, H, d, mode, device, dtype, mixer_cfg=None, bi=None, segments=0):
+def op_setup(family, B, L, H, d, mode, device, dtype, mixer_cfg=None, bi=None, segments=0,
+             config=None):
     """fla_mm.ops.<family> (or SDPA when family is None) on q/k/v [B, L, H, d]; with ``bi``
     ('two_call' or 'fused') over both scan directions (see :func:`_bi_op`)."""
     import torch
@@ -571,7 +584,7 @@ def op_setup(family, B, L, H, d, mode, device, dtype, mixer_cfg=None, bi=None, s
                       for k, v in kwargs.items()}
             fn = _op_of(family)
             if bi is not None:
-                fn = _bi_op(family, fn, B, L, bi, segments)
+                fn = _bi_op(family, fn, B, L, bi, segments, config)
         leaves = []
         if mode == 'fwdbwd':
             for t in list(args) + list(kwargs.values()):
@@ -584,6 +597,23 @@ def op_setup(family, B, L, H, d, mode, device, dtype, mixer_cfg=None, bi=None, s
                               if torch.is_tensor(t))
         return step
     return setup
+
+
+def with_bi_config(mixer_cfg, config):
+    """Mixer options (None, a dict, or one dict per stage or block, as backbones take them)
+    with ``bi_config`` set to ``config`` (a FusedBiConfig) in each; unchanged for None."""
+    if config is None:
+        return mixer_cfg
+    if isinstance(mixer_cfg, (list, tuple)):
+        return [dict(c or {}, bi_config=config.to_dict()) for c in mixer_cfg]
+    return dict(mixer_cfg or {}, bi_config=config.to_dict())
+
+
+def _bi_config_for(family, config):
+    """``config`` for a family whose bi-scan the fused kernel computes, else None."""
+    from fla_mm import ops
+    families = [family] if isinstance(family, str) else list(family)
+    return config if any(f in ops.BI_FUSED_FAMILIES for f in families) else None
 
 
 def mixer_setup(family, scan, B, L, H, d, mode, device, dtype, mixer_cfg):
@@ -601,6 +631,7 @@ def mixer_setup(family, scan, B, L, H, d, mode, device, dtype, mixer_cfg):
 
 
 def mixer_cases(args):
+    from fla_mm import ops
     from fla_mm.layers import FAMILIES
     from fla_mm.layers.scan import SCANS
     families = sorted(FAMILIES) if args.families == ['all'] else list(args.families)
@@ -636,7 +667,7 @@ def mixer_cases(args):
                             if 'bi' in args.scans and FAMILIES[f].get('causal', True):
                                 variants += [('bi', 'two_call', ' two-call', 0)] * (
                                     'two_call' in args.op_rows)
-                                if f in BI_FUSED_OPS and 'fused' in args.op_rows:
+                                if f in ops.BI_FUSED_FAMILIES and 'fused' in args.op_rows:
                                     variants += [('bi', 'fused', ' fused' + (
                                         f" {n} segment{'s' * (n > 1)}" if n else ''), n)
                                         for n in args.fused_segments]
@@ -645,7 +676,7 @@ def mixer_cases(args):
                                     dict(common, level='op', name=f'ops.{f}{tag}' + op_tag,
                                          family=f, scan=scan),
                                     op_setup(f, B, L, H, d, mode, args.device, dtype,
-                                             op_cfg, bi, n), group))
+                                             op_cfg, bi, n, args.fused_bi), group))
                     if 'mixer' in args.levels:
                         group = ('mixer', L, B, dtype, mode)
                         for f in families:
@@ -655,7 +686,9 @@ def mixer_cases(args):
                                     dict(common, level='mixer', name='TokenMixer', family=f,
                                          scan=s),
                                     mixer_setup(f, s if causal else 'uni', B, L, H, d, mode,
-                                                args.device, dtype, args.mixer_cfg),
+                                                args.device, dtype, with_bi_config(
+                                                    args.mixer_cfg,
+                                                    _bi_config_for(f, args.fused_bi))),
                                     group, baseline=f == BASELINE_FAMILY))
     return cases
 
@@ -790,7 +823,11 @@ def backbone_cases(args):
             others.append(built)
 
     def fla_build(cls, n, family, scan):
-        return lambda: cls(arch=archs[n], mixer=family, scan=scan, drop_path_rate=0.0, **extra)
+        kwargs = dict(extra)
+        config = _bi_config_for(family, args.fused_bi)
+        if config is not None:
+            kwargs['mixer_cfg'] = with_bi_config(kwargs.get('mixer_cfg'), config)
+        return lambda: cls(arch=archs[n], mixer=family, scan=scan, drop_path_rate=0.0, **kwargs)
 
     cases = []
     for dtype in args.dtype:
@@ -920,6 +957,9 @@ def model_cases(args):
         variants.insert(0, (BASELINE_FAMILY, base, True))
     elif backbone.get('mixer') == BASELINE_FAMILY:
         variants = [(BASELINE_FAMILY, cfg, True)]
+    config = _bi_config_for(backbone.get('mixer', '-'), args.fused_bi)
+    if config is not None:         # after the baseline's copy: only the fla_mm model gets it
+        backbone['mixer_cfg'] = with_bi_config(backbone.get('mixer_cfg'), config)
     name = osp.splitext(osp.basename(args.config))[0]
     cases = []
     for dtype in args.dtype:
@@ -970,7 +1010,7 @@ def method_info(args, argv):
         'command': 'python tools/benchmark.py ' + ' '.join(argv),
         'date': datetime.datetime.now().isoformat(timespec='seconds'),
         'level': args.level,
-        'fused_bi_switches': args.fused_bi or {},
+        'fused_bi_config': args.fused_bi.to_dict() if args.fused_bi else None,
         'device': device,
         'device_kind': 'cuda' if cuda else CPU_LABEL,
         'ops_backend': 'FLA Triton kernels (fla.ops)' if kernels else
@@ -1150,26 +1190,7 @@ def compile_times(args):
     import tempfile
     from unittest import mock
     with mock.patch.dict(os.environ, TRITON_CACHE_DIR=tempfile.mkdtemp(prefix='triton_cache_')):
-        with fused_bi_switches(args.fused_bi):
-            return _compile_times(args)
-
-
-def fused_bi_switches(options):
-    """A context that sets module switches of fla_mm.ops.fused_bi (upper-case names only, so
-    that variants of the fused kernel can be compared in one process) and restores them."""
-    import contextlib
-    from unittest import mock
-
-    from fla_mm.ops import fused_bi
-    options = dict(options or {})
-    if not options:
-        return contextlib.nullcontext()
-    valid = sorted(n for n in vars(fused_bi) if n.isupper())
-    bad = sorted(set(options) - set(valid))
-    if bad:
-        raise SystemExit(f'--fused-bi: unknown switch(es) {", ".join(bad)}; valid: '
-                         f'{", ".join(valid)}')
-    return mock.patch.multiple(fused_bi, **options)
+        return _compile_times(args)
 
 
 def _compile_times(args):
@@ -1178,7 +1199,9 @@ def _compile_times(args):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from fla_mm.ops import fused_bi as fb
+    from fla_mm.ops.fused_bi import FusedBiConfig
+    from fla_mm.ops.fused_bi import launch as fb
+    config = FusedBiConfig.coerce(args.fused_bi)
     dtype = _torch_dtype(args.dtype)
     data = {torch.bfloat16: '*bf16', torch.float16: '*fp16', torch.float32: '*fp32'}[dtype]
     fp32_buffers = {'g', 'dg', 'dg_tot', 'seg_S', 'seg_G', 'seg_dH', 'seg_E'}
@@ -1209,7 +1232,7 @@ def _compile_times(args):
                                   '*fp32' if n in fp32_buffers else data)
                 t0 = time.perf_counter()
                 compiled = triton.compile(ASTSource(fn, sig, cx), target=target,
-                                          options=fb._config(meta, backward))
+                                          options=fb._launch_options(meta, backward, config))
                 seconds = time.perf_counter() - t0
                 row = dict(kernels=kind, segmented=segmented, kernel=name, seconds=seconds,
                            cubin_bytes=len(compiled.asm['cubin']),
@@ -1369,8 +1392,6 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
     import fla_mm  # noqa: F401
-    if args.fused_bi:        # for the whole run; stored with the method
-        fused_bi_switches(args.fused_bi).start()
     cases = dict(mixer=mixer_cases, backbone=backbone_cases, model=model_cases)[args.level](args)
     method = method_info(args, argv)
     print(f"[benchmark] {len(cases)} cases on {method['device']} "

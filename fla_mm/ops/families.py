@@ -181,25 +181,31 @@ def retnet(q, k, v, scale=None):
 
 
 BI_KERNELS = ('fused', 'two_call')
-BI_FUSED_FAMILIES = ('gla', 'retnet', 'simple_gla')   # bi-scans the fused kernel computes
+# families whose bi-scan the fused kernel computes (through bi_decay_attn)
+BI_FUSED_FAMILIES = ('gla', 'retnet', 'simple_gla')
 
 
-def bi_decay_attn(q, k, v, gf, gb=None, scale=None, kernel='fused', stacked=False):
+def bi_decay_attn(q, k, v, gf, gb=None, scale=None, kernel='fused', stacked=False, config=None):
     """Both scans of decayed linear attention (simple_gla / RetNet / GLA), merged.
 
     o = fwd_scan(x) + flip(fwd_scan(flip(x))) with log decays ``gf`` / ``gb`` (fp32; [B, T, H]
     scalar per head, or [B, T, H, K] per key channel as GLA; ``gb=None``: the same gates both
     ways; ``stacked=True``: ``gf`` holds both, [B, T, 2, H(, K)], forward first, and the fused
     kernel reads them in place), in the original token order. On CUDA ``kernel='fused'`` runs
-    :mod:`.fused_bi` (one kernel for both directions, forward and backward); 'two_call' and
-    the CPU run the one-direction op on [x, flip(x)] batched, as the other scans do. Same
-    function either way.
+    :mod:`.fused_bi` (one kernel for both directions, forward and backward) in the variant
+    ``config`` names (a ``fused_bi.FusedBiConfig``, a dict of its fields, or None for the
+    default); 'two_call' and the CPU run the one-direction op on [x, flip(x)] batched, as the
+    other scans do, and check ``config`` without using it. Same function either way.
     """
     if kernel not in BI_KERNELS:
         raise ValueError(f'Unknown bi-scan kernel {kernel!r}; valid: {", ".join(BI_KERNELS)}')
+    if config is not None:        # a bad key fails on every path, not only on the GPU
+        from .fused_bi import FusedBiConfig
+        config = FusedBiConfig.coerce(config)
     if kernel == 'fused' and _use_kernel(q):
         from .fused_bi import fused_bi_decay_attn
-        return fused_bi_decay_attn(q, k, v, gf, gb, scale=scale, stacked=stacked)
+        return fused_bi_decay_attn(q, k, v, gf, gb, scale=scale, stacked=stacked,
+                                   config=config)
     if stacked:
         gf, gb = gf[:, :, 0], gf[:, :, 1]
     gb = gf if gb is None else gb

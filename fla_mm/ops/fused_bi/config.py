@@ -1,0 +1,80 @@
+"""Which variant of the fused kernels a call runs, as one frozen object passed in: segment
+counts and launch options change the speed, never the function (each variant is GPU-tested
+against the same references), so they are a call's argument, not module state."""
+import dataclasses
+from collections.abc import Mapping
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedBiConfig:
+    """Kernel variant of :func:`fused_bi_decay_attn`; the defaults measured fastest on an H200
+    (README, Speed).
+
+    A sweep (one direction over the sequence) can be cut into segments, one program each,
+    after a small kernel has summed every segment's local state: more programs for the GPU at
+    the cost of one more pass over k, v (and q, do). The forward and the backward choose their
+    counts on their own (each sums its own segment states).
+
+    Attributes:
+        segments: segments per sweep in every pass, forced (tests,
+            ``tools/benchmark.py --fused-segments``); None: chosen by length as below.
+        long_tokens: sequences from this many tokens are cut into segments.
+        long_segments: scalar decay (simple_gla, RetNet): segments per sweep, both passes,
+            from ``long_tokens``.
+        gla_fwd_segments: per-key-channel decay (GLA): segments of the forward from
+            ``long_tokens``. GLA's backward, which already runs twice the programs, runs one
+            segment at every length.
+        fwd_warps, fwd_stages, bwd_warps, bwd_stages: Triton ``num_warps`` / ``num_stages``
+            of the forward / backward launches (fixed, nothing is autotuned: a cold machine
+            compiles one variant). Head dims above 64 take at least 8 warps.
+    """
+    segments: Optional[int] = None
+    long_tokens: int = 4096
+    long_segments: int = 8
+    gla_fwd_segments: int = 8
+    fwd_warps: int = 4
+    fwd_stages: int = 3
+    bwd_warps: int = 4
+    bwd_stages: int = 2
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == 'segments' and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f'FusedBiConfig.{f.name} must be an int >= 1'
+                                 f'{" or None" if f.name == "segments" else ""} (got {value!r})')
+        for name in ('fwd_warps', 'bwd_warps'):
+            value = getattr(self, name)
+            if value & (value - 1):
+                raise ValueError(f'FusedBiConfig.{name} must be a power of 2 (got {value})')
+
+    @classmethod
+    def from_dict(cls, options):
+        """A config from a dict of field values (e.g. parsed JSON); the other fields keep their
+        defaults. Unknown keys are an error that names the valid ones."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            raise ValueError(f'FusedBiConfig: unknown key(s) {", ".join(map(str, unknown))}; '
+                             f'valid: {", ".join(names)}')
+        return cls(**options)
+
+    @classmethod
+    def coerce(cls, config):
+        """None (the default config), a dict (:meth:`from_dict`) or a FusedBiConfig."""
+        if config is None:
+            return DEFAULT_CONFIG
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, Mapping):
+            return cls.from_dict(config)
+        raise TypeError(f'FusedBiConfig, dict or None expected, got {type(config).__name__}')
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+DEFAULT_CONFIG = FusedBiConfig()

@@ -1,0 +1,168 @@
+"""What a call launches: block sizes, launch options and segments per sweep, the kernels of a
+pass, the autograd Function that runs them, and :func:`fused_bi_decay_attn`."""
+import torch
+import triton
+
+from .config import DEFAULT_CONFIG, FusedBiConfig
+from .gla import _bi_gla_bwd_kernel, _bi_gla_fwd_kernel, _bi_gla_seg_state_kernel
+from .scalar import _bi_bwd_kernel, _bi_fwd_kernel, _bi_seg_state_kernel
+
+CHUNK = 64        # tokens per chunk
+GLA_STEP = 16     # per-key-channel decay, exact fallback: tokens per [BC, BC, BK] step
+GLA_SAFE = 60.0   # ... taken by chunks that decay by more than exp(-GLA_SAFE) in a channel
+
+
+def _meta(q, v, per_channel):
+    K, V = q.shape[-1], v.shape[-1]
+    BK, BV = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
+    if BK > 128 or BV > 128:
+        raise ValueError(f'fused bidirectional kernel: head dims up to 128 (got K={K}, V={V})')
+    meta = dict(K=K, V=V, BT=CHUNK, BK=BK, BV=BV,
+                PRECISION='ieee' if q.dtype == torch.float32 else 'tf32')
+    if per_channel:
+        meta.update(BC=GLA_STEP, SAFE=GLA_SAFE)
+    return meta
+
+
+def _launch_options(meta, backward, config):
+    """num_warps / num_stages of a pass's launches: the config's, with at least 8 warps for
+    head dims above 64."""
+    if backward:
+        options = dict(num_warps=config.bwd_warps, num_stages=config.bwd_stages)
+    else:
+        options = dict(num_warps=config.fwd_warps, num_stages=config.fwd_stages)
+    if meta['BK'] * meta['BV'] > 64 * 64:
+        options['num_warps'] = max(options['num_warps'], 8)
+    return options
+
+
+def _segments(T, BT, per_channel=False, backward=False, config=DEFAULT_CONFIG):
+    """(segments, chunks per segment) of one pass over T tokens, no segment empty."""
+    NT = triton.cdiv(T, BT)
+    if config.segments is not None:
+        want = config.segments
+    elif per_channel:
+        want = config.gla_fwd_segments if not backward and T >= config.long_tokens else 1
+    else:
+        want = config.long_segments if T >= config.long_tokens else 1
+    n = max(1, min(want, NT))
+    cps = triton.cdiv(NT, n)
+    return triton.cdiv(NT, cps), cps
+
+
+def _kernels(meta, per_channel, backward):
+    """What one pass (forward or backward) launches: the segment-state kernel and its
+    constexprs, the main kernel (whose constexprs are ``meta``) and its programs per
+    (batch x head, segment). Used by the autograd function and by
+    ``tools/benchmark.py compile``."""
+    state = _bi_gla_seg_state_kernel if per_channel else _bi_seg_state_kernel
+    state_meta = {n: meta[n] for n in ('K', 'V', 'BT', 'BK', 'BV', 'PRECISION')}
+    if not backward:
+        return state, state_meta, _bi_gla_fwd_kernel if per_channel else _bi_fwd_kernel, 2
+    if per_channel:                       # axis 1: 2 * part + direction
+        return state, state_meta, _bi_gla_bwd_kernel, 4
+    return state, state_meta, _bi_bwd_kernel, 2
+
+
+class _FusedBiDecayAttn(torch.autograd.Function):
+    """g: [2, B, T, H] (scalar decay) or [2, B, T, H, K] (per key channel), direction first;
+    ``config`` (a :class:`FusedBiConfig`) is kept for the backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, scale, config):
+        B, T, H, _ = q.shape
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        per_channel = g.dim() == 5
+        if per_channel and g.stride(-1) != 1:
+            g = g.contiguous()
+        meta = _meta(q, v, per_channel)
+        o2 = q.new_empty(2, B, T, H, v.shape[-1], dtype=v.dtype)
+        nseg, cps = _segments(T, meta['BT'], per_channel, config=config)
+        seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
+        state_kernel, seg_meta, kernel, programs = _kernels(meta, per_channel, False)
+        options = _launch_options(meta, False, config)
+        if nseg > 1:
+            state_kernel[(B * H, 2, nseg - 1)](
+                q, k, v, g, q, seg_S, seg_G, seg_S, seg_G, T, H, *g.stride()[:4], cps, nseg,
+                **seg_meta, BACKWARD=False, **options)
+        kernel[(B * H, programs, nseg)](q, k, v, g, o2, seg_S, seg_G, scale, T, H,
+                                        *g.stride()[:4], cps, nseg, **meta,
+                                        SEGMENTED=nseg > 1, **options)
+        ctx.save_for_backward(q, k, v, g)
+        ctx.scale, ctx.meta, ctx.per_channel, ctx.config = scale, meta, per_channel, config
+        return o2[0] + o2[1]
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, g = ctx.saved_tensors
+        B, T, H, K = q.shape
+        meta = ctx.meta
+        need_dg = ctx.needs_input_grad[3]
+        do = do.contiguous()
+        dq2, dk2 = q.new_empty(2, *q.shape), k.new_empty(2, *k.shape)
+        dv2 = v.new_empty(2, *v.shape)
+        state_kernel, seg_meta, kernel, programs = _kernels(meta, ctx.per_channel, True)
+        if need_dg:
+            dg = q.new_empty(2, 2, *g.shape[1:], dtype=torch.float32)
+            dg_tot = q.new_empty(2, B, H, *g.shape[4:], dtype=torch.float32)
+        else:
+            dg = dg_tot = q.new_empty(1)
+        nseg, cps = _segments(T, meta['BT'], ctx.per_channel, backward=True, config=ctx.config)
+        seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
+        seg_dH, seg_E = _segment_buffers(q, B * H, nseg, meta)
+        options = _launch_options(meta, True, ctx.config)
+        if nseg > 1:
+            state_kernel[(B * H, 2, nseg - 1)](
+                q, k, v, g, do, seg_S, seg_G, seg_dH, seg_E, T, H, *g.stride()[:4], cps, nseg,
+                **seg_meta, BACKWARD=True, **options)
+        kernel[(B * H, programs, nseg)](q, k, v, g, do, dq2, dk2, dv2, dg, dg_tot, seg_S, seg_G,
+                                        seg_dH, seg_E, ctx.scale, T, H, *g.stride()[:4], cps,
+                                        nseg, **meta, NEED_DG=need_dg,
+                                        SEGMENTED=nseg > 1, **options)
+        dgrad = None
+        if need_dg and nseg == 1:
+            # gradient of each direction's log decays: the kernels left the sums (see above)
+            # (in g's own layout where it has one: a stacked view's gradient needs no copy)
+            dgrad = torch.sub(dg_tot.unsqueeze(2), dg[:, 0], out=torch.empty_like(g))
+            dgrad.sub_(dg[:, 1])
+        elif need_dg:
+            # per-token dG = q.dq - k.dk; forward gates reach every later t (suffix sum),
+            # backward gates every earlier t (prefix sum); scanned along a contiguous T axis
+            d = (dg[:, 0] - dg[:, 1]).movedim(2, -1).contiguous()
+            pre = d.cumsum(-1)
+            dgrad = torch.stack([pre[0][..., -1:] - pre[0] + d[0], pre[1]]).movedim(-1, 2)
+        # sums in place: no third buffer per gradient at the backward's peak (the pair's
+        # storage lives on only until autograd has passed the gradient on)
+        return (dq2[0].add_(dq2[1]), dk2[0].add_(dk2[1]), dv2[0].add_(dv2[1]), dgrad, None,
+                None)
+
+
+def _segment_buffers(q, BH, nseg, meta):
+    """Per-segment local states [2, BH, nseg, BK, BV] and total log decays [2, BH, nseg]
+    (per key channel, [2, BH, nseg, BK], for GLA)."""
+    if nseg == 1:
+        return q.new_empty(1, dtype=torch.float32), q.new_empty(1, dtype=torch.float32)
+    channels = (meta['BK'],) if 'BC' in meta else ()
+    return (q.new_empty(2, BH, nseg, meta['BK'], meta['BV'], dtype=torch.float32),
+            q.new_empty(2, BH, nseg, *channels, dtype=torch.float32))
+
+
+def fused_bi_decay_attn(q, k, v, gf, gb=None, scale=None, stacked=False, config=None):
+    """Both scans of decayed linear attention in one kernel pair (see :mod:`fla_mm.ops.fused_bi`).
+
+    ``gf`` / ``gb``: log decays of the forward / backward scan, [B, T, H] (simple_gla, RetNet)
+    or [B, T, H, K] (GLA); ``gb=None``: the same tensor. A stride-0 expanded tensor is read
+    without being materialised. ``stacked=True``: ``gf`` is [B, T, 2, H(, K)], both directions
+    (forward first, ``gb`` None), read through a view: no stacked copy, and its gradient comes
+    back in the same layout. ``config``: the kernel variant, a :class:`FusedBiConfig`, a dict
+    of its fields or None (the default); every variant computes the same function.
+    """
+    config = FusedBiConfig.coerce(config)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if stacked:
+        g = gf.movedim(2, 0)
+    elif gb is None or gb is gf:
+        g = gf.unsqueeze(0).expand(2, *gf.shape)
+    else:
+        g = torch.stack([gf, gb])
+    return _FusedBiDecayAttn.apply(q, k, v, g, scale, config)
