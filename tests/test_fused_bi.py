@@ -304,3 +304,20 @@ def test_naive_recurrence_is_the_two_call_function(gates, T):
     do = torch.randn_like(r)
     for got, want in zip(torch.autograd.grad(o, leaves, do), torch.autograd.grad(r, leaves, do)):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_mixer_hands_its_bi_config_to_the_op(monkeypatch):
+    """``bi_config`` (a FusedBiConfig or a dict of its fields) is checked when the mixer is
+    built and reaches ops.bi_decay_attn on every call of the fused path."""
+    from fla_mm import ops
+    from fla_mm.ops.fused_bi import FusedBiConfig
+    with pytest.raises(ValueError, match='unknown key.*segs.*valid: segments'):
+        TokenMixer(32, 2, family='gla', scan='bi', bi_config=dict(segs=2))
+    seen, real = [], ops.bi_decay_attn
+    monkeypatch.setattr(ops, 'bi_decay_attn',
+                        lambda *a, **kw: seen.append(kw.get('config')) or real(*a, **kw))
+    for family, opts in (('gla', dict(direction_gates=True)), ('simple_gla', {}),
+                         ('retnet', dict(rotary=False))):
+        m = TokenMixer(32, 2, family=family, scan='bi', bi_config=dict(segments=3), **opts)
+        m(torch.randn(1, 12, 32), (3, 4))
+    assert seen == [FusedBiConfig(segments=3)] * 3

@@ -90,6 +90,8 @@ class TokenMixer(nn.Module):
             both directions; 'two_call': [x, flip(x)] through FLA's one-direction kernel.
             Same function either way; the other families ignore it. 'auto', the old
             default, is read as 'fused'.
+        bi_config: the fused kernel's variant, a ``fla_mm.ops.fused_bi.FusedBiConfig`` or a
+            dict of its fields (None: the measured default). Speed only, same function.
         locality: ViG 2-D locality injection: y = o_proj(global) * sigmoid(DWConv3x3(x)),
             with ``local_conv`` a depthwise 3x3 conv (with bias) over the H x W token grid.
         **options: the family's other ``fla.layers`` options (``FAMILIES[f]['defaults']``),
@@ -112,7 +114,7 @@ class TokenMixer(nn.Module):
 
     def __init__(self, dim, num_heads, family=None, scan='bi', expand_k=None, expand_v=1.0,
                  direction_gates=False, gate_low_rank_dim=None, gate_logit_normalizer=None,
-                 locality=False, bi_kernel='fused', **options):
+                 locality=False, bi_kernel='fused', bi_config=None, **options):
         super().__init__()
         if family not in (None, self.family):
             raise ValueError(f'{type(self).__name__} is the mixer of family '
@@ -141,6 +143,10 @@ class TokenMixer(nn.Module):
         if bi_kernel not in BI_KERNELS:
             raise ValueError(f'Unknown bi_kernel {bi_kernel!r}; valid: {", ".join(BI_KERNELS)}')
         self.bi_kernel = bi_kernel
+        if bi_config is not None:     # checked now, not at the first forward on a GPU
+            from ...ops.fused_bi import FusedBiConfig    # (imports triton: only when asked)
+            bi_config = FusedBiConfig.coerce(bi_config)
+        self.bi_config = bi_config
         if locality and self.grid:
             raise ValueError(f'family {self.family!r} injects locality itself (its local_conv '
                              f'feeds the projections); locality=True is for the other families')

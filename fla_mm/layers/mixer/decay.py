@@ -100,13 +100,14 @@ class DecayMixer(TokenMixer):
         q, k, v = self.split_heads(self.q_proj(x), self.k_proj(x), self.v_proj(x))
         H = q.shape[2]
         if self.gate is None:     # RetNet: the fixed per-head decay, read through stride 0
-            return ops.bi_decay_attn(q, k, v, ops.retnet_decay(H, x.device).expand(B, L, H))
+            return ops.bi_decay_attn(q, k, v, ops.retnet_decay(H, x.device).expand(B, L, H),
+                                     config=self.bi_config)
         g = log_decay(self, x).reshape(B, L, self.num_gates, H, -1)   # [B, L, D, H, K or 1]
         if self.gate == 'head':
             g = g.squeeze(-1)
         if self.num_gates > 1:    # direction gates: both read in place, no stacked copy
-            return ops.bi_decay_attn(q, k, v, g, stacked=True)
-        return ops.bi_decay_attn(q, k, v, g[:, :, 0])
+            return ops.bi_decay_attn(q, k, v, g, stacked=True, config=self.bi_config)
+        return ops.bi_decay_attn(q, k, v, g[:, :, 0], config=self.bi_config)
 
 
 @register_mixer
