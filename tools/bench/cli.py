@@ -1,0 +1,218 @@
+"""The command line (five subcommands: mixer, backbone, model, report, compile) and the run
+loop that measures each case, writes results after every case and resumes."""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+import tempfile
+
+import torch
+
+from fla_mm.ops.fused_bi import FusedBiConfig
+
+from .compile import compile_times
+from .level_backbone import backbone_cases
+from .level_mixer import OP_ROWS, mixer_cases
+from .level_model import model_cases
+from .report import case_key, finish, fmt, load_previous, merge_runs, method_info, write_results
+from .timing import DTYPES, MODES, measure, warm_device
+
+
+DEFAULT_TOKENS = (196, 1024, 4096, 16384)
+DEFAULT_RESOLUTIONS = (224, 512, 1024, 2048)
+
+
+def _add_fused_bi(p):
+    p.add_argument('--fused-bi', type=json.loads, default=None, metavar='JSON',
+                   help='the fused bi-scan kernel variant, fields of '
+                        'fla_mm.ops.fused_bi.FusedBiConfig, e.g. \'{"bwd_warps": 8, '
+                        '"long_tokens": 2048}\': passed as config= to the op level\'s fused '
+                        'ops and as the bi_config option to the mixers of the fused families')
+
+
+def _add_common(p, default_batch):
+    p.add_argument('--batch-size', type=int, nargs='+', default=list(default_batch),
+                   help='batch size, or several for a sweep')
+    p.add_argument('--dtype', nargs='+', choices=list(DTYPES), default=None,
+                   help='default: bf16 on cuda, fp32 on cpu')
+    p.add_argument('--mode', nargs='+', choices=MODES, default=list(MODES),
+                   help="fwd = inference (eval, no_grad); fwdbwd = train forward + backward")
+    p.add_argument('--iters', type=int, default=20, help='timed calls per case')
+    p.add_argument('--warmup', type=int, default=5, help='untimed calls after the first one')
+    p.add_argument('--device', choices=['cuda', 'cpu'], default=None,
+                   help='default: cuda when available')
+    p.add_argument('--out', default=None, help='output folder (default work_dirs/benchmark/LEVEL)')
+    p.add_argument('--cuda-graph', action='store_true',
+                   help='also capture each case in a torch.cuda.CUDAGraph and time its replay')
+    p.add_argument('--case-budget', type=float, default=120.0,
+                   help='seconds one case may spend timing; slower cases run fewer iterations '
+                        '(at least 3, the count is in the row)')
+    p.add_argument('--fresh-triton-cache', action='store_true',
+                   help='compile into an empty Triton cache so that first calls include compiling')
+    p.add_argument('--threads', type=int, default=None,
+                   help='torch CPU threads (default: torch\'s own choice)')
+    p.add_argument('--seed', type=int, default=0)
+    _add_fused_bi(p)
+    p.add_argument('--no-plots', action='store_true')
+    p.add_argument('--size-order', choices=['desc', 'asc', 'given'], default='desc',
+                   help="order of sizes and batch sizes: FLA's autotune keys leave out L and B, "
+                        'so each kernel is tuned on the first shape it meets (desc: the largest)')
+    p.add_argument('--resume', action='store_true',
+                   help='keep the rows already in DIR/results.json: cases done there (status ok) '
+                        'are not run again, other rows stay in the table (so several commands, '
+                        'or a run cut off by a time limit, fill one table)')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Speed and memory of fla_mm mixers / backbones / models vs softmax attention',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest='level', required=True)
+
+    p = sub.add_parser('mixer', help='raw ops and TokenMixer at token counts',
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--families', nargs='+', default=['gla', 'simple_gla', 'retnet', 'transformer'],
+                   help="mixer families; 'all' = every family of fla_mm.layers.FAMILIES")
+    p.add_argument('--scans', nargs='+', default=['bi'], help='scan orders of the mixer level')
+    p.add_argument('--tokens', type=int, nargs='+', default=list(DEFAULT_TOKENS),
+                   help='sequence lengths L (laid out as a near-square grid for the scans)')
+    p.add_argument('--heads', type=int, default=6)
+    p.add_argument('--head-dim', type=int, default=64)
+    p.add_argument('--levels', nargs='+', choices=['op', 'mixer'], default=['op', 'mixer'],
+                   help='op = fla_mm.ops functions vs SDPA on [B, L, H, d]; mixer = TokenMixer')
+    p.add_argument('--op-shapes', choices=['qkv', 'mixer'], default='qkv',
+                   help="op level inputs: 'qkv' = q, k, v all [B, L, H, d]; 'mixer' = the "
+                        "widths the family's TokenMixer uses (e.g. GLA's expand_k=0.5), which "
+                        'shares compiled and autotuned kernels with the mixer level')
+    p.add_argument('--mixer-cfg', type=json.loads, default=None,
+                   help='extra TokenMixer options as JSON, e.g. \'{"direction_gates": true}\'')
+    p.add_argument('--fused-segments', type=int, nargs='+', default=[0],
+                   help='op level: time the fused bi-scan kernel with each of these numbers '
+                        'of segments per sweep (FusedBiConfig.segments); 0: as --fused-bi '
+                        'says, by default by sequence length, as the mixers run it')
+    p.add_argument('--op-rows', nargs='+', choices=OP_ROWS, default=list(OP_ROWS),
+                   help="op level rows per family: 'uni' = the op over one direction, "
+                        "'two_call' = both directions as two calls batched, 'fused' = "
+                        "fla_mm's fused bi-scan kernel (SDPA is always timed); e.g. 'fused' "
+                        "alone skips FLA's autotuning of its own kernels on a fresh GPU")
+    _add_common(p, [8])
+
+    p = sub.add_parser('backbone', help='fla_mm backbones at image resolutions',
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--backbones', nargs='+', default=None,
+                   help='fla_mm backbone classes (default: every FLA* backbone fla_mm exports)')
+    p.add_argument('--arch', default='tiny',
+                   help='a named size of each backbone, or a JSON dict, e.g. '
+                        '\'{"embed_dims": [32, 64, 128, 256], "depths": [1, 1, 1, 1], '
+                        '"num_heads": [1, 2, 4, 8]}\'')
+    p.add_argument('--families', nargs='+', default=['gla'],
+                   help="mixer families ('transformer', the baseline, is always added)")
+    p.add_argument('--scans', nargs='+', default=['bi'])
+    p.add_argument('--backbone-cfg', type=json.loads, default=None,
+                   help='extra backbone arguments as JSON, e.g. \'{"with_cp": true}\'')
+    p.add_argument('--baselines', nargs='*', choices=['swin', 'convnext'],
+                   default=['swin', 'convnext'],
+                   help='other backbones, where importable (Swin: mmseg, else torchvision; '
+                        'ConvNeXt: torchvision); named archs only')
+    p.add_argument('--resolutions', type=int, nargs='+', default=list(DEFAULT_RESOLUTIONS))
+    _add_common(p, [8])
+
+    p = sub.add_parser('model', help='a segmentor / detector built from a config',
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('config', help='config file path (mmseg or mmdet, by its default_scope)')
+    p.add_argument('--resolutions', type=int, nargs='+', default=[512])
+    p.add_argument('--no-baseline', action='store_true',
+                   help="skip the same model with backbone.mixer='transformer'")
+    p.add_argument('--cfg-options', nargs='+', default=None,
+                   help='override config entries, e.g. model.backbone.scan=uni')
+    _add_common(p, [2])
+
+    p = sub.add_parser('compile', help="cold compile time of fla_mm's fused bi-scan kernels "
+                       'for a GPU architecture; needs no GPU (Triton + its ptxas)',
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--kernels', nargs='+', choices=['scalar', 'gla'], default=['scalar', 'gla'],
+                   help='scalar: simple_gla / RetNet decay; gla: per key channel')
+    p.add_argument('--arch', type=int, default=90, help='CUDA compute capability (90: Hopper)')
+    p.add_argument('--dtype', choices=list(DTYPES), default='bf16')
+    p.add_argument('--head-dim', type=int, default=64)
+    _add_fused_bi(p)
+
+    p = sub.add_parser('report', help='merge the results.json of several runs (e.g. runs cut '
+                       'off by a time limit) into one table, JSON and plots',
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('runs', nargs='+', help='output folders (or results.json files) of earlier '
+                   'runs on one device; where two runs measured the same case, the later wins')
+    p.add_argument('--out', required=True, help='output folder')
+    p.add_argument('--no-plots', action='store_true')
+
+    args = parser.parse_args(argv)
+    if getattr(args, 'fused_bi', None) is not None:
+        if not isinstance(args.fused_bi, dict):
+            raise SystemExit('--fused-bi: a JSON object of FusedBiConfig fields expected')
+        try:
+            args.fused_bi = FusedBiConfig.from_dict(args.fused_bi)
+        except (TypeError, ValueError) as exc:
+            raise SystemExit(f'--fused-bi: {exc}')
+    if args.level in ('report', 'compile'):
+        return args
+    if args.device is None:
+        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda: no CUDA device is visible (use --device cpu)')
+    if args.dtype is None:
+        args.dtype = ['bf16'] if args.device == 'cuda' else ['fp32']
+    if args.cuda_graph and args.device != 'cuda':
+        parser.error('--cuda-graph needs --device cuda')
+    if args.iters < 1 or args.warmup < 0:
+        parser.error('--iters must be >= 1 and --warmup >= 0')
+    if min(getattr(args, 'fused_segments', [0])) < 0:
+        parser.error('--fused-segments: segment counts must be >= 1, or 0 for the default')
+    if args.out is None:
+        args.out = osp.join('work_dirs', 'benchmark', args.level)
+    return args
+
+
+def main(argv=None):
+    """Run one subcommand; returns what it measured or wrote (the tests read it)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.level == 'compile':
+        return compile_times(args)
+    if args.level == 'report':
+        method, rows = merge_runs(args.runs)
+        os.makedirs(args.out, exist_ok=True)
+        return finish(args, method, rows)
+    if args.fresh_triton_cache:
+        os.environ['TRITON_CACHE_DIR'] = tempfile.mkdtemp(prefix='triton_cache_')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cases = dict(mixer=mixer_cases, backbone=backbone_cases, model=model_cases)[args.level](args)
+    method = method_info(args, argv)
+    print(f"[benchmark] {len(cases)} cases on {method['device']} "
+          f"(torch {torch.__version__}, triton {method['versions']['triton']}, "
+          f"fla {method['versions']['fla']}; ops backend: {method['ops_backend']})", flush=True)
+    warm_device(args.device)
+    os.makedirs(args.out, exist_ok=True)
+    old = load_previous(args, method)
+    done = {}
+    for row in old:
+        if str(row.get('status', '')).startswith('ok'):
+            done[case_key(row)] = row
+    keys = [case_key(c.meta) for c in cases]
+    rows = [r for r in old if case_key(r) not in set(keys)]
+    for i, (case, key) in enumerate(zip(cases, keys)):
+        if key in done:
+            rows.append(done[key])
+            print(f'[{i + 1}/{len(cases)}] kept from the previous run: {key}', flush=True)
+            continue
+        row = measure(case, args)
+        if 'commands' in method:            # --resume: which command measured the row
+            row['run'] = len(method['commands'])
+        rows.append(row)
+        print(f"[{i + 1}/{len(cases)}] {row['level']} {row['name']} {row['family']} "
+              f"{row['scan']} size={row['size']} B={row['batch']} {row['dtype']} {row['mode']}: "
+              f"median {fmt(row['median_ms'])} ms, first {fmt(row['first_call_ms'])} ms, "
+              f"peak {fmt(row['peak_mem_mib'])} MiB [{row['status']}]", flush=True)
+        write_results(args.out, method, rows)     # after every case: a cut-off run keeps them
+    return finish(args, method, rows)

@@ -1,0 +1,219 @@
+"""Cases of the ``mixer`` level: fla_mm.ops functions against SDPA on [B, L, H, d] (rows
+'op': one direction, both as two calls, the fused bi-scan) and TokenMixer per family and
+scan (rows 'mixer')."""
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+
+from fla_mm import ops
+from fla_mm.layers import FAMILIES, TokenMixer
+from fla_mm.layers.scan import SCANS
+from fla_mm.ops.fused_bi import FusedBiConfig
+
+from .timing import BASELINE_FAMILY, Case, autocast, grad_leaves, make_step, ordered, torch_dtype
+
+
+def grid_hw(L):
+    """A near-square (h, w) grid of exactly L tokens."""
+    h = int(math.isqrt(L))
+    while L % h:
+        h -= 1
+    return h, L // h
+
+
+class _OpCall(Exception):
+    """Raised by the recorder that stands in for a mixer's op: carries the op's inputs."""
+
+    def __init__(self, args, kwargs):
+        super().__init__('op call captured')
+        self.args, self.kwargs = args, kwargs
+
+
+def capture_op_inputs(family, B, L, H, d, device, dtype, seed=0, mixer_cfg=None):
+    """The exact (args, kwargs) a TokenMixer of ``family`` hands its op, with q/k/v [B, L, H, d].
+
+    A mixer with expand_k = expand_v = 1 and scan 'uni' runs up to its op call under autocast,
+    where a recorder stops it: decays and gates come out as the mixer makes them (dtype, range,
+    shape), whatever the family's op takes, and no kernel runs (first calls stay cold).
+    """
+    torch.manual_seed(seed)
+    cfg = dict(expand_k=1.0, expand_v=1.0) if mixer_cfg is None else mixer_cfg
+    mixer = TokenMixer(H * d, H, family=family, scan='uni', **cfg)
+    mixer.to(device).eval()
+
+    def recorder(*a, **kw):
+        raise _OpCall(a, kw)
+
+    mixer.op = recorder
+    x = torch.randn(B, L, H * d, device=device)
+    try:
+        with torch.no_grad(), autocast(device, dtype):
+            mixer(x, grid_hw(L))
+    except _OpCall as call:
+        return call.args, call.kwargs
+    raise RuntimeError(f'TokenMixer({family!r}) never called its op (mixer.op)')
+
+
+def _describe(t):
+    return f"{list(t.shape)} {str(t.dtype).replace('torch.', '')}"
+
+
+def _op_of(family):
+    return getattr(ops, 'OPS', {}).get(family) or FAMILIES[family]['op']
+
+
+OP_ROWS = ('uni', 'two_call', 'fused')            # --op-rows
+
+
+def _bi_op(family, fn, B, L, bi, segments=0, config=None):
+    """The op over both scan directions of [B, L, ...] inputs: 'two_call' = ``fn`` on
+    [x, flip(x)] batched, then flip back and add (what TokenMixer's 'bi' scan does);
+    'fused' = ops.bi_decay_attn, one kernel for both directions (gla / simple_gla / retnet),
+    in the variant ``config`` (a FusedBiConfig; None: the default) with its sweeps cut into
+    ``segments`` parallel runs (0: as ``config`` says)."""
+    if bi == 'fused':
+        config = FusedBiConfig.coerce(config)
+        if segments:
+            config = dataclasses.replace(config, segments=segments)
+
+        def fused(q, k, v, g=None, **kw):
+            if g is None:   # retnet: its fixed per-head decay
+                g = ops.retnet_decay(q.shape[2], q.device).expand(*q.shape[:3])
+            return ops.bi_decay_attn(q, k, v, g, kernel='fused', config=config, **kw)
+        return fused
+
+    def scanned(t):
+        if torch.is_tensor(t) and t.dim() >= 2 and tuple(t.shape[:2]) == (B, L):
+            return torch.cat([t, t.flip(1)], 0)
+        return t
+
+    def two_call(*args, **kwargs):
+        o = fn(*[scanned(a) for a in args], **{k: scanned(v) for k, v in kwargs.items()})
+        o_f, o_b = o.chunk(2, 0)
+        return o_f + o_b.flip(1)
+    return two_call
+
+
+def op_setup(family, B, L, H, d, mode, device, dtype, mixer_cfg=None, bi=None, segments=0,
+             config=None):
+    """fla_mm.ops.<family> (or SDPA when family is None) on q/k/v [B, L, H, d]; with ``bi``
+    ('two_call' or 'fused') over both scan directions (see :func:`_bi_op`)."""
+    def setup():
+        if family is None:
+            tdt = torch.float32 if dtype == 'fp32' else torch_dtype(dtype)
+            args = [torch.randn(B, L, H, d, device=device, dtype=tdt) for _ in range(3)]
+            kwargs = {}
+
+            def fn(q, k, v):
+                return F.scaled_dot_product_attention(
+                    q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+        else:
+            args, kwargs = capture_op_inputs(family, B, L, H, d, device, dtype,
+                                             mixer_cfg=mixer_cfg)
+            args = [a.detach().clone() if torch.is_tensor(a) else a for a in args]
+            kwargs = {k: v.detach().clone() if torch.is_tensor(v) else v
+                      for k, v in kwargs.items()}
+            fn = _op_of(family)
+            if bi is not None:
+                fn = _bi_op(family, fn, B, L, bi, segments, config)
+        leaves = []
+        if mode == 'fwdbwd':
+            for t in list(args) + list(kwargs.values()):
+                if torch.is_tensor(t) and t.is_floating_point():
+                    t.requires_grad_(True)
+                    leaves.append(t)
+        # inputs already carry their dtypes: no autocast around the op itself
+        step = make_step(lambda: fn(*args, **kwargs), leaves, mode, device, 'fp32')
+        step.info = ', '.join(_describe(t) for t in list(args) + list(kwargs.values())
+                              if torch.is_tensor(t))
+        return step
+    return setup
+
+
+def with_bi_config(mixer_cfg, config):
+    """Mixer options (None, a dict, or one dict per stage or block, as backbones take them)
+    with ``bi_config`` set to ``config`` (a FusedBiConfig) in each; unchanged for None."""
+    if config is None:
+        return mixer_cfg
+    if isinstance(mixer_cfg, (list, tuple)):
+        return [dict(c or {}, bi_config=config.to_dict()) for c in mixer_cfg]
+    return dict(mixer_cfg or {}, bi_config=config.to_dict())
+
+
+def bi_config_for(family, config):
+    """``config`` for a family whose bi-scan the fused kernel computes, else None."""
+    families = [family] if isinstance(family, str) else list(family)
+    return config if any(f in ops.BI_FUSED_FAMILIES for f in families) else None
+
+
+def mixer_setup(family, scan, B, L, H, d, mode, device, dtype, mixer_cfg):
+    def setup():
+        m = TokenMixer(H * d, H, family=family, scan=scan, **(mixer_cfg or {})).to(device)
+        x = torch.randn(B, L, H * d, device=device, requires_grad=mode == 'fwdbwd')
+        hw = grid_hw(L)
+        return make_step(lambda: m(x, hw), grad_leaves(m, x) if mode == 'fwdbwd' else [], mode,
+                         device, dtype, train_module=m)
+    return setup
+
+
+def mixer_cases(args):
+    """Every case of the level, for the families, scans, sizes, dtypes and modes asked."""
+    families = sorted(FAMILIES) if args.families == ['all'] else list(args.families)
+    for f in families:
+        if f not in FAMILIES:
+            raise SystemExit(f'Unknown family {f!r}; valid families: {", ".join(sorted(FAMILIES))}'
+                             f' (or all)')
+    for s in args.scans:
+        if s not in SCANS:
+            raise SystemExit(f'Unknown scan {s!r}; valid scans: {", ".join(SCANS)}')
+    H, d = args.heads, args.head_dim
+    op_cfg = None if args.op_shapes == 'mixer' else dict(expand_k=1.0, expand_v=1.0)
+    if args.op_shapes == 'mixer':
+        op_cfg = dict(args.mixer_cfg or {})
+    op_tag = ' (mixer widths)' if args.op_shapes == 'mixer' else ''
+    cases = []
+    for dtype in args.dtype:
+        for mode in args.mode:
+            for B in ordered(args, args.batch_size):
+                for L in ordered(args, args.tokens):
+                    common = dict(size=L, batch=B, dtype=dtype, mode=mode)
+                    if 'op' in args.levels:
+                        group = ('op', L, B, dtype, mode)
+                        cases.append(Case(dict(common, level='op', name='sdpa', family='-',
+                                               scan='-'),
+                                          op_setup(None, B, L, H, d, mode, args.device, dtype),
+                                          group, baseline=True))
+                        for f in families:
+                            if f == BASELINE_FAMILY:
+                                continue
+                            # (scan, bi kernel, name tag, fused segments: only 'fused' reads it)
+                            variants = [('-', None, '', 0)] * ('uni' in args.op_rows)
+                            if 'bi' in args.scans and FAMILIES[f].get('causal', True):
+                                variants += [('bi', 'two_call', ' two-call', 0)] * (
+                                    'two_call' in args.op_rows)
+                                if f in ops.BI_FUSED_FAMILIES and 'fused' in args.op_rows:
+                                    variants += [('bi', 'fused', ' fused' + (
+                                        f" {n} segment{'s' * (n > 1)}" if n else ''), n)
+                                        for n in args.fused_segments]
+                            for scan, bi, tag, n in variants:
+                                cases.append(Case(
+                                    dict(common, level='op', name=f'ops.{f}{tag}' + op_tag,
+                                         family=f, scan=scan),
+                                    op_setup(f, B, L, H, d, mode, args.device, dtype,
+                                             op_cfg, bi, n, args.fused_bi), group))
+                    if 'mixer' in args.levels:
+                        group = ('mixer', L, B, dtype, mode)
+                        for f in families:
+                            causal = FAMILIES[f].get('causal', True)
+                            for s in (args.scans if causal else ['-']):
+                                cases.append(Case(
+                                    dict(common, level='mixer', name='TokenMixer', family=f,
+                                         scan=s),
+                                    mixer_setup(f, s if causal else 'uni', B, L, H, d, mode,
+                                                args.device, dtype, with_bi_config(
+                                                    args.mixer_cfg,
+                                                    bi_config_for(f, args.fused_bi))),
+                                    group, baseline=f == BASELINE_FAMILY))
+    return cases
