@@ -2,11 +2,15 @@
 
 Importing the package registers its public modules into MMEngine's registries (MODELS,
 OPTIM_WRAPPER_CONSTRUCTORS, TRANSFORMS and HOOKS), which mmseg and mmdet both reach through
-their parent registry. This is the one place that registers.
+their parent registry, and adds what MMEngine checkpoints pickle to torch's weights-only
+allowlist (:mod:`fla_mm.checkpoint.safe_globals`), so that MMEngine's and OpenMMLab's own
+tools load fla_mm's checkpoints with torch's safe loading. This is the one place that
+registers.
 """
 from mmengine.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, TRANSFORMS
 
 from .backbones import FLAPlain, FLAPyramid
+from .checkpoint import safe_globals
 from .hooks import FiniteCheckHook
 from .optim import FLALayerDecayOptimizerConstructor
 from .transforms import NameFileOnError
@@ -18,6 +22,7 @@ for _module in (FLAPyramid, FLAPlain):
 OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=FLALayerDecayOptimizerConstructor, force=True)
 TRANSFORMS.register_module(module=NameFileOnError, force=True)
 HOOKS.register_module(module=FiniteCheckHook, force=True)
+safe_globals.register()
 
 __all__ = ['FLAPlain', 'FLAPyramid', 'FLALayerDecayOptimizerConstructor', 'NameFileOnError',
            'FiniteCheckHook', '__version__']

@@ -794,3 +794,47 @@ def test_convert_tool_vig_h_infers_the_architecture(tmp_path, capsys):
     assert 'partial' in capsys.readouterr().out
     assert run_tool('convert_checkpoint', str(tmp_path / 'none.pth'), str(dst)) == 1
     assert 'not found' in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- MMEngine checkpoints, safely
+
+def test_init_cfg_loads_a_real_mmengine_checkpoint(toy_seg_run):
+    """An iter_N.pth that mmseg's train.py wrote (message hub, numpy scalars, optimizer
+    state) loads under init_cfg with torch's weights-only loading; every backbone tensor
+    lands where it was."""
+    from mmengine.config import Config
+    ckpt = toy_seg_run['checkpoint']
+    saved = torch.load(ckpt, map_location='cpu')          # torch's default: weights only
+    assert type(saved['message_hub']['log_scalars']['train/loss']).__name__ == 'HistoryBuffer'
+    cfg = Config.fromfile(toy_seg_run['config']).model.backbone
+    cfg.pop('type')
+    model = load(FLAPyramid(**cfg), ckpt)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, saved['state_dict']['backbone.' + k]), k
+
+
+class _NotAllowed:
+    """A class no allowlist knows: its pickle must be refused, not unpickled."""
+
+
+@pytest.mark.parametrize('payload', ['class', 'getattr'])
+def test_untrusted_pickle_is_refused_even_with_the_override(tmp_path, monkeypatch, payload):
+    """weights_only=True stays on whatever the environment says: a pickled object outside the
+    allowlist, or a getattr beyond HistoryBuffer's statistics, is one CheckpointError."""
+    import numpy as np
+
+    class Reach:
+        def __reduce__(self):
+            return getattr, (np.dtype, 'mro')
+
+    obj = _NotAllowed() if payload == 'class' else Reach()
+    path = tmp_path / 'ckpt.pth'
+    torch.save({'state_dict': plain().state_dict(), 'extra': obj}, path)
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    with pytest.raises(CheckpointError, match='holds pickled Python objects that fla_mm does '
+                                              'not load') as e:
+        load(plain(), path)
+    assert_one_line(e)
+    assert ('_NotAllowed' if payload == 'class' else "getattr(<class 'numpy.dtype'>, 'mro')") \
+        in str(e.value)
+    assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in str(e.value)

@@ -1,12 +1,11 @@
-"""What tools/train.py and tools/test.py share: config loading and checkpoint trust."""
+"""What tools/train.py and tools/test.py share: arguments, config loading, the runner.
+
+Checkpoints are loaded with torch's weights-only loading: ``import fla_mm`` (the configs'
+``custom_imports``) allowlists what MMEngine checkpoints hold."""
 import os
 import os.path as osp
 
-# MMEngine checkpoints pickle its HistoryBuffer and numpy objects, which torch >= 2.6 refuses
-# under weights_only=True; checkpoints of your own runs are trusted here.
-os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
-
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import Config, DictAction
 
 
 def add_common_args(parser):

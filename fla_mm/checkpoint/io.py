@@ -7,6 +7,7 @@ import json
 import os
 import os.path as osp
 import pickle
+import re
 
 
 class CheckpointError(RuntimeError):
@@ -16,6 +17,9 @@ class CheckpointError(RuntimeError):
 HF_WEIGHTS = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin',
               'pytorch_model.bin.index.json')
 STATE_KEYS = ('state_dict', 'model', 'module')
+# what torch's weights-only unpickler (and safe_globals' getattr) say when they refuse an object
+REFUSALS = ('Unsupported global', 'calls getattr', 'Trying to call reduce',
+            'Can only create new object', 'Can only build')
 
 
 def _is_url(path):
@@ -23,18 +27,28 @@ def _is_url(path):
                                  'openmmlab://', 's3://'))
 
 
-def _torch_load(path):
+def _torch_load(path, map_location='cpu'):
+    """``torch.load`` with ``weights_only=True`` always: tensors, plain containers and what
+    MMEngine checkpoints hold (:mod:`.safe_globals`), never arbitrary pickled objects."""
     import torch
+
+    from . import safe_globals
+    safe_globals.register()
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if 'Unsupported global' in str(e):
-            raise CheckpointError(
-                f'Checkpoint {path} holds pickled Python objects besides tensors (an MMEngine '
-                f'training checkpoint?) and torch refuses them with weights_only=True. If you '
-                f'trust the file, set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (tools/train.py does).'
-            ) from None
-        raise
+        detail = str(e).split('WeightsUnpickler error:', 1)[-1]
+        found = sorted(set(re.findall(r'GLOBAL ([\w.]+)', detail)))
+        if not (found or any(s in detail for s in REFUSALS)):
+            raise           # not a refused object: a corrupt file, reported by the caller
+        what = ', '.join(found) if found else ' '.join(detail.split())[:200]
+        raise CheckpointError(
+            f'Checkpoint {path} holds pickled Python objects that fla_mm does not load '
+            f'({what}): fla_mm reads checkpoints with torch\'s weights-only loading, which '
+            f'allows tensors, plain containers and what MMEngine checkpoints hold '
+            f'({", ".join(safe_globals.allowed_names())}). If you trust the file, save its '
+            f'state dict alone (torch.save(ckpt["state_dict"], PATH)) or allowlist those '
+            f'classes with torch.serialization.add_safe_globals') from None
 
 
 def _load_file(path):
