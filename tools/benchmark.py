@@ -28,7 +28,6 @@ Only torch, mmengine and fla_mm are needed for the ``mixer`` and ``backbone`` le
 matplotlib (plots), mmseg/mmdet (``model`` level, Swin baseline) and torchvision (ConvNeXt,
 Swin fallback) are imported only where used.
 """
-import os
 import os.path as osp
 import sys
 
@@ -37,8 +36,6 @@ TOOLS = osp.dirname(osp.abspath(__file__))          # where the bench package li
 for path in (ROOT, TOOLS):
     if path not in sys.path:
         sys.path.insert(0, path)
-# MMEngine checkpoints pickle objects that torch >= 2.6 refuses under weights_only=True
-os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
 
 from bench.cli import main  # noqa: E402
 
