@@ -29,11 +29,11 @@ def _is_url(path):
 
 def _torch_load(path, map_location='cpu'):
     """``torch.load`` with ``weights_only=True`` always: tensors, plain containers and what
-    MMEngine checkpoints hold (:mod:`.safe_globals`), never arbitrary pickled objects."""
+    MMEngine checkpoints hold (:mod:`.safe_globals`, allowlisted by ``import fla_mm``), never
+    arbitrary pickled objects."""
     import torch
 
     from . import safe_globals
-    safe_globals.register()
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

@@ -63,8 +63,6 @@ class FamilyTable(Mapping):
 
 FAMILIES = FamilyTable()
 
-BI_KERNELS = ops.BI_KERNELS
-
 
 def heads(t, d):
     """[..., L, H*d] -> [..., L, H, d]."""
@@ -140,8 +138,9 @@ class TokenMixer(nn.Module):
             warnings.warn("bi_kernel='auto' is read as 'fused' (its only meaning); write "
                           "'fused' or leave it out", FutureWarning, stacklevel=2)
             bi_kernel = 'fused'
-        if bi_kernel not in BI_KERNELS:
-            raise ValueError(f'Unknown bi_kernel {bi_kernel!r}; valid: {", ".join(BI_KERNELS)}')
+        if bi_kernel not in ops.BI_KERNELS:
+            raise ValueError(f'Unknown bi_kernel {bi_kernel!r}; valid: '
+                             f'{", ".join(ops.BI_KERNELS)}')
         self.bi_kernel = bi_kernel
         if bi_config is not None:     # checked now, not at the first forward on a GPU
             from ...ops.fused_bi import FusedBiConfig    # (imports triton: only when asked)
