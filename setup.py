@@ -9,20 +9,22 @@ setup(
     # FLA kernel configs measured per GPU model (fla_mm/ops/fla_configs.py)
     package_data={'fla_mm': ['fla_configs/*/*.json']},
     python_requires='>=3.10',
-    # The core needs torch + mmengine (+ FLA on GPU); mmcv is built by tools/install.sh
-    # because it needs the installed torch at build time.
+    # Floors, not pins: the core runs on torch >= 2.7 and Triton >= 3.3 (what FLA 0.6.0 asks
+    # for) and installs into an environment that already has them without replacing them.
+    # The tested set is requirements/constraints.txt, which tools/install.sh and CI use.
+    # mmcv is built by tools/install.sh because it needs the installed torch at build time.
     install_requires=[
-        'torch==2.13.0',
-        'mmengine==0.10.7',
+        'torch>=2.7',
+        'triton>=3.3',  # FLA imports it even on CPU
+        'mmengine>=0.10.0',
         'numpy',
         'opencv-python',
         'safetensors',
-        'fla-core==0.6.0',
-        'flash-linear-attention==0.6.0',
-        'triton==3.7.1',  # what torch 2.13.0 pins; FLA imports it even on CPU
+        'fla-core>=0.6.0',
+        'flash-linear-attention>=0.6.0',
     ],
     extras_require={
-        'mm': ['mmcv==2.1.0', 'mmsegmentation==1.2.2', 'mmdet==3.3.0', 'ftfy', 'regex',
+        'mm': ['mmcv>=2.1.0,<2.2.0', 'mmsegmentation>=1.2.2', 'mmdet>=3.3.0', 'ftfy', 'regex',
                'pycocotools', 'matplotlib'],
         'tests': ['pytest'],
     },
