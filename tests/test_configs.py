@@ -30,12 +30,45 @@ def test_config_builds_model(path):
     assert type(backbone).__module__.startswith('fla_mm.')
     from mmengine.optim import build_optim_wrapper
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    assert len(optim_wrapper.optimizer.param_groups) >= 1
+    _check_param_groups(model, cfg.optim_wrapper, optim_wrapper.optimizer)
     if '/toy/' in path:
         model.eval()
         with torch.no_grad():
             feats = backbone(torch.randn(1, 3, 64, 96))
         assert [f.shape[-2:] for f in feats] == [(16, 24), (8, 12), (4, 6), (2, 3)]
+
+
+def _check_param_groups(model, wrapper_cfg, optimizer):
+    """Every trainable parameter is in exactly one group; under layer-wise decay a plain
+    backbone's block i gets lr * rate ** (N - i), its patch / position embedding lr * rate **
+    (N + 1), everything outside the backbone lr, and 1-D parameters, biases and position
+    embeddings no weight decay (the rule of FLALayerDecayOptimizerConstructor's docstring)."""
+    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    seen = [id(p) for g in optimizer.param_groups for p in g['params']]
+    assert sorted(seen) == sorted(names), 'parameters missing from or repeated in the optimizer'
+    if wrapper_cfg.get('constructor') != 'FLALayerDecayOptimizerConstructor':
+        return
+    lr, wd = wrapper_cfg.optimizer['lr'], wrapper_cfg.optimizer['weight_decay']
+    rate = wrapper_cfg.paramwise_cfg['layer_decay_rate']
+    depth = len(model.backbone.blocks)
+    checked = set()
+    for group in optimizer.param_groups:
+        for p in group['params']:
+            name = names[id(p)]
+            parts = name.split('.')
+            if parts[0] != 'backbone':
+                want = lr
+            elif parts[1] in ('patch_embed', 'pos_embed', 'cls_token'):
+                want = lr * rate ** (depth + 1)
+            elif parts[1] == 'blocks':
+                want = lr * rate ** (depth - int(parts[2]))
+                checked.add(int(parts[2]))
+            else:                       # output norms, feature pyramid
+                want = lr
+            assert group['lr'] == pytest.approx(want, rel=1e-9), (name, group['lr'], want)
+            no_decay = p.ndim <= 1 or name.endswith('.bias') or 'pos_embed' in name
+            assert group['weight_decay'] == (0.0 if no_decay else wd), name
+    assert checked == set(range(depth))
 
 
 SIZES = [(layout, size) for layout in ('pyramid', 'plain') for size in ('tiny', 'small', 'base')]
