@@ -80,32 +80,42 @@ def _rel(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-3)).item()
 
 
+def _step(model, fn, x, dtype):
+    """The four maps and the gradients of the input and of every parameter of one
+    forward/backward (loss: sum of the maps' means), under ``dtype`` autocast (None: fp32)."""
+    xi = x.clone().requires_grad_()
+    with torch.autocast('cuda', dtype=dtype or torch.float32, enabled=dtype is not None):
+        outs = fn(xi)
+        loss = sum(o.float().mean() for o in outs)
+    loss.backward()
+    grads = {f'out{i}': o for i, o in enumerate(outs)}
+    grads['dx'] = xi.grad
+    grads.update({n: p.grad for n, p in model.named_parameters()})
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
 def test_compiled_pyramid_matches_eager_in_bf16():
+    """Compiled and eager bf16-autocast steps of a small FLAPyramid (GLA, bi-scan, fused op),
+    each against the eager fp32 step: the compiled step's error (max |a - b| / max |b|, per
+    map and per gradient) stays within twice the eager bf16 step's plus 1e-2."""
     torch.manual_seed(0)
-    eager = FLAPyramid(arch=SMALL, mixer='gla', scan='bi', drop_path_rate=0.0).cuda()
-    eager.init_weights()
     model = FLAPyramid(arch=SMALL, mixer='gla', scan='bi', drop_path_rate=0.0).cuda()
-    model.load_state_dict(eager.state_dict())
-    compiled = torch.compile(model)
+    model.init_weights()
+    model.eval()     # BatchNorm of the stem with fixed statistics: three steps, one function
     x = torch.randn(2, 3, 256, 256, device='cuda')
-    runs = []
-    for m, fn in ((eager, eager), (model, compiled)):
-        xi = x.clone().requires_grad_()
-        with torch.autocast('cuda', dtype=torch.bfloat16):
-            outs = fn(xi)
-            loss = sum(o.float().mean() for o in outs)
-        loss.backward()
-        runs.append((outs, xi.grad, {n: p.grad for n, p in m.named_parameters()}))
-    (outs_e, dx_e, dp_e), (outs_c, dx_c, dp_c) = runs
-    errs = {f'out{i}': _rel(a, b) for i, (a, b) in enumerate(zip(outs_c, outs_e))}
-    errs['dx'] = _rel(dx_c, dx_e)
-    errs.update({n: _rel(dp_c[n], dp_e[n]) for n in dp_e})
-    worst = max(errs, key=errs.get)
-    gpu_report(f'\ncompile: pyramid gla bi bf16 compiled vs eager: outputs '
-               f'{max(errs[f"out{i}"] for i in range(4)):.2e}, dx {errs["dx"]:.2e}, worst '
-               f'{worst} {errs[worst]:.2e}')
-    assert max(errs[f'out{i}'] for i in range(4)) < 3e-2, errs
-    assert errs['dx'] < 5e-2 and errs[worst] < 1e-1, errs
+    ref = _step(model, model, x, None)
+    eager = _step(model, model, x, torch.bfloat16)
+    compiled = _step(model, torch.compile(model), x, torch.bfloat16)
+    e_eager = {n: _rel(eager[n], ref[n]) for n in ref}
+    e_compiled = {n: _rel(compiled[n], ref[n]) for n in ref}
+    worst = max(ref, key=lambda n: e_compiled[n] - 2 * e_eager[n])
+    gpu_report(f'\ncompile: pyramid gla bi bf16 vs fp32: maps eager '
+               f'{max(e_eager[f"out{i}"] for i in range(4)):.2e} compiled '
+               f'{max(e_compiled[f"out{i}"] for i in range(4)):.2e}; dx eager '
+               f'{e_eager["dx"]:.2e} compiled {e_compiled["dx"]:.2e}; worst {worst}: eager '
+               f'{e_eager[worst]:.2e} compiled {e_compiled[worst]:.2e}')
+    assert all(e_compiled[n] <= 2 * e_eager[n] + 1e-2 for n in ref), (e_eager, e_compiled)
 
 
 COLD = textwrap.dedent('''
