@@ -22,9 +22,15 @@ from .reference import (abc_slots, chunk_decay_attn_ref, chunk_delta_rule_ref, c
 RWKV7_LOG_DECAY_MIN = -0.6065306597126334
 
 
-@functools.lru_cache(None)
+@torch.compiler.assume_constant_result
 def fla_available():
-    """FLA's kernels need a CUDA device and an importable fla + triton."""
+    """FLA's kernels need a CUDA device and an importable fla + triton. A fact of the machine:
+    ``torch.compile`` takes it as a constant instead of tracing the import."""
+    return _fla_importable()
+
+
+@functools.lru_cache(None)
+def _fla_importable():
     if not torch.cuda.is_available():
         return False
     try:
@@ -113,8 +119,15 @@ def triton_bwd_broken_for(triton_version, capability):
     return capability[0] == 9 and (3, 4, 0) <= _version_tuple(triton_version) < (3, 7, 1)
 
 
-@functools.lru_cache(None)
+@torch.compiler.assume_constant_result
 def triton_bwd_broken(device_index=0):
+    """:func:`triton_bwd_broken_for` this machine's Triton and GPU (a constant to
+    ``torch.compile``)."""
+    return _triton_bwd_broken(device_index)
+
+
+@functools.lru_cache(None)
+def _triton_bwd_broken(device_index):
     try:
         import triton
         return triton_bwd_broken_for(triton.__version__,

@@ -17,8 +17,11 @@ The files:
   cumulative decays of either scan, the state update).
 - ``scalar.py``: the kernels for a scalar decay per head (simple_gla, RetNet).
 - ``gla.py``: the kernels for a decay per key channel (GLA).
-- ``launch.py``: block sizes, launch options, segments per sweep, the autograd Function and
-  :func:`fused_bi_decay_attn`.
+- ``launch.py``: block sizes, launch options, segments per sweep, and the forward and
+  backward passes that launch the kernels (with fake twins: same allocations, no kernels).
+- ``op.py``: the passes as custom ops ``fla_mm::fused_bi_fwd`` / ``fla_mm::fused_bi_bwd``
+  (fake and autograd registrations, so ``torch.compile`` traces through them without a graph
+  break and Inductor never compiles the kernels itself), and :func:`fused_bi_decay_attn`.
 - ``config.py``: :class:`FusedBiConfig`, the kernel variant (segment counts, warps, stages)
   passed in by the caller; every variant computes the same function.
 
@@ -55,7 +58,8 @@ Block sizes are fixed (no autotuning), so the first call compiles two kernels an
 The kernels also run under ``TRITON_INTERPRET=1`` on CPU tensors, which is how CI checks them.
 """
 from .config import DEFAULT_CONFIG, FusedBiConfig
-from .launch import CHUNK, GLA_SAFE, GLA_STEP, fused_bi_decay_attn
+from .launch import CHUNK, GLA_SAFE, GLA_STEP
+from .op import fused_bi_decay_attn
 from .naive import naive_bi_decay_attn
 
 __all__ = ['CHUNK', 'DEFAULT_CONFIG', 'GLA_SAFE', 'GLA_STEP', 'FusedBiConfig',

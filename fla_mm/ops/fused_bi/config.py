@@ -55,11 +55,10 @@ class FusedBiConfig:
     def from_dict(cls, options):
         """A config from a dict of field values (e.g. parsed JSON); the other fields keep their
         defaults. Unknown keys are an error that names the valid ones."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(options) - set(names))
+        unknown = sorted(set(options) - set(FIELD_NAMES))
         if unknown:
             raise ValueError(f'FusedBiConfig: unknown key(s) {", ".join(map(str, unknown))}; '
-                             f'valid: {", ".join(names)}')
+                             f'valid: {", ".join(FIELD_NAMES)}')
         return cls(**options)
 
     @classmethod
@@ -76,5 +75,20 @@ class FusedBiConfig:
     def to_dict(self):
         return dataclasses.asdict(self)
 
+    def to_op_args(self):
+        """The config as the custom ops (``op.py``) take it, in types a schema has:
+        ``segments`` (an int or None) and the other fields as an int list
+        (:data:`OP_COUNT_FIELDS` order). :meth:`from_op_args` is the inverse."""
+        return self.segments, [getattr(self, name) for name in OP_COUNT_FIELDS]
+
+    @classmethod
+    def from_op_args(cls, segments, counts):
+        return cls(segments=segments, **dict(zip(OP_COUNT_FIELDS, counts, strict=True)))
+
 
 DEFAULT_CONFIG = FusedBiConfig()
+# (module constants, not dataclasses.fields calls, where torch.compile traces: a dict config
+# inside a compiled region is read without a graph break)
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(FusedBiConfig))
+# the fields after ``segments``, all ints >= 1: the int list of FusedBiConfig.to_op_args
+OP_COUNT_FIELDS = tuple(name for name in FIELD_NAMES if name != 'segments')

@@ -1,9 +1,11 @@
 """What a call launches: block sizes, launch options and segments per sweep, the kernels of a
-pass, the autograd Function that runs them, and :func:`fused_bi_decay_attn`."""
+pass, and the two passes that run them on real tensors (:func:`run_forward`,
+:func:`run_backward`) beside their fake counterparts (the same allocations, no launches), which
+``op.py`` registers as the custom ops' implementations."""
 import torch
 import triton
 
-from .config import DEFAULT_CONFIG, FusedBiConfig
+from .config import DEFAULT_CONFIG
 from .gla import _bi_gla_bwd_kernel, _bi_gla_fwd_kernel, _bi_gla_seg_state_kernel
 from .scalar import _bi_bwd_kernel, _bi_fwd_kernel, _bi_seg_state_kernel
 
@@ -53,7 +55,7 @@ def _segments(T, BT, per_channel=False, backward=False, config=DEFAULT_CONFIG):
 def _kernels(meta, per_channel, backward):
     """What one pass (forward or backward) launches: the segment-state kernel and its
     constexprs, the main kernel (whose constexprs are ``meta``) and its programs per
-    (batch x head, segment). Used by the autograd function and by
+    (batch x head, segment). Used by the two passes and by
     ``tools/benchmark.py compile``."""
     state = _bi_gla_seg_state_kernel if per_channel else _bi_seg_state_kernel
     state_meta = {n: meta[n] for n in ('K', 'V', 'BT', 'BK', 'BV', 'PRECISION')}
@@ -64,77 +66,121 @@ def _kernels(meta, per_channel, backward):
     return state, state_meta, _bi_bwd_kernel, 2
 
 
-class _FusedBiDecayAttn(torch.autograd.Function):
-    """g: [2, B, T, H] (scalar decay) or [2, B, T, H, K] (per key channel), direction first;
-    ``config`` (a :class:`FusedBiConfig`) is kept for the backward."""
+def _prepared(q, k, v, g):
+    """The layouts the kernels index: contiguous q, k, v (a no-op where they are, as the
+    caller makes them) and, per key channel, gates whose channel stride is 1 (the kernels read
+    g's other strides as they are: a stride-0 or stacked view is not materialised)."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    if g.dim() == 5 and g.stride(-1) != 1:
+        g = g.contiguous()
+    return q, k, v, g
 
-    @staticmethod
-    def forward(ctx, q, k, v, g, scale, config):
-        B, T, H, _ = q.shape
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        per_channel = g.dim() == 5
-        if per_channel and g.stride(-1) != 1:
-            g = g.contiguous()
-        meta = _meta(q, v, per_channel)
-        o2 = q.new_empty(2, B, T, H, v.shape[-1], dtype=v.dtype)
-        nseg, cps = _segments(T, meta['BT'], per_channel, config=config)
-        seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
-        state_kernel, seg_meta, kernel, programs = _kernels(meta, per_channel, False)
-        options = _launch_options(meta, False, config)
-        if nseg > 1:
-            state_kernel[(B * H, 2, nseg - 1)](
-                q, k, v, g, q, seg_S, seg_G, seg_S, seg_G, T, H, *g.stride()[:4], cps, nseg,
-                **seg_meta, BACKWARD=False, **options)
-        kernel[(B * H, programs, nseg)](q, k, v, g, o2, seg_S, seg_G, scale, T, H,
-                                        *g.stride()[:4], cps, nseg, **meta,
-                                        SEGMENTED=nseg > 1, **options)
-        ctx.save_for_backward(q, k, v, g)
-        ctx.scale, ctx.meta, ctx.per_channel, ctx.config = scale, meta, per_channel, config
-        return o2[0] + o2[1]
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, g = ctx.saved_tensors
-        B, T, H, K = q.shape
-        meta = ctx.meta
-        need_dg = ctx.needs_input_grad[3]
-        do = do.contiguous()
-        dq2, dk2 = q.new_empty(2, *q.shape), k.new_empty(2, *k.shape)
-        dv2 = v.new_empty(2, *v.shape)
-        state_kernel, seg_meta, kernel, programs = _kernels(meta, ctx.per_channel, True)
-        if need_dg:
-            dg = q.new_empty(2, 2, *g.shape[1:], dtype=torch.float32)
-            dg_tot = q.new_empty(2, B, H, *g.shape[4:], dtype=torch.float32)
-        else:
-            dg = dg_tot = q.new_empty(1)
-        nseg, cps = _segments(T, meta['BT'], ctx.per_channel, backward=True, config=ctx.config)
-        seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
-        seg_dH, seg_E = _segment_buffers(q, B * H, nseg, meta)
-        options = _launch_options(meta, True, ctx.config)
-        if nseg > 1:
-            state_kernel[(B * H, 2, nseg - 1)](
-                q, k, v, g, do, seg_S, seg_G, seg_dH, seg_E, T, H, *g.stride()[:4], cps, nseg,
-                **seg_meta, BACKWARD=True, **options)
-        kernel[(B * H, programs, nseg)](q, k, v, g, do, dq2, dk2, dv2, dg, dg_tot, seg_S, seg_G,
-                                        seg_dH, seg_E, ctx.scale, T, H, *g.stride()[:4], cps,
-                                        nseg, **meta, NEED_DG=need_dg,
-                                        SEGMENTED=nseg > 1, **options)
-        dgrad = None
-        if need_dg and nseg == 1:
-            # gradient of each direction's log decays: the kernels left the sums (see above)
-            # (in g's own layout where it has one: a stacked view's gradient needs no copy)
-            dgrad = torch.sub(dg_tot.unsqueeze(2), dg[:, 0], out=torch.empty_like(g))
-            dgrad.sub_(dg[:, 1])
-        elif need_dg:
-            # per-token dG = q.dq - k.dk; forward gates reach every later t (suffix sum),
-            # backward gates every earlier t (prefix sum); scanned along a contiguous T axis
-            d = (dg[:, 0] - dg[:, 1]).movedim(2, -1).contiguous()
-            pre = d.cumsum(-1)
-            dgrad = torch.stack([pre[0][..., -1:] - pre[0] + d[0], pre[1]]).movedim(-1, 2)
-        # sums in place: no third buffer per gradient at the backward's peak (the pair's
-        # storage lives on only until autograd has passed the gradient on)
-        return (dq2[0].add_(dq2[1]), dk2[0].add_(dk2[1]), dv2[0].add_(dv2[1]), dgrad, None,
-                None)
+def _output_pair(q, v):
+    """Both directions' outputs [2, B, T, H, V], summed into the result by :func:`_sum_pair`."""
+    return q.new_empty(2, *q.shape[:3], v.shape[-1], dtype=v.dtype)
+
+
+def _sum_pair(x2):
+    return x2[0] + x2[1]
+
+
+def run_forward(q, k, v, g, scale, config):
+    """The forward pass: o [B, T, H, V] of q, k [B, T, H, K], v [B, T, H, V] and g [2, B, T, H]
+    (scalar decay) or [2, B, T, H, K] (per key channel), direction first; ``config`` a
+    :class:`FusedBiConfig`. A fresh tensor, no view of an input."""
+    q, k, v, g = _prepared(q, k, v, g)
+    B, T, H, _ = q.shape
+    per_channel = g.dim() == 5
+    meta = _meta(q, v, per_channel)
+    o2 = _output_pair(q, v)
+    nseg, cps = _segments(T, meta['BT'], per_channel, config=config)
+    seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
+    state_kernel, seg_meta, kernel, programs = _kernels(meta, per_channel, False)
+    options = _launch_options(meta, False, config)
+    if nseg > 1:
+        state_kernel[(B * H, 2, nseg - 1)](
+            q, k, v, g, q, seg_S, seg_G, seg_S, seg_G, T, H, *g.stride()[:4], cps, nseg,
+            **seg_meta, BACKWARD=False, **options)
+    kernel[(B * H, programs, nseg)](q, k, v, g, o2, seg_S, seg_G, scale, T, H,
+                                    *g.stride()[:4], cps, nseg, **meta,
+                                    SEGMENTED=nseg > 1, **options)
+    return _sum_pair(o2)
+
+
+def fake_forward(q, k, v, g):
+    """What :func:`run_forward` returns, allocated the same way, without running kernels."""
+    q, k, v, g = _prepared(q, k, v, g)
+    return _sum_pair(_output_pair(q, v))
+
+
+def _backward_buffers(q, k, v, g, need_dg):
+    """The backward kernel's outputs: both directions' dq, dk, dv [2, ...] and, where the gate
+    gradient is asked for, its per-direction pieces dg [2, 2, B, T, H(, K)] and sums dg_tot
+    [2, B, H(, K)] (fp32)."""
+    B, _, H, _ = q.shape
+    dq2, dk2 = q.new_empty(2, *q.shape), k.new_empty(2, *k.shape)
+    dv2 = v.new_empty(2, *v.shape)
+    if need_dg:
+        dg = q.new_empty(2, 2, *g.shape[1:], dtype=torch.float32)
+        dg_tot = q.new_empty(2, B, H, *g.shape[4:], dtype=torch.float32)
+    else:
+        dg = dg_tot = q.new_empty(1)
+    return dq2, dk2, dv2, dg, dg_tot
+
+
+def _backward_results(g, nseg, need_dg, dq2, dk2, dv2, dg, dg_tot):
+    """[dq, dk, dv] and, with ``need_dg``, the gate gradient in g's layout, from the backward
+    kernel's buffers."""
+    grads = []
+    if need_dg and nseg == 1:
+        # gradient of each direction's log decays: the kernels left the sums (see above)
+        # (in g's own layout where it has one: a stacked view's gradient needs no copy)
+        dgrad = torch.sub(dg_tot.unsqueeze(2), dg[:, 0], out=torch.empty_like(g))
+        grads = [dgrad.sub_(dg[:, 1])]
+    elif need_dg:
+        # per-token dG = q.dq - k.dk; forward gates reach every later t (suffix sum),
+        # backward gates every earlier t (prefix sum); scanned along a contiguous T axis
+        d = (dg[:, 0] - dg[:, 1]).movedim(2, -1).contiguous()
+        pre = d.cumsum(-1)
+        grads = [torch.stack([pre[0][..., -1:] - pre[0] + d[0], pre[1]]).movedim(-1, 2)]
+    # sums in place: no third buffer per gradient at the backward's peak (the pair's
+    # storage lives on only until autograd has passed the gradient on)
+    return [dq2[0].add_(dq2[1]), dk2[0].add_(dk2[1]), dv2[0].add_(dv2[1])] + grads
+
+
+def run_backward(q, k, v, g, do, scale, config, need_dg):
+    """The backward pass of :func:`run_forward` for the output gradient ``do``: [dq, dk, dv],
+    followed by the gradient of g (g's shape; in g's layout where it is dense) if ``need_dg``
+    (else the kernels skip the gate-gradient pieces). Fresh tensors, no views of inputs."""
+    q, k, v, g = _prepared(q, k, v, g)
+    B, T, H, _ = q.shape
+    per_channel = g.dim() == 5
+    meta = _meta(q, v, per_channel)
+    do = do.contiguous()
+    buffers = _backward_buffers(q, k, v, g, need_dg)
+    dq2, dk2, dv2, dg, dg_tot = buffers
+    state_kernel, seg_meta, kernel, programs = _kernels(meta, per_channel, True)
+    nseg, cps = _segments(T, meta['BT'], per_channel, backward=True, config=config)
+    seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
+    seg_dH, seg_E = _segment_buffers(q, B * H, nseg, meta)
+    options = _launch_options(meta, True, config)
+    if nseg > 1:
+        state_kernel[(B * H, 2, nseg - 1)](
+            q, k, v, g, do, seg_S, seg_G, seg_dH, seg_E, T, H, *g.stride()[:4], cps, nseg,
+            **seg_meta, BACKWARD=True, **options)
+    kernel[(B * H, programs, nseg)](q, k, v, g, do, dq2, dk2, dv2, dg, dg_tot, seg_S, seg_G,
+                                    seg_dH, seg_E, scale, T, H, *g.stride()[:4], cps,
+                                    nseg, **meta, NEED_DG=need_dg,
+                                    SEGMENTED=nseg > 1, **options)
+    return _backward_results(g, nseg, need_dg, *buffers)
+
+
+def fake_backward(q, k, v, g, config, need_dg):
+    """What :func:`run_backward` returns (shapes, dtypes, strides), without running kernels."""
+    q, k, v, g = _prepared(q, k, v, g)
+    nseg, _ = _segments(q.shape[1], CHUNK, g.dim() == 5, backward=True, config=config)
+    return _backward_results(g, nseg, need_dg, *_backward_buffers(q, k, v, g, need_dg))
 
 
 def _segment_buffers(q, BH, nseg, meta):
@@ -145,24 +191,3 @@ def _segment_buffers(q, BH, nseg, meta):
     channels = (meta['BK'],) if 'BC' in meta else ()
     return (q.new_empty(2, BH, nseg, meta['BK'], meta['BV'], dtype=torch.float32),
             q.new_empty(2, BH, nseg, *channels, dtype=torch.float32))
-
-
-def fused_bi_decay_attn(q, k, v, gf, gb=None, scale=None, stacked=False, config=None):
-    """Both scans of decayed linear attention in one kernel pair (see :mod:`fla_mm.ops.fused_bi`).
-
-    ``gf`` / ``gb``: log decays of the forward / backward scan, [B, T, H] (simple_gla, RetNet)
-    or [B, T, H, K] (GLA); ``gb=None``: the same tensor. A stride-0 expanded tensor is read
-    without being materialised. ``stacked=True``: ``gf`` is [B, T, 2, H(, K)], both directions
-    (forward first, ``gb`` None), read through a view: no stacked copy, and its gradient comes
-    back in the same layout. ``config``: the kernel variant, a :class:`FusedBiConfig`, a dict
-    of its fields or None (the default); every variant computes the same function.
-    """
-    config = FusedBiConfig.coerce(config)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if stacked:
-        g = gf.movedim(2, 0)
-    elif gb is None or gb is gf:
-        g = gf.unsqueeze(0).expand(2, *gf.shape)
-    else:
-        g = torch.stack([gf, gb])
-    return _FusedBiDecayAttn.apply(q, k, v, g, scale, config)
