@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from fla_mm import FLAPlain, FLAPyramid
 from fla_mm.checkpoint import (CheckpointError, detect_format, load_pretrained,
                                read_checkpoint)
-from fla_mm.checkpoint.arch import build_backbone
+from fla_mm.backbones import build_backbone
 from fla_mm.layers import FAMILIES, TokenMixer
 
 from conftest import run_tool
@@ -495,7 +495,7 @@ VIG_H_DIMS, VIG_H_HEADS = [32, 64, 64, 128], [1, 2, 2, 4]     # heads = dim // 3
 
 def vig_backbone(path):
     """The backbone that tools/convert_checkpoint.py infers from the checkpoint."""
-    from fla_mm.checkpoint.arch import build_backbone, infer_backbone_cfg
+    from fla_mm.checkpoint.arch import infer_backbone_cfg
     cfg = infer_backbone_cfg('vig', read_checkpoint(str(path))[0])
     return build_backbone(cfg).eval(), cfg
 
@@ -702,6 +702,19 @@ def test_missing_corrupt_truncated_files(tmp_path):
     torch.save([1, 2, 3], notdict)
     with pytest.raises(CheckpointError, match='holds no state dict'):
         load(plain(), notdict)
+
+
+def test_map_location_reaches_torch_load(tmp_path):
+    """init_cfg's map_location (MMEngine's Pretrained argument) is where tensors are read to."""
+    path = tmp_path / 'ck.pth'
+    torch.save({'state_dict': plain().state_dict()}, path)
+    seen = []
+
+    def to_cpu(storage, location):
+        seen.append(location)
+        return storage
+    assert load_pretrained(plain(), str(path), map_location=to_cpu)['ok']
+    assert seen and set(seen) == {'cpu'}
 
 
 def resnet_state():

@@ -21,9 +21,10 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))   # run from a checkout
 
+from fla_mm.backbones import build_backbone  # noqa: E402
 from fla_mm.checkpoint import (FORMATS, CheckpointError, convert_for_model,  # noqa: E402
                                detect_format, read_checkpoint, save_checkpoint)
-from fla_mm.checkpoint.arch import build_backbone, infer_backbone_cfg, parse_arch  # noqa: E402
+from fla_mm.checkpoint.arch import infer_backbone_cfg, parse_arch  # noqa: E402
 from fla_mm.checkpoint.loader import strict_error  # noqa: E402
 
 

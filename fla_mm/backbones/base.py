@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseModule
 
-from ..layers import FAMILIES, TokenMixer
+from ..checkpoint import load_pretrained
+from ..layers import FAMILIES, TokenMixer, reparameterize_model
 
 
 def resolve_arch(arch, archs):
@@ -239,7 +240,6 @@ class FLABackboneBase(BaseModule):
         """
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            from ..checkpoint import load_pretrained
             kwargs = {k: v for k, v in cfg.items() if k != 'type'}
             if 'checkpoint' not in kwargs:
                 raise ValueError(f'init_cfg {cfg} of type Pretrained needs a checkpoint path')
@@ -252,7 +252,6 @@ class FLABackboneBase(BaseModule):
 
     def reparameterize(self):
         """Fold train-time branches (RepMixer stages) for inference; no-op without them."""
-        from ..layers import reparameterize_model
         reparameterize_model(self)
         return self
 

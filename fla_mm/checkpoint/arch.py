@@ -2,12 +2,16 @@
 
 ``infer_backbone_cfg`` reads widths, depths and options off the tensors (and a Hugging Face
 ``config.json``); ``parse_arch`` reads the ``--arch`` argument. Both give a dict with
-``type`` ('FLAPlain' or 'FLAPyramid') and the backbone's keyword arguments.
+``type`` ('FLAPlain' or 'FLAPyramid') and the backbone's keyword arguments, which
+:func:`fla_mm.backbones.build_backbone` builds. Nothing here imports the backbones: they
+import this package.
 """
 import json
 import os.path as osp
 import re
 
+from ..layers import FAMILIES
+from .formats import square_side
 from .io import CheckpointError
 
 # timm ViT widths -> heads (ViT-Ti/S/B/L/H); other widths use 64-d heads as timm does.
@@ -32,18 +36,12 @@ def _count(state, pattern):
     return len({m.group(1) for m in map(re.compile(pattern).match, state) if m})
 
 
-def _side(n):
-    import math
-    s = math.isqrt(n)
-    return s if s * s == n else None
-
-
 def _timm(state):
     w = state['patch_embed.proj.weight']
     dim, patch = w.shape[0], w.shape[-1]
     depth = _count(state, r'^blocks\.(\d+)\.')
     n = state['pos_embed'].shape[1] if 'pos_embed' in state else None
-    side = n and (_side(n) or _side(n - 1 - ('dist_token' in state)))
+    side = n and (square_side(n) or square_side(n - 1 - ('dist_token' in state)))
     cfg = dict(type='FLAPlain',
                arch=dict(embed_dims=dim, depth=depth,
                          num_heads=VIT_HEADS.get(dim, max(1, dim // 64))),
@@ -70,7 +68,6 @@ def _hf(state, hf_config):
         raise CheckpointError(f'hf_fla model_type {hf_config.get("model_type")!r} has no fla_mm '
                               f'mixer family; valid: {", ".join(sorted(HF_FAMILIES))}. Pass '
                               f'--arch')
-    from ..layers import FAMILIES
     family = HF_FAMILIES[kind]
     dim = hf_config['hidden_size']
     heads = hf_config.get('num_heads', hf_config.get('num_attention_heads'))
@@ -127,7 +124,7 @@ def _vig(state):
     v2 = 'patch_embed.proj.0.weight' in state
     patch = 16 if v2 else state['patch_embed.proj.weight'].shape[-1]
     n = state['pos_embed'].shape[1] if 'pos_embed' in state else 196
-    side = _side(n) or _side(n - 1) or 14
+    side = square_side(n) or square_side(n - 1) or 14
     mixer_cfg = dict(o_scale=0.25)
     if dim == 192:                                      # ViG-T
         mixer_cfg.update(conv_act='silu', out_act='swish')
@@ -191,16 +188,3 @@ def parse_arch(arch):
     cfg.setdefault('type', 'FLAPlain')
     return cfg
 
-
-def build_backbone(cfg):
-    from ..backbones import FLAPlain, FLAPyramid
-    cfg = dict(cfg)
-    kind = str(cfg.pop('type', 'FLAPlain')).split('.')[-1]
-    cls = {'FLAPlain': FLAPlain, 'FLAPyramid': FLAPyramid}.get(kind)
-    if cls is None:
-        raise CheckpointError(f'backbone type {kind!r}; valid: FLAPlain, FLAPyramid')
-    cfg.pop('init_cfg', None)
-    for k in ('out_indices', 'out_scales'):
-        if isinstance(cfg.get(k), list):
-            cfg[k] = tuple(cfg[k])
-    return cls(**cfg)

@@ -100,7 +100,6 @@ class Conversion:
         self.state = {}
         self.dropped = {}      # source key -> reason; expected (classifier heads, poolers)
         self.unmapped = {}     # source key -> reason; no counterpart: an error when strict
-        self.synthesized = {}  # model key -> reason; made up exactly (e.g. a zero bias)
         self.resized = []      # 'key: old shape -> new shape (how)'
         self.notes = []
 
@@ -520,4 +519,4 @@ def get_converter(fmt):
 
 
 __all__ = ['FORMATS', 'VIG_MISMATCH', 'VIG_OPTIONS', 'Conversion', 'Target', 'detect_format',
-           'get_converter', 'resize_timm']
+           'get_converter', 'resize_timm', 'square_side']

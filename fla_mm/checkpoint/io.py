@@ -51,22 +51,27 @@ def _torch_load(path, map_location='cpu'):
             f'classes with torch.serialization.add_safe_globals') from None
 
 
-def _load_file(path):
+def _load_file(path, map_location='cpu'):
     """One weights file: .safetensors, or anything torch.load reads (.pth, .pt, .bin)."""
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
-        return load_file(path)
-    return _torch_load(path)
+        return load_file(path, device=str(map_location))
+    return _torch_load(path, map_location)
 
 
-def _load_index(index_path):
+def _load_index(index_path, map_location='cpu'):
     """Sharded Hugging Face weights: the index maps each tensor to a shard file."""
     with open(index_path) as f:
         shards = sorted(set(json.load(f)['weight_map'].values()))
     state = {}
     for shard in shards:
-        state.update(_load_file(osp.join(osp.dirname(index_path), shard)))
+        state.update(_load_file(osp.join(osp.dirname(index_path), shard), map_location))
     return state
+
+
+def _load_weights(path, map_location):
+    return (_load_index(path, map_location) if path.endswith('.json')
+            else _load_file(path, map_location))
 
 
 def _hf_config(folder):
@@ -77,7 +82,7 @@ def _hf_config(folder):
     return None
 
 
-def read_checkpoint(path):
+def read_checkpoint(path, map_location='cpu'):
     """Read ``path`` and return ``(state, meta, hf_config)``.
 
     ``path`` is a file (.pth / .pt / .bin / .safetensors, sharded index .json), a Hugging
@@ -85,13 +90,15 @@ def read_checkpoint(path):
     that MMEngine's CheckpointLoader understands. ``state`` is the flat name -> tensor dict
     (the ``state_dict`` / ``model`` / ``module`` entry when the file holds one), ``meta`` the
     MMEngine ``meta`` dict if any, ``hf_config`` the parsed config.json next to the weights.
+    Tensors are mapped to ``map_location`` (torch.load's argument; a device name for
+    safetensors).
     """
     path = str(path)
     hf_config, shown = None, path
     try:
         if _is_url(path):
             from mmengine.runner.checkpoint import CheckpointLoader
-            ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu')
+            ckpt = CheckpointLoader.load_checkpoint(path, map_location=map_location)
         elif osp.isdir(path):
             found = [n for n in HF_WEIGHTS if osp.isfile(osp.join(path, n))]
             if not found:
@@ -100,12 +107,12 @@ def read_checkpoint(path):
                     f'{", ".join(HF_WEIGHTS)}')
             hf_config = _hf_config(path)
             weights = shown = osp.join(path, found[0])
-            ckpt = _load_index(weights) if weights.endswith('.json') else _load_file(weights)
+            ckpt = _load_weights(weights, map_location)
         elif not osp.isfile(path):
             raise CheckpointError(f'Checkpoint file not found: {path}')
         else:
             hf_config = _hf_config(osp.dirname(osp.abspath(path)))
-            ckpt = _load_index(path) if path.endswith('.json') else _load_file(path)
+            ckpt = _load_weights(path, map_location)
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001  torch, pickle, zip and safetensors errors alike

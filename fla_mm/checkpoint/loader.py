@@ -20,6 +20,9 @@ Every load logs a report: tensors loaded, dropped (and why), resized, new.
 import logging
 import re
 
+from mmengine.logging import print_log
+
+from ..layers import resize_pos_embed
 from .formats import VIG_MISMATCH, Target, detect_format, get_converter
 from .io import CheckpointError, read_checkpoint
 
@@ -68,7 +71,6 @@ def compact_shapes(shape, limit=12):
 
 def _resize_known_grid(model, state, src_hw, conv):
     """Resize a pos_embed whose source grid is known (non-square included)."""
-    from ..layers import resize_pos_embed
     pe = state.get('pos_embed')
     own = getattr(model, 'pos_embed', None)
     if pe is None or own is None or src_hw is None or pe.shape == own.shape:
@@ -150,7 +152,7 @@ def convert_for_model(model, state, meta=None, hf_config=None, prefix=None, form
         missing=missing, unexpected=unexpected, unmapped=dict(conv.unmapped),
         shape={k: (tuple(new_state[k].shape), tuple(own[k].shape)) for k in shape},
         dropped=dict(conv.dropped), new=new, resized=list(conv.resized),
-        synthesized=dict(conv.synthesized), notes=list(conv.notes))
+        notes=list(conv.notes))
     report['ok'] = not (missing or unexpected or shape or conv.unmapped)
     report['summary'] = summarize(report)
     return loadable, report
@@ -164,8 +166,6 @@ def summarize(r):
         lines.append(f'  dropped {len(r["dropped"])}: {_compact_reasons(r["dropped"])}')
     if r['resized']:
         lines.append(f'  resized: {"; ".join(r["resized"])}')
-    if r['synthesized']:
-        lines.append(f'  synthesized: {_compact_reasons(r["synthesized"])}')
     if r['new']:
         lines.append(f'  new (not in the checkpoint, kept at their initialisation): '
                      f'{compact(r["new"])}')
@@ -215,14 +215,14 @@ def load_pretrained(model, checkpoint, prefix=None, strict=True, format=None,
         strict: any missing, unexpected, unconvertible or mis-shaped key is a
             :class:`CheckpointError` listing them; False loads the matching keys only.
         format: None (detect), 'fla_mm', 'hf_fla', 'vig' or 'timm_vit'.
-        map_location: kept for MMEngine compatibility; tensors are read on the CPU.
-        logger: MMEngine logger name for the report.
+        map_location: where the tensors are read to (torch.load's argument, as MMEngine's
+            Pretrained init takes it).
+        logger: MMEngine logger (or name) for the report, through ``print_log``.
 
     Returns:
         The report dict (format, loaded, dropped, resized, new, missing, unexpected, ...).
     """
-    from mmengine.logging import print_log
-    state, meta, hf_config = read_checkpoint(checkpoint)
+    state, meta, hf_config = read_checkpoint(checkpoint, map_location)
     loadable, report = convert_for_model(model, state, meta, hf_config, prefix, format,
                                          source=checkpoint)
     if strict and not report['ok']:
