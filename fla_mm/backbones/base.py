@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseModule
 
-from ..checkpoint import load_pretrained
+from ..checkpoint import checkpoint_grid, load_pretrained
 from ..layers import FAMILIES, TokenMixer, reparameterize_model
 
 
@@ -74,6 +74,14 @@ def to_2tuple(x, what):
     if isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(v, int) for v in x):
         return tuple(x)
     raise ValueError(f'{what} must be an int or a pair (H, W), got {x!r}')
+
+
+def pretrained_grid(init_cfg):
+    """The position-embedding token grid of ``init_cfg``'s Pretrained checkpoint, or None."""
+    if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained' \
+            and init_cfg.get('checkpoint'):
+        return checkpoint_grid(init_cfg['checkpoint'], init_cfg.get('prefix'))
+    return None
 
 
 MAX_CUDA_GRAPHS = 4    # input shapes captured per backbone; others run eagerly
