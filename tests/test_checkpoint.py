@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from fla_mm import FLAPlain, FLAPyramid
 from fla_mm.checkpoint import (CheckpointError, detect_format, load_pretrained,
                                read_checkpoint)
-from fla_mm.checkpoint.arch import build_backbone
+from fla_mm.backbones import build_backbone
 from fla_mm.layers import FAMILIES, TokenMixer
 
 from conftest import run_tool
@@ -224,7 +224,9 @@ def to_hf(state, depth):
     return out
 
 
-def hf_folder(tmp_path, state, weights='model.safetensors'):
+def hf_folder(tmp_path, state, weights='model.safetensors', model_type='gla_vision', **config):
+    """An fla-zoo folder: the weights and a config.json (``model_type=None``: without one
+    fla_mm knows; ``config``: further entries, e.g. norm_eps)."""
     folder = tmp_path / 'hf'
     folder.mkdir(exist_ok=True)
     if weights.endswith('.safetensors'):
@@ -232,22 +234,33 @@ def hf_folder(tmp_path, state, weights='model.safetensors'):
         save_file({k: v.contiguous() for k, v in state.items()}, str(folder / weights))
     else:
         torch.save(state, folder / weights)
-    (folder / 'config.json').write_text(json.dumps(dict(
-        model_type='gla_vision', hidden_size=DIM, num_hidden_layers=DEPTH, num_heads=HEADS,
-        image_size=64, patch_size=16)))
+    entries = dict(model_type=model_type, hidden_size=DIM, num_hidden_layers=DEPTH,
+                   num_heads=HEADS, image_size=64, patch_size=16)
+    entries.update(config)
+    (folder / 'config.json').write_text(json.dumps(
+        {k: v for k, v in entries.items() if v is not None}))
     return folder
+
+
+def hf_model_type(family):
+    """fla-zoo's model_type of an fla_mm family (None: fla-zoo has no such model)."""
+    from fla_mm.checkpoint.arch import HF_FAMILIES
+    return next((f'{k}_vision' for k, f in HF_FAMILIES.items() if f == family), None)
 
 
 @pytest.mark.parametrize('family', sorted(FAMILIES))
 def test_hf_fla_round_trip_every_family(tmp_path, family):
+    # fla-zoo's attention is rotary at base 10000: the model must be so too (config.json check)
+    kw = dict(mixer=family, out_scales=None,
+              mixer_cfg=dict(rope_theta=10000.0) if family == 'transformer' else None)
     torch.manual_seed(0)
-    src = plain(mixer=family, out_scales=None)
+    src = plain(**kw)
     src.init_weights()
     state = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
              for k, v in src.state_dict().items()}
-    folder = hf_folder(tmp_path, to_hf(state, DEPTH))
+    folder = hf_folder(tmp_path, to_hf(state, DEPTH), model_type=hf_model_type(family))
     torch.manual_seed(1)
-    dst = load(plain(mixer=family, out_scales=None), folder)
+    dst = load(plain(**kw), folder)
     for k, v in state.items():
         assert torch.equal(dst.state_dict()[k], v), k
 
@@ -289,6 +302,86 @@ def test_hf_fla_config_sets_the_architecture():
     cfg = infer_backbone_cfg('hf_fla', state, None, hf)
     assert cfg['mixer_cfg'] == dict(qkv_bias=False, o_bias=False, rope_theta=10000.0,
                                     causal=False)
+
+
+def test_hf_fla_config_options_that_change_the_function_stop_the_load(tmp_path):
+    """(a) An option config.json states that the tensors do not show (fla-zoo GLA's mixer
+    norm_eps=1e-6, the blocks' layer_norm_eps) stops a strict load naming both values; the
+    backbone built with them loads; strict=False loads and reports the difference."""
+    src = plain(mixer='gla', mixer_cfg=dict(norm_eps=1e-6))
+    folder = hf_folder(tmp_path, to_hf(src.state_dict(), DEPTH), norm_eps=1e-6)
+    with pytest.raises(CheckpointError, match=r'another function .*mixer_cfg\.norm_eps: '
+                                              r'checkpoint 1e-06 \(config.json norm_eps\) vs '
+                                              r'model 1e-05.*strict=False') as e:
+        load(plain(mixer='gla'), folder)
+    assert_one_line(e)
+    assert load_pretrained(plain(mixer='gla', mixer_cfg=dict(norm_eps=1e-6)), str(folder))['ok']
+    rep = load_pretrained(plain(mixer='gla'), str(folder), strict=False)
+    assert not rep['ok'] and rep['loaded'] == rep['total'] - len(rep['new'])
+    assert 'another function than the checkpoint\'s: mixer_cfg.norm_eps' in rep['summary']
+    (folder / 'config.json').write_text(json.dumps(dict(
+        json.loads((folder / 'config.json').read_text()), layer_norm_eps=1e-5)))
+    with pytest.raises(CheckpointError, match=r'norm_eps: checkpoint 1e-05 \(config.json '
+                                              r'layer_norm_eps\) vs model 1e-06'):
+        load(plain(mixer='gla', mixer_cfg=dict(norm_eps=1e-6)), folder)
+    # a config.json fla_mm cannot read: the tensors load, the report warns it went unchecked
+    folder = hf_folder(tmp_path, to_hf(src.state_dict(), DEPTH), model_type='mamba_vision')
+    rep = load_pretrained(plain(mixer='gla'), str(folder))
+    assert rep['ok'] and "config.json not compared with the model" in rep['option_warnings'][0]
+    assert "'mamba_vision' has no fla_mm mixer family" in rep['summary']
+
+
+def test_hf_fla_bi_scan_checkpoint_loads_with_a_warning(tmp_path):
+    """(b) fla-zoo's bi-scan maps to scan='bi', which is another function: the report warns;
+    a model of another scan is an error."""
+    folder = hf_folder(tmp_path, to_hf(plain(mixer='gla').state_dict(), DEPTH),
+                       train_scan_type='bi-scan')
+    rep = load_pretrained(plain(mixer='gla', scan='bi'), str(folder))
+    assert rep['ok'] and len(rep['option_warnings']) == 1
+    assert "fla-zoo's bi-scan" in rep['option_warnings'][0]
+    assert 'only uni-scan is exact' in rep['summary']
+    with pytest.raises(CheckpointError, match=r"scan: checkpoint 'bi' \(config.json "
+                                              r"train_scan_type='bi-scan'\) vs model 'uni'"):
+        load(plain(mixer='gla', scan='uni'), folder)
+    uni = hf_folder(tmp_path, to_hf(plain(mixer='gla').state_dict(), DEPTH),
+                    train_scan_type='uni-scan')
+    assert not load_pretrained(plain(mixer='gla', scan='uni'), str(uni))['option_warnings']
+
+
+def test_position_grid_comes_from_the_checkpoint(tmp_path):
+    """(c) A backbone given no pretrain_img_size takes the checkpoint's grid (config.json
+    image / patch size, fla_mm's meta, or the token count), so a 64-px checkpoint computes
+    its own function at 64 px instead of going 4 -> 14 -> 4."""
+    kw = dict(arch=PLAIN_ARCH, mixer='gla', scan='uni', drop_path_rate=0.0, out_scales=None)
+    torch.manual_seed(0)
+    src = FLAPlain(pretrain_img_size=64, **kw).eval()
+    src.init_weights()
+    folder = hf_folder(tmp_path, to_hf(src.state_dict(), DEPTH))
+    init = dict(type='Pretrained', checkpoint=str(folder))
+    m = FLAPlain(init_cfg=init, **kw).eval()
+    assert m.pos_hw == (4, 4) and m.pos_embed.shape == (1, 16, DIM)
+    m.init_weights()
+    old = load(FLAPlain(pretrain_img_size=224, **kw).eval(), folder)  # the 4 -> 14 -> 4 path
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = src(x)[0]
+        assert torch.equal(m(x)[0], ref)
+        assert (old(x)[0] - ref).abs().max() > 1e-4
+    wide = hf_folder(tmp_path, to_hf(FLAPlain(pretrain_img_size=(64, 32), **kw).state_dict(),
+                                     DEPTH), image_size=[64, 32])
+    assert FLAPlain(init_cfg=dict(init, checkpoint=str(wide)), **kw).pos_hw == (4, 2)
+    bare = tmp_path / 'deit.pth'
+    torch.save({'model': deit_state(grid=3)}, bare)              # 1 + 9 tokens, no config
+    dm = deit_plain(pretrain_img_size=None, init_cfg=dict(type='Pretrained',
+                                                          checkpoint=str(bare)))
+    assert dm.pos_hw == (3, 3)
+    # without init_cfg (an inference model): the state dict's grid, on the same parameter
+    plain_m = FLAPlain(**kw)
+    param = plain_m.pos_embed
+    assert plain_m.pos_hw == (14, 14)
+    plain_m.load_state_dict(src.state_dict())
+    assert plain_m.pos_hw == (4, 4) and plain_m.pos_embed is param
+    assert torch.equal(plain_m.pos_embed, src.pos_embed)
 
 
 def test_hf_fla_truncated_file_is_one_clear_error(tmp_path):
@@ -495,7 +588,7 @@ VIG_H_DIMS, VIG_H_HEADS = [32, 64, 64, 128], [1, 2, 2, 4]     # heads = dim // 3
 
 def vig_backbone(path):
     """The backbone that tools/convert_checkpoint.py infers from the checkpoint."""
-    from fla_mm.checkpoint.arch import build_backbone, infer_backbone_cfg
+    from fla_mm.checkpoint.arch import infer_backbone_cfg
     cfg = infer_backbone_cfg('vig', read_checkpoint(str(path))[0])
     return build_backbone(cfg).eval(), cfg
 
@@ -526,6 +619,29 @@ def test_vig_h_reproduces_vig_h(tmp_path, outnorms):
         for a, b in zip(out, ref):   # fp32 rounding through 5 blocks: relative to the outputs
             assert a.shape == b.shape
             assert (a - b).abs().max() <= 1e-5 * b.abs().max().clamp_min(1)
+
+
+def test_vig_h_report_names_ignored_entries_and_output_norms(tmp_path):
+    """(d) The report names the file's entries it did not load (an EMA copy beside
+    'model'), the output norm filled from the classifier's final norm and the new ones."""
+    sd = vig_h_state(VIG_H_DIMS, [1, 1, 1, 1], VIG_H_HEADS)
+    path = tmp_path / 'vig_h.pth'
+    torch.save({'model': sd, 'model_ema': dict(sd), 'epoch': 299}, path)
+    m, _ = vig_backbone(path)
+    rep = load_pretrained(m, str(path))
+    assert set(rep['ignored']) == {'model_ema', 'epoch'}
+    assert rep['ignored']['model_ema'].startswith(f'a dict of {len(sd)} tensors')
+    assert rep['filled'] == {'norm3': 'classifier.norm'}
+    assert "model_ema: a dict of" in rep['summary'] and "beside 'model'" in rep['summary']
+    assert "output norms filled from the classifier's final norm: norm3 <- classifier.norm" \
+        in rep['summary']
+    assert 'new output norms (not in the checkpoint, at their initialisation): norm0, norm1, ' \
+        'norm2' in rep['summary']
+    own = tmp_path / 'seg.pth'            # a prefix's outside keys are named too
+    torch.save({'state_dict': {**{f'backbone.{k}': v for k, v in plain().state_dict().items()},
+                               'decode_head.conv_seg.weight': torch.zeros(3, 4, 1, 1)}}, own)
+    rep = load_pretrained(plain(), str(own), prefix='backbone.')
+    assert rep['ignored'] == {'decode_head.conv_seg.weight': "outside prefix 'backbone.'"}
 
 
 def test_vig_h_every_tensor_lands_where_it_should(tmp_path):
@@ -704,6 +820,19 @@ def test_missing_corrupt_truncated_files(tmp_path):
         load(plain(), notdict)
 
 
+def test_map_location_reaches_torch_load(tmp_path):
+    """init_cfg's map_location (MMEngine's Pretrained argument) is where tensors are read to."""
+    path = tmp_path / 'ck.pth'
+    torch.save({'state_dict': plain().state_dict()}, path)
+    seen = []
+
+    def to_cpu(storage, location):
+        seen.append(location)
+        return storage
+    assert load_pretrained(plain(), str(path), map_location=to_cpu)['ok']
+    assert seen and set(seen) == {'cpu'}
+
+
 def resnet_state():
     return {'conv1.weight': torch.zeros(64, 3, 7, 7), 'bn1.weight': torch.ones(64),
             'layer1.0.conv1.weight': torch.zeros(64, 64, 1, 1), 'fc.weight': torch.zeros(10, 64),
@@ -759,7 +888,7 @@ def test_convert_tool_timm_round_trip(tmp_path, ext, capsys):
     assert run_tool('convert_checkpoint', str(src), str(dst), '--img-size', '80', '48') == 0
     out = capsys.readouterr().out
     assert 'Wrote' in out and 'dropped' in out and 'resized' in out and '4x4 -> 5x3' in out
-    state, meta, _ = read_checkpoint(str(dst))
+    state, meta, _, _ = read_checkpoint(str(dst))
     assert meta['fla_mm']['format'] == 'timm_vit' and meta['fla_mm']['pos_hw'] == [5, 3]
     assert 'head.weight' not in state and 'blocks.0.attn.q_proj.weight' in state
     m = deit_plain(pretrain_img_size=(80, 48))
@@ -778,7 +907,7 @@ def test_convert_tool_vig_h_infers_the_architecture(tmp_path, capsys):
     dst = tmp_path / 'vig_h_fla.pth'
     assert run_tool('convert_checkpoint', str(src), str(dst)) == 0
     assert 'Wrote' in capsys.readouterr().out
-    state, meta, _ = read_checkpoint(str(dst))
+    state, meta, _, _ = read_checkpoint(str(dst))
     assert meta['fla_mm']['arch']['stem'] == 'vig_h'
     m, _ = vig_backbone(src)
     assert load_pretrained(m, str(dst))['format'] == 'fla_mm'

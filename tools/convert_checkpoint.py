@@ -21,9 +21,10 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))   # run from a checkout
 
+from fla_mm.backbones import build_backbone  # noqa: E402
 from fla_mm.checkpoint import (FORMATS, CheckpointError, convert_for_model,  # noqa: E402
                                detect_format, read_checkpoint, save_checkpoint)
-from fla_mm.checkpoint.arch import build_backbone, infer_backbone_cfg, parse_arch  # noqa: E402
+from fla_mm.checkpoint.arch import infer_backbone_cfg, parse_arch  # noqa: E402
 from fla_mm.checkpoint.loader import strict_error  # noqa: E402
 
 
@@ -55,7 +56,7 @@ def _arg(cfg):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        state, meta, hf_config = read_checkpoint(args.src)
+        state, meta, hf_config, ignored = read_checkpoint(args.src)
         scoped = state
         if args.prefix:
             pre = args.prefix if args.prefix.endswith('.') else args.prefix + '.'
@@ -71,7 +72,7 @@ def main(argv=None):
         except (TypeError, ValueError) as e:
             raise CheckpointError(f'cannot build the target backbone {cfg}: {e}; pass --arch')
         loadable, report = convert_for_model(model, state, meta, hf_config, args.prefix,
-                                             args.format, source=args.src)
+                                             args.format, source=args.src, ignored=ignored)
         if not report['ok'] and not args.no_strict:
             raise strict_error(report, args.prefix)
     except CheckpointError as e:

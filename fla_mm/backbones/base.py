@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseModule
 
-from ..layers import FAMILIES, TokenMixer
+from ..checkpoint import checkpoint_grid, load_pretrained
+from ..layers import FAMILIES, TokenMixer, reparameterize_model
 
 
 def resolve_arch(arch, archs):
@@ -73,6 +74,14 @@ def to_2tuple(x, what):
     if isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(v, int) for v in x):
         return tuple(x)
     raise ValueError(f'{what} must be an int or a pair (H, W), got {x!r}')
+
+
+def pretrained_grid(init_cfg):
+    """The position-embedding token grid of ``init_cfg``'s Pretrained checkpoint, or None."""
+    if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained' \
+            and init_cfg.get('checkpoint'):
+        return checkpoint_grid(init_cfg['checkpoint'], init_cfg.get('prefix'))
+    return None
 
 
 MAX_CUDA_GRAPHS = 4    # input shapes captured per backbone; others run eagerly
@@ -239,7 +248,6 @@ class FLABackboneBase(BaseModule):
         """
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            from ..checkpoint import load_pretrained
             kwargs = {k: v for k, v in cfg.items() if k != 'type'}
             if 'checkpoint' not in kwargs:
                 raise ValueError(f'init_cfg {cfg} of type Pretrained needs a checkpoint path')
@@ -252,7 +260,6 @@ class FLABackboneBase(BaseModule):
 
     def reparameterize(self):
         """Fold train-time branches (RepMixer stages) for inference; no-op without them."""
-        from ..layers import reparameterize_model
         reparameterize_model(self)
         return self
 

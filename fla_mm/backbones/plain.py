@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from ..layers import Block, LayerNorm2d, block_style, resize_pos_embed
 from ..layers.blocks import NORMS
-from .base import (FLABackboneBase, check_indices, check_mixers, per_item, resolve_arch,
-                   to_2tuple)
+from .base import (FLABackboneBase, check_indices, check_mixers, per_item, pretrained_grid,
+                   resolve_arch, to_2tuple)
 from .stem import build_stem
 
 # DeiT-T / S / B widths.
@@ -71,6 +71,14 @@ class FLAPlain(FLABackboneBase):
         norm_eval: keep BatchNorm layers in eval mode while training.
         with_cp: activation checkpointing per block.
         pretrain_img_size: image size (int or (H, W)) the position embedding is stored at.
+            None (default): the grid of the checkpoint it is given, so that the model
+            computes the checkpoint's function at the checkpoint's resolution instead of
+            resizing its position embedding there and back: read at build from the
+            ``init_cfg`` Pretrained checkpoint (its meta, config.json image / patch size,
+            or its position embedding's token count), so the optimizer and DDP see the
+            final shape; a state dict of another grid loaded later (an ``init_cfg``-less
+            inference model) re-shapes ``pos_embed`` in place. 224 where no checkpoint
+            tells. A model that DDP wraps before such a load should be given the grid.
         interpolate_mode: position-embedding resize mode.
         cls_token: prepend one learned class token that takes part in every block and is
             dropped before the outputs (the ViT / DeiT function, so timm checkpoints load
@@ -93,7 +101,7 @@ class FLAPlain(FLABackboneBase):
                  norm=None, mlp_multiple_of=1, norm_eps=1e-6, out_norm='ln', stem='patch',
                  drop_path_rate=0.1, layer_scale=None, in_channels=3,
                  out_indices=(-1,), out_scales=SFP_SCALES, frozen_stages=-1, norm_eval=False,
-                 with_cp=False, pretrain_img_size=224, interpolate_mode='bicubic', cls_token=False,
+                 with_cp=False, pretrain_img_size=None, interpolate_mode='bicubic', cls_token=False,
                  cuda_graph=False, init_cfg=None, **unknown):
         super().__init__(init_cfg=init_cfg, unknown=unknown)
         arch = resolve_arch(arch, ARCHS)
@@ -124,6 +132,10 @@ class FLAPlain(FLABackboneBase):
         norm_eps = 1e-6 if norm_eps is None else norm_eps
         self.in_channels, self.patch_size, self.depth = in_channels, patch_size, depth
         self.frozen_stages, self.norm_eval = frozen_stages, norm_eval
+        self.grid_from_checkpoint = pretrain_img_size is None
+        if pretrain_img_size is None:
+            grid = pretrained_grid(init_cfg)
+            pretrain_img_size = tuple(g * patch_size for g in grid) if grid else 224
         self.pretrain_img_size = to_2tuple(pretrain_img_size, 'pretrain_img_size')
         self.pos_hw = tuple(s // patch_size for s in self.pretrain_img_size)
         if min(self.pos_hw) < 1:
@@ -176,9 +188,19 @@ class FLAPlain(FLABackboneBase):
                 parts.append(getattr(self, f'norm{i}'))
         return parts
 
+    def take_pos_grid(self, hw):
+        """Give the position embedding the token grid ``hw`` (its values are overwritten by
+        the load that follows). In place, so the parameter stays the one an optimizer holds."""
+        hw = tuple(int(s) for s in hw)
+        self.pos_embed.data = self.pos_embed.data.new_zeros(1, hw[0] * hw[1],
+                                                            self.pos_embed.shape[-1])
+        self.pos_hw = hw
+        self.pretrain_img_size = tuple(s * self.patch_size for s in hw)
+
     def adapt_state_dict(self, state, prefix=''):
-        """Resize a checkpoint's ``pos_embed`` stored at another grid (square, cls-token-free,
-        or with one leading cls token, which is dropped) to this model's grid, in place."""
+        """Fit a checkpoint's ``pos_embed`` stored at another grid (square, cls-token-free,
+        or with one leading cls token, which is dropped) to this model, in place: resized to
+        this model's grid, or, for a model given no pretrain_img_size, taken with its grid."""
         key = prefix + 'pos_embed'
         pe = state.get(key)
         if pe is None or pe.shape == self.pos_embed.shape:
@@ -191,7 +213,11 @@ class FLAPlain(FLABackboneBase):
             raise ValueError(f'Cannot resize checkpoint pos_embed of shape {tuple(pe.shape)} to '
                              f'{tuple(self.pos_embed.shape)}: expected a square grid of '
                              f'{self.pos_embed.shape[-1]}-d embeddings')
-        state[key] = resize_pos_embed(pe, (side, side), self.pos_hw, self.interpolate_mode)
+        if self.grid_from_checkpoint:
+            self.take_pos_grid((side, side))
+            state[key] = pe
+        else:
+            state[key] = resize_pos_embed(pe, (side, side), self.pos_hw, self.interpolate_mode)
         return state
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -100,7 +100,7 @@ class Conversion:
         self.state = {}
         self.dropped = {}      # source key -> reason; expected (classifier heads, poolers)
         self.unmapped = {}     # source key -> reason; no counterpart: an error when strict
-        self.synthesized = {}  # model key -> reason; made up exactly (e.g. a zero bias)
+        self.filled = {}       # model output norm -> the classifier's final norm it took
         self.resized = []      # 'key: old shape -> new shape (how)'
         self.notes = []
 
@@ -143,6 +143,7 @@ def final_norm(conv, target, src_key, suffix, value):
     block (or its last stage), when ``out_indices`` has one."""
     if target.final_norm and target.has(f'{target.final_norm}.{suffix}'):
         conv.put(f'{target.final_norm}.{suffix}', value)
+        conv.filled[target.final_norm] = src_key[:-len(suffix) - 1]
     else:
         conv.drop(src_key, f'final norm: the model has no output norm after its last block '
                            f'({target.final_norm} not in its out_indices)')
@@ -235,12 +236,18 @@ def convert_hf_fla(state, target, hf_config=None):
             conv.drop(src, 'classification pooler')
         else:
             conv.unmap(src, 'no counterpart in FLAPlain')
-    if hf_config and 'image_size' in hf_config and 'patch_size' in hf_config:
-        size, patch = hf_config['image_size'], hf_config['patch_size']
-        size = size if isinstance(size, (list, tuple)) else (size, size)
-        patch = patch if isinstance(patch, (list, tuple)) else (patch, patch)
-        conv.src_hw = (size[0] // patch[0], size[1] // patch[1])
+    conv.src_hw = hf_grid(hf_config)
     return conv
+
+
+def hf_grid(hf_config):
+    """The token grid (h, w) of a Hugging Face config.json's image_size / patch_size, or None."""
+    if not hf_config or 'image_size' not in hf_config or 'patch_size' not in hf_config:
+        return None
+    size, patch = hf_config['image_size'], hf_config['patch_size']
+    size = size if isinstance(size, (list, tuple)) else (size, size)
+    patch = patch if isinstance(patch, (list, tuple)) else (patch, patch)
+    return (size[0] // patch[0], size[1] // patch[1])
 
 
 # ---- timm ViT / DeiT -----------------------------------------------------------------------
@@ -520,4 +527,4 @@ def get_converter(fmt):
 
 
 __all__ = ['FORMATS', 'VIG_MISMATCH', 'VIG_OPTIONS', 'Conversion', 'Target', 'detect_format',
-           'get_converter', 'resize_timm']
+           'get_converter', 'hf_grid', 'resize_timm', 'square_side']
