@@ -8,3 +8,5 @@ model = dict(
     decode_head=dict(in_channels=[96, 192, 384, 768], num_classes=150),
     auxiliary_head=dict(in_channels=384, num_classes=150))
 train_dataloader = dict(batch_size=2)  # x 8 GPUs = 16 images per iteration
+# mmseg's test.py --show-dir (and fla_mm's) turn drawing on; off otherwise, as in mmseg
+default_hooks = dict(visualization=dict(type='SegVisualizationHook', draw=False))

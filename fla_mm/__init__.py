@@ -11,18 +11,21 @@ from mmengine.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, TRANSFO
 
 from .backbones import FLAPlain, FLAPyramid
 from .checkpoint import safe_globals
-from .hooks import FiniteCheckHook
-from .optim import FLALayerDecayOptimizerConstructor
+from .hooks import FiniteCheckHook, InputSizeCheckHook
+from .optim import FLALayerDecayOptimizerConstructor, SummarizingOptimWrapperConstructor
 from .transforms import NameFileOnError
 
 __version__ = '0.1.0'
 
 for _module in (FLAPyramid, FLAPlain):
     MODELS.register_module(module=_module, force=True)
-OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=FLALayerDecayOptimizerConstructor, force=True)
+for _constructor in (FLALayerDecayOptimizerConstructor, SummarizingOptimWrapperConstructor):
+    OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=_constructor, force=True)
 TRANSFORMS.register_module(module=NameFileOnError, force=True)
-HOOKS.register_module(module=FiniteCheckHook, force=True)
+for _hook in (FiniteCheckHook, InputSizeCheckHook):
+    HOOKS.register_module(module=_hook, force=True)
 safe_globals.register()
 
-__all__ = ['FLAPlain', 'FLAPyramid', 'FLALayerDecayOptimizerConstructor', 'NameFileOnError',
-           'FiniteCheckHook', '__version__']
+__all__ = ['FLAPlain', 'FLAPyramid', 'FLALayerDecayOptimizerConstructor',
+           'SummarizingOptimWrapperConstructor', 'NameFileOnError',
+           'FiniteCheckHook', 'InputSizeCheckHook', '__version__']

@@ -1,5 +1,6 @@
 """Training hooks registered into MMEngine's root HOOKS (mmseg and mmdet find them through
-their parent registry). Imports torch and mmengine only."""
+their parent registry), and the training-input-size check that fla_mm's tools and
+:class:`InputSizeCheckHook` share. Imports torch and mmengine only."""
 import math
 
 import torch
@@ -212,3 +213,51 @@ class FiniteCheckHook(Hook):
     def after_train(self, runner):
         self._remove()
         runner.logger.info(self.summary())
+
+
+def check_input_size(cfg):
+    """A training crop (mmseg) or pad divisor (mmdet) that the fla_mm backbone does not
+    divide is one clear error, naming the value, the backbone's multiple and the nearest
+    sizes that fit, instead of silently padded tokens in every scan of every training step.
+
+    Only the training side is checked: at inference any input size is fine (the backbones
+    pad to the patch grid and crop back), so test and inference sizes are left alone.
+    """
+    from . import backbones
+    backbone = cfg.get('model', {}).get('backbone', {})
+    cls = getattr(backbones, str(backbone.get('type', '')).split('.')[-1], None)
+    if not hasattr(cls, 'input_multiple'):
+        return
+    m = cls.input_multiple(backbone)
+    checks = []
+    for t in cfg.get('train_dataloader', {}).get('dataset', {}).get('pipeline', []) or []:
+        if t.get('type') == 'RandomCrop':
+            checks.append(('train pipeline RandomCrop crop_size', t.get('crop_size')))
+    pre = cfg.get('model', {}).get('data_preprocessor', {}) or {}
+    if pre.get('size') is not None:
+        checks.append(('model.data_preprocessor.size', pre['size']))
+    if pre.get('pad_size_divisor') is not None:
+        checks.append(('model.data_preprocessor.pad_size_divisor', pre['pad_size_divisor']))
+    for where, value in checks:
+        sizes = [value] if isinstance(value, int) else list(value or [])
+        bad = [v for v in sizes if int(v) % m]
+        if bad:
+            near = sorted({max(m, int(v) // m * m) for v in bad} | {-(-int(v) // m) * m for v in bad})
+            raise ValueError(f'{where} = {tuple(sizes) if len(sizes) > 1 else sizes[0]} does not fit '
+                             f'{backbone["type"]}: sizes must be multiples of {m} '
+                             f'(nearest: {", ".join(map(str, near))})')
+
+
+class InputSizeCheckHook(Hook):
+    """:func:`check_input_size` on the runner's config before the first training iteration,
+    so that OpenMMLab's own ``tools/train.py`` (which never calls fla_mm's tools) stops with
+    the same error as fla_mm's. The configs list it in ``default_hooks`` (a dict that child
+    configs merge into, so it stays); testing and inference never reach ``before_train``.
+
+    Config: ``default_hooks = dict(input_size_check=dict(type='InputSizeCheckHook'))``.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def before_train(self, runner):
+        check_input_size(runner.cfg)

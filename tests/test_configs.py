@@ -24,7 +24,7 @@ def test_config_builds_model(path):
     registry = importlib.import_module(f'{scope}.registry').MODELS
     assert cfg.custom_imports['imports'] == ['fla_mm']
     import fla_mm  # noqa: F401
-    load_tool('_common').check_input_size(cfg)   # shipped crops / pad divisors fit
+    fla_mm.hooks.check_input_size(cfg)   # shipped crops / pad divisors fit
     model = registry.build(cfg.model)
     backbone = model.backbone
     assert type(backbone).__module__.startswith('fla_mm.')

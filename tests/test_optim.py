@@ -1,5 +1,8 @@
 """FLALayerDecayOptimizerConstructor: lr per layer id, no weight decay on norms / biases /
-pos_embed, frozen parameters left out, built through MMEngine's registry by name."""
+pos_embed, frozen parameters left out, built through MMEngine's registry by name; it and
+SummarizingOptimWrapperConstructor (the configs' default) log one line, not one per parameter."""
+import logging
+
 import pytest
 import torch.nn as nn
 from mmengine.optim import build_optim_wrapper
@@ -91,3 +94,58 @@ def test_backbone_alone_and_bad_config():
         build(backbone, decay_mult=0.1)
     with pytest.raises(TypeError, match='needs a fla_mm backbone.*Linear'):
         build(nn.Linear(2, 2))
+
+
+class _Records(logging.Handler):
+    """The messages MMEngine's current logger emits while it is attached."""
+
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def _logged_while(build):
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    records = _Records()
+    logger.addHandler(records)
+    try:
+        return build(), records.messages
+    finally:
+        logger.removeHandler(records)
+
+
+@pytest.mark.parametrize('constructor,paramwise', [
+    ('SummarizingOptimWrapperConstructor',
+     dict(custom_keys=dict(norm=dict(decay_mult=0.0), pos_embed=dict(decay_mult=0.0)))),
+    ('FLALayerDecayOptimizerConstructor', dict(layer_decay_rate=RATE)),
+])
+def test_constructor_logs_one_summary_line(constructor, paramwise):
+    """One log line for the whole paramwise_cfg, not one per parameter and setting; the
+    summarizing constructor builds exactly DefaultOptimWrapperConstructor's groups."""
+    model = Segmentor(FLAPyramid(arch=dict(embed_dims=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                                           num_heads=[1, 1, 1, 1])))
+
+    def cfg(name):
+        return dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=LR, weight_decay=WD),
+                    constructor=name, paramwise_cfg=paramwise)
+
+    optimizer, messages = _logged_while(
+        lambda: build_optim_wrapper(model, cfg(constructor)).optimizer)
+    assert not [m for m in messages if m.startswith('paramwise_options')], messages[:3]
+    summary = [m for m in messages if 'groups' in m or 'parameter tensors' in m]
+    assert len(summary) == 1, messages
+    if constructor == 'SummarizingOptimWrapperConstructor':
+        n = sum(1 for p in model.parameters())
+        assert f'{n} parameter tensors' in summary[0] and 'weight_decay=0.0' in summary[0]
+        default, loud = _logged_while(lambda: build_optim_wrapper(
+            model, cfg('DefaultOptimWrapperConstructor')).optimizer)
+        assert len([m for m in loud if m.startswith('paramwise_options')]) > 20
+        settings = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
+        assert settings == [{k: v for k, v in g.items() if k != 'params'}
+                            for g in default.param_groups]
+        assert [g['params'] for g in optimizer.param_groups] == \
+            [g['params'] for g in default.param_groups]

@@ -164,8 +164,8 @@ def test_mmdet_coco_dataset(coco):
 
 def _val_dataset_with_corrupt_file(kind, pattern, payload, tmp_path):
     """The toy config's validation dataset over generated data whose second file matching
-    `pattern` (relative to the data root) is overwritten with `payload`; returns the
-    dataset and that file's path."""
+    `pattern` (relative to the data root) is overwritten with `payload` (None: left as
+    generated); returns the dataset and that file's path."""
     scope = dict(ade20k='mmseg', coco='mmdet')[kind]
     pytest.importorskip(scope)
     import importlib
@@ -179,8 +179,9 @@ def _val_dataset_with_corrupt_file(kind, pattern, payload, tmp_path):
     make = dict(ade20k=make_ade20k, coco=toy_data.make_coco)[kind]
     make(root, num_train=1, num_val=2, seed=0)
     bad = sorted(glob.glob(os.path.join(root, pattern)))[1]
-    with open(bad, 'wb') as f:
-        f.write(payload)
+    if payload is not None:
+        with open(bad, 'wb') as f:
+            f.write(payload)
     config = dict(ade20k='configs/toy/upernet_gla_toy_ade20k.py',
                   coco='configs/toy/mask_rcnn_gla_toy_coco.py')[kind]
     ds_cfg = Config.fromfile(os.path.join(ROOT, config)).val_dataloader.dataset
@@ -209,3 +210,17 @@ def test_corrupt_image_error_names_the_file(kind, pattern, tmp_path):
     dataset[0]
     with pytest.raises(Exception, match=os.path.basename(bad)):
         dataset[1]
+
+
+def test_toy_seg_config_lists_only_the_drawn_classes(tmp_path):
+    """The toy seg config's metainfo is the 10 drawn ADE20K classes (its heads have 10
+    outputs): mmseg maps each drawn ADE20K id to its place in that list, all else to 255."""
+    dataset, _ = _val_dataset_with_corrupt_file('ade20k', 'images/validation/*.jpg', None,
+                                                tmp_path)
+    assert dataset.metainfo['classes'] == tuple(toy_data.ADE_CLASSES.values())
+    ids = list(toy_data.ADE_CLASSES)
+    lab = cv2.imread(dataset[0]['data_samples'].seg_map_path, cv2.IMREAD_GRAYSCALE)
+    gt = dataset[0]['data_samples'].gt_sem_seg.data.numpy()[0]
+    for ade_id in np.unique(lab):
+        want = ids.index(ade_id) if ade_id in ids else 255
+        assert set(np.unique(gt[lab == ade_id])) == {want}, ade_id

@@ -32,35 +32,6 @@ def load_config(args):
     return cfg
 
 
-def check_input_size(cfg):
-    """A training crop (mmseg) or pad divisor (mmdet) that the fla_mm backbone does not
-    divide is one clear error at start-up, naming the value, the backbone's multiple and the
-    nearest sizes that fit, instead of silently padded tokens in every scan."""
-    import fla_mm
-    backbone = cfg.get('model', {}).get('backbone', {})
-    cls = getattr(fla_mm, str(backbone.get('type', '')).split('.')[-1], None)
-    if not hasattr(cls, 'input_multiple'):
-        return
-    m = cls.input_multiple(backbone)
-    checks = []
-    for t in cfg.get('train_dataloader', {}).get('dataset', {}).get('pipeline', []) or []:
-        if t.get('type') == 'RandomCrop':
-            checks.append(('train pipeline RandomCrop crop_size', t.get('crop_size')))
-    pre = cfg.get('model', {}).get('data_preprocessor', {}) or {}
-    if pre.get('size') is not None:
-        checks.append(('model.data_preprocessor.size', pre['size']))
-    if pre.get('pad_size_divisor') is not None:
-        checks.append(('model.data_preprocessor.pad_size_divisor', pre['pad_size_divisor']))
-    for where, value in checks:
-        sizes = [value] if isinstance(value, int) else list(value or [])
-        bad = [v for v in sizes if int(v) % m]
-        if bad:
-            near = sorted({max(m, int(v) // m * m) for v in bad} | {-(-int(v) // m) * m for v in bad})
-            raise ValueError(f'{where} = {tuple(sizes) if len(sizes) > 1 else sizes[0]} does not fit '
-                             f'{backbone["type"]}: sizes must be multiples of {m} '
-                             f'(nearest: {", ".join(map(str, near))})')
-
-
 def _cpu_dist_backend(cfg):
     """NCCL needs GPUs, and MMEngine's torchrun init calls torch.cuda.set_device: a torchrun
     launch on a machine without CUDA joins a gloo process group here first (MMEngine then

@@ -8,8 +8,7 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import (add_common_args, build_runner, check_input_size,  # noqa: E402
-                     close_distributed, load_config)
+from _common import add_common_args, build_runner, close_distributed, load_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -23,7 +22,26 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def resume_settings(cfg, resume):
+    """Set ``cfg.resume`` / ``cfg.load_from`` for ``--resume [CKPT]``. Returns the work dir
+    that ``--resume`` (no CKPT) looked in when it holds no ``last_checkpoint``, else None.
+
+    Such a run starts from iteration 1, the OpenMMLab convention that preemptible jobs
+    rely on (the same command line starts and resumes them), with resuming off so that
+    MMEngine does not log "Auto resumed from the latest checkpoint None"; :func:`main` logs
+    one warning naming the work dir instead."""
+    if resume is None:
+        return None
+    if resume != 'auto':
+        cfg.resume, cfg.load_from = True, resume
+        return None
+    cfg.load_from = None
+    cfg.resume = osp.isfile(osp.join(cfg.work_dir, 'last_checkpoint'))
+    return None if cfg.resume else osp.abspath(cfg.work_dir)
+
+
 def main(argv=None):
+    from fla_mm.hooks import check_input_size
     args = parse_args(argv)
     cfg = load_config(args)
     check_input_size(cfg)
@@ -38,11 +56,12 @@ def main(argv=None):
             cfg.optim_wrapper.dtype = args.amp_dtype
             if args.amp_dtype == 'float16':
                 cfg.optim_wrapper.loss_scale = 'dynamic'
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
-    elif args.resume is not None:
-        cfg.resume, cfg.load_from = True, args.resume
+    nothing_to_resume = resume_settings(cfg, args.resume)
     runner = build_runner(cfg)
+    if nothing_to_resume:
+        runner.logger.warning(f'--resume: no checkpoint to resume in {nothing_to_resume} '
+                              '(no last_checkpoint file there); training starts from '
+                              'iteration 1')
     runner.train()
     if runner.rank == 0:
         last = osp.join(cfg.work_dir, 'last_checkpoint')

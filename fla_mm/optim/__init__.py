@@ -1,3 +1,4 @@
 from .layer_decay import FLALayerDecayOptimizerConstructor
+from .summarizing import SummarizingOptimWrapperConstructor
 
-__all__ = ['FLALayerDecayOptimizerConstructor']
+__all__ = ['FLALayerDecayOptimizerConstructor', 'SummarizingOptimWrapperConstructor']

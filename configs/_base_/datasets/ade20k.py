@@ -45,4 +45,7 @@ test_dataloader = val_dataloader
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
 vis_backends = [dict(type='LocalVisBackend')]
-visualizer = dict(type='SegLocalVisualizer', vis_backends=vis_backends, name='visualizer')
+# no fixed name: MMEngine keeps one visualizer per name and process, and a second Runner in the
+# same process (train then test in a notebook) would reuse the first one's save_dir; unnamed,
+# each Runner's gets its experiment name
+visualizer = dict(type='SegLocalVisualizer', vis_backends=vis_backends)

@@ -2,4 +2,7 @@
 _base_ = ['mmdet::_base_/datasets/coco_instance.py']
 default_scope = 'mmdet'
 vis_backends = [dict(type='LocalVisBackend')]
-visualizer = dict(type='DetLocalVisualizer', vis_backends=vis_backends, name='visualizer')
+# no fixed name: MMEngine keeps one visualizer per name and process, and a second Runner in the
+# same process (train then test in a notebook) would reuse the first one's save_dir; unnamed,
+# each Runner's gets its experiment name
+visualizer = dict(type='DetLocalVisualizer', vis_backends=vis_backends)

@@ -1,6 +1,7 @@
 # 160k iterations, AdamW with linear warm-up then poly decay (Swin/ViG UperNet recipe).
 optim_wrapper = dict(
     type='OptimWrapper',
+    constructor='SummarizingOptimWrapperConstructor',   # one log line for paramwise_cfg
     optimizer=dict(type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
     paramwise_cfg=dict(custom_keys=dict(norm=dict(decay_mult=0.0), pos_embed=dict(decay_mult=0.0))))
 param_scheduler = [

@@ -6,5 +6,6 @@ param_scheduler = [
 ]
 optim_wrapper = dict(
     type='OptimWrapper',
+    constructor='SummarizingOptimWrapperConstructor',   # one log line for paramwise_cfg
     optimizer=dict(_delete_=True, type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(custom_keys=dict(norm=dict(decay_mult=0.0), pos_embed=dict(decay_mult=0.0))))
