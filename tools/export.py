@@ -24,6 +24,7 @@ relative difference to the PyTorch model (relative: to the largest |output| of t
 and exits non-zero above ``--tolerance``.
 """
 import argparse
+import logging
 import os
 import os.path as osp
 import sys
@@ -59,6 +60,7 @@ def build_model(cfg, checkpoint):
     """The config's model on CPU in eval mode, SyncBN reverted to BN, weights from
     ``checkpoint`` (``'none'``: the initial weights), built by mmseg's / mmdet's own
     ``init_model``."""
+    from mmengine.logging import MMLogger
     from mmengine.model import revert_sync_batchnorm
     scope = cfg.get('default_scope')
     if scope == 'mmseg':
@@ -72,7 +74,13 @@ def build_model(cfg, checkpoint):
         raise SystemExit(f'Checkpoint not found: {checkpoint}')
     model = init_model(cfg, None if none else checkpoint, device='cpu')
     if none:
-        model.init_weights()
+        logger = MMLogger.get_current_instance()
+        level = logger.level
+        logger.setLevel(logging.WARNING)      # init_weights logs every parameter at INFO
+        try:
+            model.init_weights()
+        finally:
+            logger.setLevel(level)
     return revert_sync_batchnorm(model).eval()
 
 
