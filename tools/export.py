@@ -17,7 +17,9 @@ What is exported:
   the proposals (a data-dependent number of boxes) and RoIAlign is an mmcv C++ op.
 
 ONNX goes through ``torch.onnx.export(dynamo=True)``; if that fails, the TorchScript
-exporter is tried, and the tool says which one wrote the file. The check runs the written
+exporter is tried, and the tool says which one wrote the file. ONNX has no triangular solve:
+the delta-rule and RWKV7 references' solves are rewritten as block inverses (matmuls) first
+(:func:`solve_triangular_by_blocks`). The check runs the written
 file (ONNX Runtime on CPU; for torch_export the reloaded program) on a random image and on
 one generated toy image (:mod:`fla_mm.toy_data`), prints the max absolute and the max
 relative difference to the PyTorch model (relative: to the largest |output| of that input),
@@ -32,6 +34,8 @@ import tempfile
 import time
 
 import numpy as np
+import torch
+import torch.nn as nn
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))   # run from a checkout
 
@@ -84,52 +88,49 @@ def build_model(cfg, checkpoint):
     return revert_sync_batchnorm(model).eval()
 
 
+class SegmentorLogits(nn.Module):
+    """EncoderDecoder.encode_decode at one size: image -> logits at the input size."""
+
+    def __init__(self, model, hw):
+        super().__init__()
+        self.model = model
+        self.metas = [dict(img_shape=hw, ori_shape=hw, pad_shape=hw)]
+
+    def forward(self, x):
+        return self.model.encode_decode(x, self.metas)
+
+    def output_names(self, n):
+        return ['logits']
+
+
+class DetectorMaps(nn.Module):
+    """Backbone + neck maps, then the RPN head's objectness and box deltas per level."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        feats = self.model.extract_feat(x)
+        if not self.model.with_rpn:
+            return tuple(feats)
+        scores, deltas = self.model.rpn_head(feats)
+        return (*feats, *scores, *deltas)
+
+    def output_names(self, n):
+        if not self.model.with_rpn:
+            return [f'neck_{i}' for i in range(n)]
+        return [f'{what}_{i}' for what in ('neck', 'rpn_cls', 'rpn_reg') for i in range(n // 3)]
+
+
 def network(model, hw):
-    """The tensor forward to export: ``(module, output names)``."""
-    import torch.nn as nn
-
-    class SegmentorLogits(nn.Module):
-        """EncoderDecoder.encode_decode at one size: image -> logits at the input size."""
-
-        def __init__(self):
-            super().__init__()
-            self.model = model
-            self.metas = [dict(img_shape=hw, ori_shape=hw, pad_shape=hw)]
-
-        def forward(self, x):
-            return self.model.encode_decode(x, self.metas)
-
-    class DetectorMaps(nn.Module):
-        """Backbone + neck maps, then the RPN head's objectness and box deltas per level."""
-
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            feats = self.model.extract_feat(x)
-            if not self.model.with_rpn:
-                return tuple(feats)
-            scores, deltas = self.model.rpn_head(feats)
-            return (*feats, *scores, *deltas)
-
+    """The tensor forward to export, in eval mode."""
     if hasattr(model, 'encode_decode'):
-        return SegmentorLogits().eval(), ['logits']
+        return SegmentorLogits(model, hw).eval()
     if hasattr(model, 'extract_feat'):
-        module = DetectorMaps().eval()
-        levels = len(module(_zeros(hw))) // (3 if model.with_rpn else 1)
-        names = [f'neck_{i}' for i in range(levels)]
-        if model.with_rpn:
-            names += [f'rpn_cls_{i}' for i in range(levels)]
-            names += [f'rpn_reg_{i}' for i in range(levels)]
-        return module, names
+        return DetectorMaps(model).eval()
     raise SystemExit(f'export: {type(model).__name__} has neither encode_decode (mmseg) nor '
                      f'extract_feat (mmdet)')
-
-
-def _zeros(hw):
-    import torch
-    return torch.zeros(1, 3, *hw)
 
 
 def solve_triangular_by_blocks(A, B, *, upper, left=True, unitriangular=False):
@@ -140,7 +141,6 @@ def solve_triangular_by_blocks(A, B, *, upper, left=True, unitriangular=False):
     doubling their size log2(n) times: inv_2b = inv_b - inv_b @ off_2b @ inv_b, where
     off_2b is the part of A inside the diagonal 2b-blocks and outside the b-blocks.
     """
-    import torch
     if not left:                        # X A = B  <=>  A^T X^T = B^T
         return solve_triangular_by_blocks(A.mT, B.mT, upper=not upper,
                                           unitriangular=unitriangular).mT
@@ -164,13 +164,11 @@ def solve_triangular_by_blocks(A, B, *, upper, left=True, unitriangular=False):
 
 def onnx_decompositions():
     """Ops that ONNX has no operator for, written in ops that it has."""
-    import torch
     return {torch.ops.aten.linalg_solve_triangular.default: solve_triangular_by_blocks}
 
 
 def export(module, x, out, fmt, names):
     """Write ``module`` traced at ``x`` to ``out``; returns the exporter's name."""
-    import torch
     if fmt == 'torch_export':
         torch.export.save(torch.export.export(module, (x,)), out)
         return 'torch.export.export'
@@ -196,7 +194,6 @@ def runner(out, fmt):
         session = ort.InferenceSession(out, providers=['CPUExecutionProvider'])
         name = session.get_inputs()[0].name
         return lambda x: session.run(None, {name: x})
-    import torch
     program = torch.export.load(out).module()
 
     def run(x):
@@ -206,7 +203,6 @@ def runner(out, fmt):
 
 
 def _flat(outputs):
-    import torch
     return [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
 
 
@@ -214,7 +210,6 @@ def toy_image(model, scope, hw):
     """One generated toy image of the config's task (ADE20K or COCO scene) at ``hw``, through
     the model's own data_preprocessor (BGR -> RGB, mean / std)."""
     import cv2
-    import torch
 
     from fla_mm.toy_data import make_ade20k, make_coco
     with tempfile.TemporaryDirectory() as root:
@@ -239,22 +234,23 @@ def compare(reference, outputs):
 def main(argv=None):
     args = parse_args(argv)
     os.environ['FLA_MM_BACKEND'] = 'reference'
-    import torch
+    torch.manual_seed(0)                  # 'none': the same initial weights every run
     from mmengine.config import Config
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     hw = tuple(args.shape)
     model = build_model(cfg, args.checkpoint)
-    module, names = network(model, hw)
+    module = network(model, hw)
     ext = dict(onnx='.onnx', torch_export='.pt2')[args.format]
     out = args.out or osp.join('work_dirs', 'export',
                                osp.splitext(osp.basename(args.config))[0] + ext)
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
 
     x = torch.randn(1, 3, *hw, generator=torch.Generator().manual_seed(0))
-    start = time.perf_counter()
     with torch.no_grad():
+        names = module.output_names(len(_flat(module(x))))
+        start = time.perf_counter()
         how = export(module, x, out, args.format, names)
     print(f'exported {type(model).__name__} ({", ".join(names)}) at {hw[0]}x{hw[1]} with {how} '
           f'in {time.perf_counter() - start:.1f} s: {out} ({osp.getsize(out) / 2**20:.1f} MiB)',
@@ -277,7 +273,7 @@ def main(argv=None):
             t = time.perf_counter()
             run(image)
             times.append(time.perf_counter() - t)
-        print(f'{args.format} runtime on CPU ({torch.get_num_threads()} torch threads): median '
+        print(f'{args.format} file on CPU ({os.cpu_count()} cores): median '
               f'{1e3 * float(np.median(times)):.1f} ms over {args.time} runs at {hw[0]}x{hw[1]}')
     ok = worst <= args.tolerance
     print(f'check {"passed" if ok else "FAILED"}: max rel diff {worst:.3g} '
