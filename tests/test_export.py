@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT, SEG_TOY, run_tool
+from conftest import DET_TOY, ROOT, SEG_TOY, run_tool
 
 from fla_mm.backbones import FLAPyramid
 from fla_mm.layers.mixer import FAMILIES
@@ -60,6 +60,17 @@ def test_plain_layout_upernet_exports_to_onnx(tmp_path, plain_tiny):
     assert result['exporter'] == 'torch.onnx.export(dynamo=True)'
     assert result['max_rel_diff'] <= 1e-4
     assert _onnx_output_shapes(result['out']) == [(1, 150, 64, 80)]
+
+
+def test_toy_mask_rcnn_exports_backbone_neck_and_rpn_maps(tmp_path):
+    pytest.importorskip('mmdet')
+    pytest.importorskip('mmcv.ops')
+    result = _export(tmp_path, DET_TOY, (64, 96))
+    assert result['max_rel_diff'] <= 1e-4
+    shapes = _onnx_output_shapes(result['out'])
+    strides = (4, 8, 16, 32, 64)                      # FPN levels (the last one pooled)
+    assert shapes[:5] == [(1, 64, -(-64 // s), -(-96 // s)) for s in strides]
+    assert len(shapes) == 15 and [s[1] for s in shapes[5:10]] == [3] * 5   # 3 anchors each
 
 
 def test_torch_export_format_reloads_and_matches(tmp_path, plain_tiny):
