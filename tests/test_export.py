@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from conftest import DET_TOY, ROOT, SEG_TOY, run_tool
+from conftest import DET_TOY, ROOT, SEG_TOY, load_tool, run_tool
 
 from fla_mm.backbones import FLAPyramid
 from fla_mm.layers.mixer import FAMILIES
@@ -97,7 +97,7 @@ def _exports_as_aten(backbone, x):
     program = torch.export.export(backbone, (x,))
     ops = {n.target for n in program.graph.nodes if n.op == 'call_function'}
     foreign = sorted(str(t) for t in ops
-                     if not str(getattr(t, 'namespace', 'aten')) in ('aten', '_operator'))
+                     if str(getattr(t, 'namespace', 'aten')) not in ('aten', '_operator'))
     assert not foreign, foreign
     for image in (x, torch.randn_like(x)):
         with torch.no_grad():
@@ -119,3 +119,33 @@ def test_scan_orders_go_through_torch_export(scan):
     backbone = FLAPyramid(arch=TINY, mixer='gla', scan=scan, out_indices=(0,),
                           drop_path_rate=0.0)
     _exports_as_aten(backbone, torch.randn(1, 3, 44, 24))
+
+
+@pytest.mark.parametrize('n', [32, 16, 5, 1])
+def test_block_inverse_solves_as_torch_linalg_does(n):
+    """The triangular solve ONNX lacks, as export writes it, for every side and triangle."""
+    solve = load_tool('export').solve_triangular_by_blocks
+    A = torch.randn(2, 3, n, n, dtype=torch.float64) * 0.3 + 2 * torch.eye(n)
+    for left, B in ((True, torch.randn(2, 3, n, 4, dtype=torch.float64)),
+                    (False, torch.randn(2, 3, 4, n, dtype=torch.float64))):
+        for upper in (False, True):
+            for unit in (False, True):
+                expected = torch.linalg.solve_triangular(A, B, upper=upper, left=left,
+                                                         unitriangular=unit)
+                got = solve(A, B, upper=upper, left=left, unitriangular=unit)
+                torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('family', ['delta_net', 'rwkv7'])
+def test_families_with_triangular_solves_match_in_onnx_runtime(family, tmp_path):
+    import onnxruntime as ort
+    tool = load_tool('export')
+    backbone = FLAPyramid(arch=TINY, mixer=family, out_indices=(0,), drop_path_rate=0.0).eval()
+    x = torch.randn(1, 3, 44, 24)
+    out = str(tmp_path / f'{family}.onnx')
+    with torch.no_grad():
+        assert tool.export(backbone, x, out, 'onnx', ['map']) == 'torch.onnx.export(dynamo=True)'
+        expected = backbone(x)[0].numpy()
+    session = ort.InferenceSession(out, providers=['CPUExecutionProvider'])
+    got = session.run(None, {'image': x.numpy()})[0]
+    assert tool.compare([expected], [got])[1] <= 1e-5
