@@ -27,5 +27,8 @@ setup(
         'mm': ['mmcv>=2.1.0,<2.2.0', 'mmsegmentation>=1.2.2', 'mmdet>=3.3.0', 'ftfy', 'regex',
                'pycocotools', 'matplotlib'],
         'tests': ['pytest'],
+        # tools/export.py: torch.onnx's dynamo exporter (onnxscript) and the ONNX Runtime
+        # check; floors are the versions tested with torch 2.13.0
+        'export': ['onnx>=1.23.2', 'onnxruntime>=1.32.0', 'onnxscript>=0.7.2'],
     },
 )

@@ -37,8 +37,8 @@ else
   say "using cached mmcv wheel from $WHEELS"
 fi
 
-say "installing mmcv, mmengine, mmsegmentation, mmdet, FLA and fla_mm (editable)"
+say "installing mmcv, mmengine, mmsegmentation, mmdet, FLA, ONNX (Runtime) and fla_mm (editable)"
 $PIP install --find-links "$WHEELS" mmcv==2.1.0
-$PIP install --find-links "$WHEELS" -e "$ROOT[mm,tests]"
-python -c 'import mmcv.ops, mmseg, mmdet, fla_mm; print("fla_mm", fla_mm.__version__, "| mmcv", mmcv.__version__, "with ops | mmseg", mmseg.__version__, "| mmdet", mmdet.__version__)'
+$PIP install --find-links "$WHEELS" -e "$ROOT[mm,tests,export]"
+python -c 'import mmcv.ops, mmseg, mmdet, fla_mm, onnxruntime, onnxscript; print("fla_mm", fla_mm.__version__, "| mmcv", mmcv.__version__, "with ops | mmseg", mmseg.__version__, "| mmdet", mmdet.__version__, "| onnxruntime", onnxruntime.__version__)'
 say "done: activate with '. $VENV/bin/activate'"
