@@ -3,7 +3,7 @@
 Every ``tools/*.py`` / ``demo/*.py`` script the pages quote exists and answers ``--help`` in a
 subprocess (as a user runs it from the repository root); every ``--option`` quoted after a
 script (and its subcommand, e.g. ``benchmark.py mixer``) is one that the script's help lists;
-every relative link and image points at a file or folder of the repository, and a ``#anchor``
+the quoted shell launchers exist; every relative link and image points at a file or folder of the repository, and a ``#anchor``
 into a page at one of its headings; README stays a short guide and keeps CI's command.
 """
 import contextlib
@@ -76,6 +76,15 @@ def test_pages_quote_the_tools():
 def test_quoted_scripts_exist():
     missing = {s: sorted(WHERE[s]) for s in QUOTED if not (ROOT / s).is_file()}
     assert not missing, f'quoted but not in the repository: {missing}'
+
+
+def test_quoted_shell_scripts_exist():
+    """The launchers (install, demo, dist_train, dist_test) run for minutes or start torchrun,
+    so they are only looked up, not run."""
+    quoted = {m for page in PAGES for command in _commands(_page_text(page))
+              for m in re.findall(r'\b(?:tools|demo)/[A-Za-z0-9_]+\.sh\b', command)}
+    assert {'tools/install.sh', 'tools/demo.sh', 'tools/dist_train.sh'} <= quoted, quoted
+    assert not [s for s in quoted if not (ROOT / s).is_file()]
 
 
 @pytest.fixture(scope='module')
