@@ -146,7 +146,7 @@ def free_port():
 
 def gpu_report(line):
     """Print a line of a GPU result table; also append it to $FLA_MM_GPU_TABLE (xdist
-    workers hide stdout), which is how the tables in README were collected."""
+    workers hide stdout), which is how the tables in docs/mixers.md were collected."""
     print(line)
     path = os.environ.get('FLA_MM_GPU_TABLE')
     if path:

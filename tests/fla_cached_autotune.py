@@ -6,7 +6,7 @@ Triton's plain ``triton.autotune`` and sweep up to 45 configs each, which with
 ``TRITON_F32_DEFAULT=ieee`` did not finish compiling in 540 s. This plugin installs
 ``fla_cache_autotune`` as ``triton.autotune`` before fla is imported (loading FLA's cache
 module from its file, since importing it through the package would import fla's kernels
-first). Block configs change speed, not results. Used for the rwkv7 row of README's support
+first). Block configs change speed, not results. Used for the rwkv7 row of docs/mixers.md's support
 matrix::
 
     PYTHONPATH=tests FLA_CACHE_MODE=fuzzy FLA_CONFIG_DIR=fla_mm/fla_configs/NVIDIA_H200 \\

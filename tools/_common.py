@@ -81,7 +81,7 @@ def close_distributed():
     """End a torchrun job cleanly: wait for every rank, then destroy the process group.
     Left to interpreter exit, gloo's threads can outlive it and abort the process
     ("terminate called without an active exception", SIGABRT) after training has finished,
-    which torchrun reports as a failed job: seen in 1 of 15 two-process CPU runs."""
+    which torchrun reports as a failed job."""
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

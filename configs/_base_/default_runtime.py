@@ -20,6 +20,6 @@ load_from = None
 resume = False
 custom_imports = dict(imports=['fla_mm'], allow_failed_imports=False)
 # DDP (tools/dist_train.sh): gradients are views into DDP's communication buckets, which saves
-# a copy of every gradient into and out of the buckets each step (2x H200 README row)
+# a copy of every gradient into and out of the buckets each step (docs/benchmarks.md, training runs)
 model_wrapper_cfg = dict(type='MMDistributedDataParallel', broadcast_buffers=False,
                          find_unused_parameters=False, gradient_as_bucket_view=True)

@@ -1,6 +1,6 @@
 # The real Mask R-CNN-GLA-T config (widths, depths, bi-scan, FPN, the standard COCO pipeline at
 # 1333x800, AdamW) on generated COCO-layout data, shortened to 4 epochs, for the GPU runs
-# README reports (detection learns; multi-GPU throughput). Data:
+# docs/benchmarks.md reports (detection learns; multi-GPU throughput). Data:
 #   python tools/make_toy_data.py coco data/gen_coco --num-train 400 --num-val 50 --size 512 384
 _base_ = ['../mask_rcnn_gla_coco.py']
 data_root = 'data/gen_coco/'

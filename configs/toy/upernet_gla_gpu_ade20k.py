@@ -1,6 +1,6 @@
 # The real UperNet-GLA-T config (widths, depths, bi-scan, SyncBN, AdamW, poly schedule) on
-# generated ADE20K-layout data at a GPU-sized crop, for the GPU runs README reports (mixed
-# precision, multi-GPU throughput). Data:
+# generated ADE20K-layout data at a GPU-sized crop, for the GPU runs docs/benchmarks.md
+# reports (mixed precision, multi-GPU throughput). Data:
 #   python tools/make_toy_data.py ade20k data/gen_ade20k --num-train 400 --num-val 40 --size 320 320
 _base_ = ['../upernet_gla_ade20k.py']
 data_root = 'data/gen_ade20k'

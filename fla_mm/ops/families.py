@@ -270,7 +270,7 @@ def gated_delta_rule(q, k, v, g, beta, scale=None, qk_l2norm=True):
             from fla.ops.gated_delta_rule import chunk_gated_delta_rule
             return chunk_gated_delta_rule(q, k, v, g=g, beta=beta, scale=scale,
                                           use_qk_l2norm_in_kernel=qk_l2norm)[0]
-        # fused_recurrent_gated_delta_rule has no backward in FLA 0.6.0 (measured on an H200)
+        # FLA 0.6.0's fused_recurrent_gated_delta_rule has no backward, so it cannot stand in
         _warn_once('fla_mm: FLA refuses the backward of chunk_gated_delta_rule on Hopper with '
                    'Triton >= 3.4, < 3.7.1 and its fused_recurrent form has no backward; '
                    'gated_delta_net trains through the PyTorch chunked reference on the GPU '

@@ -2,12 +2,12 @@
 machine compiles one config per kernel instead of autotuning all of them.
 
 FLA autotunes each Triton kernel on first use: tens of configs compiled and timed per kernel,
-minutes per mixer family on a fresh GPU machine (about 270 s before UperNet-GLA-T's first
-iteration on an H200). FLA 0.6.0 can instead read the best config per autotune key from
-``$FLA_CONFIG_DIR/<kernel>.json`` when ``$FLA_CACHE_MODE`` asks it to
-(``fla/ops/utils/cache.py``). fla_mm keeps such files per GPU model under
-``fla_mm/fla_configs/<GPU name>/``, made by ``tools/fla_configs.py`` from the autotune results
-that Triton leaves in its cache after a run, and points FLA at them before FLA is imported.
+minutes per mixer family on a fresh GPU machine (docs/benchmarks.md, cold start). FLA 0.6.0
+can instead read the best config per autotune key from ``$FLA_CONFIG_DIR/<kernel>.json``
+when ``$FLA_CACHE_MODE`` asks it to (``fla/ops/utils/cache.py``). fla_mm keeps such files
+per GPU model under ``fla_mm/fla_configs/<GPU name>/``, made by ``tools/fla_configs.py``
+from the autotune results that Triton leaves in its cache after a run, and points FLA at them
+before FLA is imported.
 ``strict`` mode: a config is used only for the exact key it was measured at (FLA's keys
 hold head counts and dims, not sequence lengths); any other key autotunes as before.
 """

@@ -89,7 +89,7 @@ class TokenMixer(nn.Module):
             Same function either way; the other families ignore it. 'auto', the old
             default, is read as 'fused'.
         bi_config: the fused kernel's variant, a ``fla_mm.ops.fused_bi.FusedBiConfig`` or a
-            dict of its fields (None: the measured default). Speed only, same function.
+            dict of its fields (None: the kernel's DEFAULT_CONFIG). Speed only, same function.
         locality: ViG 2-D locality injection: y = o_proj(global) * sigmoid(DWConv3x3(x)),
             with ``local_conv`` a depthwise 3x3 conv (with bias) over the H x W token grid.
         **options: the family's other ``fla.layers`` options (``FAMILIES[f]['defaults']``),

@@ -45,9 +45,9 @@ Segments (:class:`FusedBiConfig`): with scalar decay, from ``long_tokens`` (4096
 is cut into ``long_segments`` runs of chunks, one program each, after a small kernel has
 summed every segment's local state (per key channel for GLA): more programs for the GPU at
 the cost of one extra pass over k, v (and q, do). It is exact (GPU-tested at 6 segments,
-uneven on purpose) and measured faster there. GLA's forward is cut the same way
-(``gla_fwd_segments``); its split backward, which already has twice the programs, measured
-fastest with one segment at every length. ``segments`` forces the count.
+uneven on purpose) and faster at those lengths. GLA's forward is cut the same way
+(``gla_fwd_segments``); its split backward, which already has twice the programs, is fastest
+with one segment at every length (timings: docs/benchmarks.md). ``segments`` forces the count.
 
 Precision: 16-bit inputs take their dots on tensor cores with fp32 accumulation; where an
 operand is fp32 (the states, and in the backward everything behind dq and dk) the dot is

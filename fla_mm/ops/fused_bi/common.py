@@ -56,10 +56,10 @@ def _state_step(S, decay, x, y, F32: tl.constexpr, PRECISION: tl.constexpr):
     backward that computes the gate gradient keeps both in fp32 (F32; TF32 dots for 16-bit
     inputs; RetNet's fixed decay needs none and keeps bf16 states). The gate gradient is a
     sum over the sequence of q.dq - k.dk whose pair terms cancel except near the token, but the
-    dq side and the dk side round differently, and with bf16 states that rounding grew with the
-    length. Measured on an H200 (bf16 GLA, 16384 tokens, max error / max |dg|): bf16 states
-    1.8e-2, fp32 states 4.8e-3 (FLA's two calls 2.3e-3) for 9% more time; 'tf32x3' dots 1e-5
-    for 83% more."""
+    dq side and the dk side round differently, and with bf16 states that rounding grows with
+    the length (about as sqrt(L)). fp32 states keep the bf16 gate gradient at the level of
+    FLA's two-call path for a small cost in time; 'tf32x3' dots would make it nearly exact at
+    a large one (errors and times: docs/benchmarks.md, gate-gradient precision)."""
     if F32:
         return S * decay + tl.dot(tl.trans(x), y.to(tl.float32), input_precision=PRECISION)
     return S * decay + tl.dot(tl.trans(x.to(y.dtype)), y, input_precision=PRECISION)

@@ -8,8 +8,8 @@ from typing import Optional
 
 @dataclasses.dataclass(frozen=True)
 class FusedBiConfig:
-    """Kernel variant of :func:`fused_bi_decay_attn`; the defaults measured fastest on an H200
-    (README, Speed).
+    """Kernel variant of :func:`fused_bi_decay_attn`; the defaults are the fastest of the
+    variants timed (docs/benchmarks.md, the fused bidirectional kernel).
 
     A sweep (one direction over the sequence) can be cut into segments, one program each,
     after a small kernel has summed every segment's local state: more programs for the GPU at

@@ -134,7 +134,7 @@ def _bi_gla_fwd_kernel(q, k, v, g, o, seg_S, seg_G, scale, T, H, sg_d, sg_b, sg_
 # ---- GLA backward: dq of the own scan and dk, dv of the other scan in separate programs,
 # each carrying one [BK, BV] state. One program carrying both (as the scalar-decay backward
 # does) ran out of registers and spilled (ptxas -v, `tools/benchmark.py compile`); split, it
-# measured faster (README, Speed).
+# is faster (docs/benchmarks.md, the fused bidirectional kernel).
 
 @triton.jit
 def _dg_piece(dg, x, run, slot, pos, m_k, i_b, i_h, B, T, H, K: tl.constexpr,
