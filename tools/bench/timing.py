@@ -78,9 +78,16 @@ def _is_oom(exc):
 
 
 def _short_error(exc, what='error'):
-    """``what: Type: first line of the message`` (Inductor's errors run to many lines)."""
+    """``what: Type: first line of the message`` (Inductor's errors run to many lines); a
+    first line that only announces the next (ends with ':', as Dynamo's "backend='inductor'
+    raised:") is joined with it."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f'{what}: {type(exc).__name__}: {(lines[0] if lines else "")[:200]}'
+    msg = lines[0] if lines else ''
+    for line in lines[1:3]:
+        if not msg.endswith(':'):
+            break
+        msg += ' ' + line
+    return f'{what}: {type(exc).__name__}: {msg[:240]}'
 
 
 def _free(device):
