@@ -271,6 +271,10 @@ def test_backbone_ways_of_running_against_the_fastest_swin(tmp_path):
                       '--out', out, *TINY)
     rows = {(r['name'], r['family'], r['variant']): r for r in result['rows']}
     swin = next(n for n, _, _ in rows if n.startswith(('SwinTransformer', 'swin')))
+    # cheap ways first, the baseline first within each: a cut-off run keeps what ratios need
+    assert [(r['name'] == swin, r['variant']) for r in result['rows']][:4] == [
+        (True, 'eager'), (False, 'eager'), (False, 'eager'), (False, 'cuda_graph=True')]
+    assert result['rows'][-1]['variant'].startswith('compile max-autotune')
     ran = [k for k, r in rows.items() if r['status'] == 'ok']
     assert sorted(ran) == sorted([(n, f, v) for n, f in (('FLAPyramid', 'transformer'),
                                                          ('FLAPyramid', 'gla'), (swin, '-'))

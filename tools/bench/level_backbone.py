@@ -215,6 +215,7 @@ def backbone_cases(args):
             for B in ordered(args, args.batch_size):
                 for res in ordered(args, args.resolutions):
                     common = dict(level='backbone', size=res, batch=B, dtype=dtype, mode=mode)
+                    block = []
 
                     def add(meta, build, group, ways, **kw):
                         for comp, graphed in ways:
@@ -223,7 +224,7 @@ def backbone_cases(args):
                                 skip = ('cuda_graph=True replays only in training on CUDA '
                                         '(here it would be the eager row)')
                             variant = variant_name(comp, backend, graphed)
-                            cases.append(Case(
+                            block.append(Case(
                                 dict(common, **meta, variant=variant, compile=comp),
                                 backbone_setup(build(graphed), res, B, mode, device, dtype,
                                                comp, backend),
@@ -246,4 +247,16 @@ def backbone_cases(args):
                                  reference=kind),
                             lambda graphed, build=build: build,
                             ('backbone', ref, res, B, dtype, mode), other_ways)
+                    block.sort(key=run_order)
+                    cases += block
     return cases
+
+
+def run_order(case):
+    """Cheap ways first (eager, cuda_graph=True, then compile 'default', then the autotuning
+    modes), the Swin / ConvNeXt rows first within each: a command cut off by a time limit
+    keeps the rows that the others are held against."""
+    comp = case.meta.get('compile', 'none')
+    rank = (0 if case.meta.get('variant') == 'eager' else 1 if comp == 'none'
+            else 2 if comp == 'default' else 3)
+    return rank, 'reference' not in case.meta
