@@ -276,6 +276,8 @@ def _measure(case, args):
         row['status'] = 'OOM' if _is_oom(exc) else _short_error(exc, failed)
     finally:
         del step, graph, out
+        if _compiled(case):      # Dynamo's caches hold the compiled model and its memory
+            torch._dynamo.reset()
         _free(device)
     return row
 
