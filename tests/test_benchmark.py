@@ -235,6 +235,18 @@ def test_new_options_parse():
         parse(['mixer', '--op-shapes', 'backbone', '--levels', 'mixer', '--device', 'cpu'])
 
 
+def test_list_cases_runs_nothing(tmp_path):
+    """--list-cases: the cases of a command in run order, nothing measured or written."""
+    out = str(tmp_path / 'never')
+    listed = run_tool('benchmark', 'mixer', '--op-shapes', 'backbone', '--families', 'gla',
+                      'retnet', '--batch-size', '2', '8', '--mode', 'fwdbwd', '--list-cases',
+                      '--device', 'cpu', '--out', out)['cases']
+    # FLAPyramid-T's 4 stages and FLAPlain-S's 1, at 512 and 1024 px, B = 2 and 8;
+    # each: sdpa, gla two-call and fused, retnet two-call and fused
+    assert len(listed) == 5 * 2 * 2 * 5 and not os.path.exists(out)
+    assert listed[0]['batch'] == 8 and listed[0]['name'] == 'sdpa'
+
+
 def test_compile_modes_that_need_cuda_are_rows_that_say_so():
     """On CPU with Inductor, 'default' runs and the GPU-only modes become rows that say
     why they did not run; fla_mm's cuda_graph=True is such a row too."""

@@ -57,6 +57,9 @@ def _add_common(p, default_batch, profile_steps=0):
     p.add_argument('--threads', type=int, default=None,
                    help='torch CPU threads (default: torch\'s own choice)')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--list-cases', action='store_true',
+                   help='print the cases the command would run, in order, and stop (sizes a '
+                        'command for a time limit without a GPU)')
     _add_fused_bi(p)
     p.add_argument('--no-plots', action='store_true')
     p.add_argument('--size-order', choices=['desc', 'asc', 'given'], default='desc',
@@ -227,6 +230,14 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     cases = dict(mixer=mixer_cases, backbone=backbone_cases, model=model_cases)[args.level](args)
+    if args.list_cases:
+        for i, case in enumerate(cases):
+            print(f'[{i + 1}/{len(cases)}] ' + ' '.join(
+                f'{k}={case.meta[k]}' for k in ('level', 'name', 'shape', 'family', 'scan',
+                                                 'variant', 'size', 'batch', 'dtype', 'mode')
+                if case.meta.get(k) not in (None, '-')) +
+                (f' [skipped: {case.skip}]' if case.skip else ''))
+        return dict(cases=[dict(c.meta, skip=c.skip) for c in cases])
     method = method_info(args, argv)
     print(f"[benchmark] {len(cases)} cases on {method['device']} "
           f"(torch {torch.__version__}, triton {method['versions']['triton']}, "
