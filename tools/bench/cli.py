@@ -270,6 +270,8 @@ def main(argv=None):
         extra = ''.join(f', {label} {fmt(row[k])}' for k, label in (
             ('variant', 'as'), ('shape', 'shape'), ('kernel_ms', 'kernels ms/step'),
             ('kernels', 'kernels/step'), ('graph_median_ms', 'graph ms')) if row.get(k))
+        if row.get('traffic_bytes') and row.get('median_ms'):
+            extra += f", {row['traffic_bytes'] / row['median_ms'] / 1e6:.1f} GB/s (min traffic)"
         print(f"[{i + 1}/{len(cases)}] {row['level']} {row['name']} {row['family']} "
               f"{row['scan']} size={row['size']} B={row['batch']} {row['dtype']} {row['mode']}: "
               f"median {fmt(row['median_ms'])} ms, first {fmt(row['first_call_ms'])} ms, "

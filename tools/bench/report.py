@@ -309,7 +309,9 @@ def _copy_note(method):
 
 
 def _table(cols, rows):
-    lines = ['| ' + ' | '.join(h for _, h in cols) + ' |', '|' + '|'.join('---' for _ in cols) + '|']
+    """A markdown table of ``rows`` in columns ``cols`` ((key, header) pairs)."""
+    lines = ['| ' + ' | '.join(h for _, h in cols) + ' |',
+             '|' + '|'.join('---' for _ in cols) + '|']
     for r in rows:
         lines.append('| ' + ' | '.join(fmt(r.get(k)) for k, _ in cols) + ' |')
     return lines
