@@ -426,3 +426,32 @@ def test_op_shapes_match_the_backbone_stages(spec, family, monkeypatch):
     assert actual == derived, (actual, derived)
     assert [g['L'] for g in groups] == [math.prod(model.out_hw((res, res), s)) for s in (
         [4, 8, 16, 32] if name == 'FLAPyramid' else [16])]
+
+
+def test_trace_counts_read_kernels_and_launches_as_the_cuda_profiler_writes_them():
+    """The CUDA side of the profile, on a trace written as PyTorch's profiler writes one:
+    eager kernels one launch each (also a Triton kernel launched through the driver), a
+    graph replay's kernels one launch together; memcpy and CPU ops are not kernels."""
+    def kernel(name, ts, dur, corr):
+        return dict(ph='X', cat='kernel', name=name, ts=ts, dur=dur,
+                    args=dict(correlation=corr))
+    events = [
+        dict(ph='X', cat='cpu_op', name='aten::mm', ts=0, dur=5),
+        dict(ph='X', cat='cuda_runtime', name='cudaLaunchKernel', ts=1, dur=2,
+             args=dict(correlation=1)),
+        kernel('gemm', 10, 30, 1),
+        dict(ph='X', cat='cuda_driver', name='cuLaunchKernelEx', ts=3, dur=2,
+             args=dict(correlation=2)),
+        kernel('_bi_gla_fwd_kernel', 40, 50, 2),
+        dict(ph='X', cat='gpu_memcpy', name='Memcpy DtoD', ts=95, dur=100,
+             args=dict(correlation=3)),
+        dict(ph='X', cat='cuda_runtime', name='cudaGraphLaunch', ts=6, dur=2,
+             args=dict(correlation=4)),
+        kernel('a', 200, 10, 4), kernel('b', 210, 10, 4), kernel('c', 220, 10, 4),
+        dict(ph='f', cat='ac2g', name='flow', ts=1, id=1),
+    ]
+    counts = bench('timing').trace_counts(events, 'cuda', steps=1)
+    assert counts == dict(kernel_ms=0.11, kernels=5, launches=3)
+    for e in events:                 # without correlation ids: the launch calls are counted
+        e.get('args', {}).pop('correlation', None)
+    assert bench('timing').trace_counts(events, 'cuda', steps=2)['launches'] == 1.5

@@ -103,9 +103,10 @@ def profile_step(fn, device, steps):
     """Per-step device work of ``fn`` from the PyTorch profiler, over ``steps`` calls.
 
     CUDA: ``kernel_ms`` = summed durations of the GPU kernels (memcpy / memset not counted),
-    ``kernels`` = kernels run on the GPU, ``launches`` = host calls that launched work (CUDA
-    runtime / driver kernel launches and graph launches: a replayed CUDA graph is one launch
-    for all its kernels), each divided by ``steps``. CPU, where there are no kernels: the
+    ``kernels`` = kernels run on the GPU, ``launches`` = host calls that launched them (by
+    the kernels' correlation ids, else by the CUDA runtime / driver launch calls in the
+    trace: a replayed CUDA graph is one launch for all its kernels), each divided by
+    ``steps``. CPU, where there are no kernels: the
     leaf ATen ops (ops that call no other op) stand for them, ``kernel_ms`` their summed
     time and ``kernels`` = ``launches`` their count. Read from the exported Chrome trace,
     whose event categories name kernels and launches the same way across torch versions.
@@ -120,15 +121,26 @@ def profile_step(fn, device, steps):
         path = os.path.join(tmp, 'trace.json')
         prof.export_chrome_trace(path)
         with open(path) as f:
-            events = [e for e in json.load(f)['traceEvents'] if e.get('ph') == 'X']
+            events = json.load(f)['traceEvents']
+    return trace_counts(events, device, steps)
+
+
+def trace_counts(events, device, steps):
+    """:func:`profile_step`'s numbers from the events of a Chrome trace of ``steps`` steps."""
+    events = [e for e in events if e.get('ph') == 'X']
     if device == 'cuda':
         kernels = [e for e in events if e.get('cat') == 'kernel']
-        launches = [e for e in events if e.get('cat') in ('cuda_runtime', 'cuda_driver')
-                    and any(n in e['name'] for n in LAUNCH_CALLS)]
+        # a kernel carries the correlation id of the host call that launched it (all the
+        # kernels of a graph replay that of its cudaGraphLaunch): one launch per id
+        launched = {e.get('args', {}).get('correlation') for e in kernels} - {None}
+        launches = len(launched) or len([
+            e for e in events if e.get('cat') in ('cuda_runtime', 'cuda_driver')
+            and any(n in e['name'] for n in LAUNCH_CALLS)])
     else:
-        kernels = launches = _leaf_ops([e for e in events if e.get('cat') == 'cpu_op'])
+        kernels = _leaf_ops([e for e in events if e.get('cat') == 'cpu_op'])
+        launches = len(kernels)
     return dict(kernel_ms=sum(e.get('dur', 0) for e in kernels) / 1e3 / steps,
-                kernels=len(kernels) / steps, launches=len(launches) / steps)
+                kernels=len(kernels) / steps, launches=launches / steps)
 
 
 def _leaf_ops(ops):
