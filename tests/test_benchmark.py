@@ -455,3 +455,24 @@ def test_trace_counts_read_kernels_and_launches_as_the_cuda_profiler_writes_them
     for e in events:                 # without correlation ids: the launch calls are counted
         e.get('args', {}).pop('correlation', None)
     assert bench('timing').trace_counts(events, 'cuda', steps=2)['launches'] == 1.5
+
+
+def test_report_holds_rows_against_the_fastest_swin_of_all_runs_when_asked(tmp_path):
+    """Commands split by a time limit: the Swin rows in one run, FLAPyramid's in another.
+    Merged, a row has no ratio to another run's Swin unless --best-across-runs."""
+    pytest.importorskip('mmseg.models')
+    common = ['backbone', '--backbones', 'FLAPyramid', '--arch', json.dumps(PYRAMID),
+              '--resolutions', '64', '--mode', 'fwd', '--no-twin', '--profile-steps', '0',
+              '--no-plots', *TINY]
+    swin, fla, out = (str(tmp_path / n) for n in ('swin', 'fla', 'merged'))
+    run_tool('benchmark', *common, '--families', 'transformer', '--baselines', 'swin',
+             '--out', swin)
+    run_tool('benchmark', *common, '--families', 'gla', '--baselines', '--out', fla)
+    merged = run_tool('benchmark', 'report', swin, fla, '--out', out, '--no-plots')['rows']
+    assert [r['family'] for r in merged] == ['-', 'gla']
+    assert merged[1].get('vs_swin') is None
+    merged = run_tool('benchmark', 'report', swin, fla, '--out', out, '--no-plots',
+                      '--best-across-runs')['rows']
+    assert merged[1]['vs_swin'] == pytest.approx(merged[1]['median_ms'] / merged[0]['median_ms'])
+    with open(os.path.join(out, 'results.md')) as f:
+        assert 'all its runs, merged with --best-across-runs' in f.read()

@@ -177,6 +177,10 @@ def parse_args(argv=None):
     p.add_argument('runs', nargs='+', help='output folders (or results.json files) of earlier '
                    'runs on one device; where two runs measured the same case, the later wins')
     p.add_argument('--out', required=True, help='output folder')
+    p.add_argument('--best-across-runs', action='store_true',
+                   help='backbone level: hold each row against the fastest Swin / ConvNeXt of '
+                        'all the runs merged (commands split by a time limit on one machine), '
+                        'not of its own run only')
     p.add_argument('--no-plots', action='store_true')
 
     args = parser.parse_args(argv)
@@ -223,6 +227,7 @@ def main(argv=None):
         return compile_times(args)
     if args.level == 'report':
         method, rows = merge_runs(args.runs)
+        method['best_across_runs'] = args.best_across_runs
         os.makedirs(args.out, exist_ok=True)
         return finish(args, method, rows)
     if args.fresh_triton_cache:

@@ -51,8 +51,9 @@ def case_key(meta):
     return tuple(meta.get(k) for k in KEY_FIELDS)
 
 
-def add_ratios(rows):
-    """time_ratio / mem_ratio / graph_ratio of each row against its group's baseline."""
+def add_ratios(rows, best_across_runs=False):
+    """time_ratio / mem_ratio / graph_ratio of each row against its group's baseline, and
+    the backbone level's ratios to the fastest Swin / ConvNeXt (:func:`add_best_ratios`)."""
     base = {(row.get('run'), row['group']): row for row in rows if row.get('is_baseline')}
     for row in rows:
         for key in ('time_ratio', 'mem_ratio', 'graph_ratio'):
@@ -73,7 +74,7 @@ def add_ratios(rows):
                 row[prefix + 'gbps'] = row['traffic_bytes'] / (ms * 1e-3) / 1e9
                 if row.get('copy_gbps'):
                     row[prefix + 'pct_copy'] = 100 * row[prefix + 'gbps'] / row['copy_gbps']
-    add_best_ratios(rows)
+    add_best_ratios(rows, best_across_runs)
 
 
 def timed_lines(row):
@@ -89,14 +90,16 @@ def timed_lines(row):
     return lines
 
 
-def add_best_ratios(rows):
+def add_best_ratios(rows, across_runs=False):
     """``vs_swin`` / ``vs_convnext`` (and ``graph_vs_*`` for the replay) of each backbone
     row: its time over the fastest Swin (ConvNeXt) time of the same run, resolution, batch,
-    dtype and mode, over every way those were timed (eager, compiled, graph replay)."""
+    dtype and mode, over every way those were timed (eager, compiled, graph replay); with
+    ``across_runs`` over the rows of every merged run (one device model, checked)."""
+    run = (lambda row: None) if across_runs else (lambda row: row.get('run'))
     fastest = {}
     for row in rows:
         if row.get('level') == 'backbone' and row.get('reference') in REFERENCES:
-            key = (row.get('run'), row['reference'], row['size'], row['batch'], row['dtype'],
+            key = (run(row), row['reference'], row['size'], row['batch'], row['dtype'],
                    row['mode'])
             for _, ms, *_ in timed_lines(row):
                 if ms and (key not in fastest or ms < fastest[key]):
@@ -105,7 +108,7 @@ def add_best_ratios(rows):
         for ref in REFERENCES:
             for prefix in ('', 'graph_'):
                 row.pop(f'{prefix}vs_{ref}', None)
-                best = fastest.get((row.get('run'), ref, row['size'], row['batch'],
+                best = fastest.get((run(row), ref, row['size'], row['batch'],
                                     row['dtype'], row['mode']))
                 if row.get('level') == 'backbone' and best and row.get(prefix + 'median_ms'):
                     row[f'{prefix}vs_{ref}'] = row[prefix + 'median_ms'] / best
@@ -270,8 +273,11 @@ def to_markdown(method, rows):
         lines += ['', '## Each way a model ran, against the fastest Swin and ConvNeXt', '',
                   'One line per way each row was timed (its steps; with a CUDA graph also the '
                   'replay of the whole captured step); ratios: the line\'s step time over the '
-                  'fastest Swin (ConvNeXt) line of the same run, resolution, batch, dtype and '
-                  'mode. Compile time is the first call, kept out of the step times.', '']
+                  'fastest Swin (ConvNeXt) line of the same '
+                  + ('table (all its runs, merged with --best-across-runs)'
+                     if method.get('best_across_runs') else 'run') +
+                  ', resolution, batch, dtype and mode. Compile time is the first call, kept '
+                  'out of the step times.', '']
         best = []
         for r in backbone:
             for i, (how, ms, kms, kernels, launches) in enumerate(timed_lines(r)):
@@ -432,7 +438,7 @@ def write_results(out, method, rows):
     rows.sort(key=lambda r: (LEVEL_ORDER.get(r['level'], 9), r['dtype'],
                              MODES.index(r['mode']) if r['mode'] in MODES else 9,
                              r['batch'], r['size']))
-    add_ratios(rows)
+    add_ratios(rows, method.get('best_across_runs', False))
     md = to_markdown(method, rows)
     with open(osp.join(out, 'results.md'), 'w') as f:
         f.write(md)
