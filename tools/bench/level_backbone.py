@@ -1,6 +1,8 @@
 """Cases of the ``backbone`` level: each fla_mm backbone with each family and scan against
 the same backbone with mixer='transformer', plus Swin and ConvNeXt of the same size where
-mmseg or torchvision import."""
+mmseg or torchvision import; each model in the ways it runs fastest (``--compile`` modes,
+fla_mm's ``cuda_graph=True``, and with ``--cuda-graph`` the whole step captured), so that
+the report can hold every row against the fastest Swin and ConvNeXt row."""
 import json
 
 import torch
@@ -11,6 +13,10 @@ from fla_mm.layers import FAMILIES
 
 from .level_mixer import bi_config_for, with_bi_config
 from .timing import BASELINE_FAMILY, Case, grad_leaves, make_step, ordered
+
+COMPILE_MODES = ('none', 'default', 'reduce-overhead', 'max-autotune',
+                 'max-autotune-no-cudagraphs')     # --compile: 'none' = eager
+CUDA_ONLY_MODES = ('reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 
 
 def fla_backbones():
@@ -36,6 +42,32 @@ def parse_arch(text, names):
             raise SystemExit(f'--arch names backbones {sorted(arch)} but not {missing}')
         return arch
     return {n: arch for n in names}
+
+
+def backbone_stages(cls, arch, family, res, mixer_cfg=None):
+    """The token-mixing stages of backbone ``cls`` (size ``arch``, mixers of ``family``) on a
+    ``res`` x ``res`` image, each a dict: stage, stride, hw (token grid), L, mixer (its first
+    block's TokenMixer: dim, num_heads, head_k_dim, head_v_dim, cfg).
+
+    Read off the model the class builds from its own arch table, on the meta device (no
+    memory, no init): FLAPyramid's stage i runs at stride ``patch_size * 2**i`` (the stem,
+    then a stride-2 downsampling into each later stage), FLAPlain's blocks all at its
+    ``patch_size``; grids round up as the layouts do (``out_hw``). Conv stages (RepMixer)
+    have no mixer and are left out.
+    """
+    with torch.device('meta'):
+        model = cls(arch=arch, mixer=family, scan='bi', mixer_cfg=mixer_cfg, drop_path_rate=0.0)
+    if hasattr(model, 'stages'):
+        blocks = [(i, model.patch_size * 2 ** i, st.blocks[0]) for i, st in enumerate(model.stages)]
+    else:
+        blocks = [(0, model.patch_size, model.blocks[0])]
+    stages = []
+    for i, stride, block in blocks:
+        mixer = getattr(block, 'attn', None)
+        if mixer is not None:
+            hw = model.out_hw((res, res), stride)
+            stages.append(dict(stage=i, stride=stride, hw=hw, L=hw[0] * hw[1], mixer=mixer))
+    return stages
 
 
 def swin_builder(arch):
@@ -94,19 +126,52 @@ class _Features(nn.Module):
         return tuple(outs)
 
 
-def backbone_setup(build, res, B, mode, device, dtype):
+def variant_name(compile_mode, backend='inductor', cuda_graph=False):
+    """How a row ran: 'eager', 'compile MODE' (with a non-Inductor backend named), or
+    'cuda_graph=True' (the fla_mm backbone's own graph of forward and backward)."""
+    if cuda_graph:
+        return 'cuda_graph=True'
+    if compile_mode == 'none':
+        return 'eager'
+    return f'compile {compile_mode}' + ('' if backend == 'inductor' else f' ({backend})')
+
+
+def compile_skip(mode, backend, device):
+    """Why ``torch.compile`` in ``mode`` cannot run here, or None."""
+    if mode == 'none':
+        return None
+    if backend != 'inductor' and mode != 'default':
+        return f"mode {mode!r} is an Inductor mode; backend {backend!r} runs only 'default'"
+    if device != 'cuda' and mode in CUDA_ONLY_MODES:
+        return (f"mode {mode!r} needs CUDA (Inductor's GPU autotuning"
+                + (' and CUDA graphs)' if 'no-cudagraphs' not in mode else ')'))
+    return None
+
+
+def backbone_setup(build, res, B, mode, device, dtype, compile_mode='none',
+                   backend='inductor'):
+    """The step of one backbone row: built, initialised, and with ``compile_mode`` other
+    than 'none' wrapped in ``torch.compile`` after a Dynamo reset (each case compiles its own
+    graphs, so no case runs on another's cache entry or hits the recompile limit)."""
     def setup():
         model = build().to(device)
         if hasattr(model, 'init_weights'):
             model.init_weights()
         x = torch.randn(B, 3, res, res, device=device)
-        return make_step(lambda: model(x), grad_leaves(model) if mode == 'fwdbwd' else [], mode,
+        run = model
+        if compile_mode != 'none':
+            torch._dynamo.reset()
+            run = torch.compile(model, backend=backend,
+                                mode=None if compile_mode == 'default' else compile_mode)
+        return make_step(lambda: run(x), grad_leaves(model) if mode == 'fwdbwd' else [], mode,
                          device, dtype, train_module=model)
     return setup
 
 
 def backbone_cases(args):
-    """Every case of the level: the backbones, families, scans, resolutions, dtypes, modes."""
+    """Every case of the level: the backbones, families, scans, resolutions, dtypes, modes,
+    and the ways each model runs (``--compile`` / ``--fla-compile`` modes, fla_mm's
+    ``cuda_graph=True``). A way that cannot run here is a row that says why."""
     available = fla_backbones()
     names = args.backbones or sorted(available)
     for n in names:
@@ -131,39 +196,67 @@ def backbone_cases(args):
             print(f'[benchmark] {kind} baseline skipped: not importable here or no matching size '
                   f'for arch {label.get(ref)!r}')
         else:
-            others.append(built)
+            others.append((kind, *built))
 
-    def fla_build(cls, n, family, scan):
-        kwargs = dict(extra)
+    def fla_build(cls, n, family, scan, cuda_graph=False):
+        kwargs = dict(extra, cuda_graph=cuda_graph) if cuda_graph else dict(extra)
         config = bi_config_for(family, args.fused_bi)
         if config is not None:
             kwargs['mixer_cfg'] = with_bi_config(kwargs.get('mixer_cfg'), config)
         return lambda: cls(arch=archs[n], mixer=family, scan=scan, drop_path_rate=0.0, **kwargs)
 
+    backend, device = args.compile_backend, args.device
+    fla_ways = [(c, False) for c in args.fla_compile] + [('none', True)] * bool(
+        args.backbone_cuda_graph)
+    other_ways = [(c, False) for c in args.compile]
     cases = []
     for dtype in args.dtype:
         for mode in args.mode:
             for B in ordered(args, args.batch_size):
                 for res in ordered(args, args.resolutions):
                     common = dict(level='backbone', size=res, batch=B, dtype=dtype, mode=mode)
+                    block = []
+
+                    def add(meta, build, group, ways, **kw):
+                        for comp, graphed in ways:
+                            skip = compile_skip(comp, backend, device)
+                            if graphed and (device != 'cuda' or mode != 'fwdbwd'):
+                                skip = ('cuda_graph=True replays only in training on CUDA '
+                                        '(here it would be the eager row)')
+                            variant = variant_name(comp, backend, graphed)
+                            block.append(Case(
+                                dict(common, **meta, variant=variant, compile=comp),
+                                backbone_setup(build(graphed), res, B, mode, device, dtype,
+                                               comp, backend),
+                                group + (variant,), images=B, skip=skip,
+                                capture=not graphed, **kw))
+
                     for n in names:
                         cls = available[n]
-                        common['arch'] = label[n]
                         group = ('backbone', n, res, B, dtype, mode)
-                        cases.append(Case(dict(common, name=n, family=BASELINE_FAMILY, scan='-'),
-                                          backbone_setup(fla_build(cls, n, BASELINE_FAMILY, 'uni'),
-                                                         res, B, mode, args.device, dtype),
-                                          group, baseline=True, images=B))
-                        for f in families:
-                            for s in args.scans:
-                                cases.append(Case(dict(common, name=n, family=f, scan=s),
-                                                  backbone_setup(fla_build(cls, n, f, s), res, B,
-                                                                 mode, args.device, dtype),
-                                                  group, images=B))
-                    for other, build in others:
-                        group = ('backbone', ref, res, B, dtype, mode)
-                        cases.append(Case(dict(common, name=other, arch=label.get(ref),
-                                               family='-', scan='-'),
-                                          backbone_setup(build, res, B, mode, args.device, dtype),
-                                          group, images=B))
+                        meta = dict(name=n, arch=label[n])
+                        variants = [(f, s) for f in families for s in args.scans]
+                        if not args.no_twin:
+                            variants.insert(0, (BASELINE_FAMILY, 'uni'))
+                        for f, s in variants:
+                            add(dict(meta, family=f, scan='-' if f == BASELINE_FAMILY else s),
+                                lambda graphed, f=f, s=s: fla_build(cls, n, f, s, graphed),
+                                group, fla_ways, baseline=f == BASELINE_FAMILY)
+                    for kind, other, build in others:
+                        add(dict(name=other, arch=label.get(ref), family='-', scan='-',
+                                 reference=kind),
+                            lambda graphed, build=build: build,
+                            ('backbone', ref, res, B, dtype, mode), other_ways)
+                    block.sort(key=run_order)
+                    cases += block
     return cases
+
+
+def run_order(case):
+    """Cheap ways first (eager, cuda_graph=True, then compile 'default', then the autotuning
+    modes), the Swin / ConvNeXt rows first within each: a command cut off by a time limit
+    keeps the rows that the others are held against."""
+    comp = case.meta.get('compile', 'none')
+    rank = (0 if case.meta.get('variant') == 'eager' else 1 if comp == 'none'
+            else 2 if comp == 'default' else 3)
+    return rank, 'reference' not in case.meta

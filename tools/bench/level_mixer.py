@@ -1,7 +1,10 @@
 """Cases of the ``mixer`` level: fla_mm.ops functions against SDPA on [B, L, H, d] (rows
-'op': one direction, both as two calls, the fused bi-scan) and TokenMixer per family and
-scan (rows 'mixer')."""
+'op': one direction, both as two calls, the fused bi-scan; at token counts, or with
+``--op-shapes backbone`` at the exact shapes of each backbone stage, with the minimal
+traffic that the report turns into achieved bandwidth) and TokenMixer per family and scan
+(rows 'mixer')."""
 import dataclasses
+import inspect
 import math
 
 import torch
@@ -96,10 +99,29 @@ def _bi_op(family, fn, B, L, bi, segments=0, config=None):
     return two_call
 
 
+def minimal_traffic(inputs, output, backward):
+    """Bytes a call must move at least once, what the bandwidth columns divide by time:
+
+        fwd:    sum(bytes(x) for x in inputs) + bytes(o)
+        fwdbwd: the same + bytes(do) + sum(bytes(dx) for x in inputs that take a gradient)
+
+    with do the output gradient (o's size and dtype) and dx an input's gradient (x's). A
+    tensor counts its stored elements (a stride-0 dimension, as RetNet's expanded decay,
+    counts once). Re-reads (the backward reading q, k, v again, a two-call scan's flipped
+    copies) are not minimal and not counted, so this is a floor on the real traffic."""
+    def stored(t):
+        return math.prod(n for n, st in zip(t.shape, t.stride()) if st != 0) * t.element_size()
+    total = sum(stored(t) for t in inputs) + stored(output)
+    if backward:
+        total += stored(output) + sum(stored(t) for t in inputs if t.requires_grad)
+    return total
+
+
 def op_setup(family, B, L, H, d, mode, device, dtype, mixer_cfg=None, bi=None, segments=0,
              config=None):
     """fla_mm.ops.<family> (or SDPA when family is None) on q/k/v [B, L, H, d]; with ``bi``
-    ('two_call' or 'fused') over both scan directions (see :func:`_bi_op`)."""
+    ('two_call' or 'fused') over both scan directions (see :func:`_bi_op`). The step's
+    ``traffic(out)`` is :func:`minimal_traffic` of its inputs."""
     def setup():
         if family is None:
             tdt = torch.float32 if dtype == 'fp32' else torch_dtype(dtype)
@@ -126,8 +148,9 @@ def op_setup(family, B, L, H, d, mode, device, dtype, mixer_cfg=None, bi=None, s
                     leaves.append(t)
         # inputs already carry their dtypes: no autocast around the op itself
         step = make_step(lambda: fn(*args, **kwargs), leaves, mode, device, 'fp32')
-        step.info = ', '.join(_describe(t) for t in list(args) + list(kwargs.values())
-                              if torch.is_tensor(t))
+        tensors = [t for t in list(args) + list(kwargs.values()) if torch.is_tensor(t)]
+        step.info = ', '.join(_describe(t) for t in tensors)
+        step.traffic = lambda out: minimal_traffic(tensors, out, mode == 'fwdbwd')
         return step
     return setup
 
@@ -158,6 +181,80 @@ def mixer_setup(family, scan, B, L, H, d, mode, device, dtype, mixer_cfg):
     return setup
 
 
+def op_variants(family, args):
+    """(scan, bi kernel, name tag, fused segments) of each op row of ``family`` that
+    ``--op-rows`` asks for: one direction, the bi-scan as two calls, the fused bi-scan (once
+    per ``--fused-segments`` count; only 'fused' reads the count)."""
+    variants = [('-', None, '', 0)] * ('uni' in args.op_rows)
+    if 'bi' in args.scans and FAMILIES[family].get('causal', True):
+        variants += [('bi', 'two_call', ' two-call', 0)] * ('two_call' in args.op_rows)
+        if family in ops.BI_FUSED_FAMILIES and 'fused' in args.op_rows:
+            variants += [('bi', 'fused', ' fused' + (
+                f" {n} segment{'s' * (n > 1)}" if n else ''), n) for n in args.fused_segments]
+    return variants
+
+
+def _op_group_cases(families, args, common, group, H, d, cfgs, tag=''):
+    """SDPA on [B, L, H, d] (the group's baseline), then each family's op rows with the
+    inputs its TokenMixer of width H*d makes with options ``cfgs[family]``."""
+    B, L, dtype, mode = common['batch'], common['size'], common['dtype'], common['mode']
+    cases = [Case(dict(common, level='op', name='sdpa', family='-', scan='-'),
+                  op_setup(None, B, L, H, d, mode, args.device, dtype), group, baseline=True)]
+    for f in families:
+        if f == BASELINE_FAMILY:
+            continue
+        for scan, bi, name_tag, n in op_variants(f, args):
+            cases.append(Case(dict(common, level='op', name=f'ops.{f}{name_tag}' + tag,
+                                   family=f, scan=scan),
+                              op_setup(f, B, L, H, d, mode, args.device, dtype, cfgs[f], bi, n,
+                                       args.fused_bi), group))
+    return cases
+
+
+def parse_backbone_spec(spec):
+    """'CLASS:ARCH' (or 'CLASS', its default arch) -> (class, arch)."""
+    from .level_backbone import fla_backbones      # (level_backbone imports this module)
+    name, _, arch = spec.partition(':')
+    available = fla_backbones()
+    if name not in available:
+        raise SystemExit(f'--op-backbones: unknown backbone {name!r}; fla_mm exports: '
+                         f'{", ".join(sorted(available))}')
+    cls = available[name]
+    if not arch:
+        arch = inspect.signature(cls.__init__).parameters['arch'].default
+    return name, cls, arch
+
+
+def backbone_op_groups(args, families):
+    """``--op-shapes backbone``: one op group per (backbone, resolution, stage): its label,
+    L, H, the SDPA head width C/H, and per family the stage's TokenMixer options (what
+    :func:`capture_op_inputs` builds the same mixer from) and how the backbone runs its
+    bi-scan ('fused' or 'two_call')."""
+    from .level_backbone import backbone_stages
+    groups = []
+    for spec in args.op_backbones:
+        name, cls, arch = parse_backbone_spec(spec)
+        for res in ordered(args, args.resolutions):
+            per_family = {f: backbone_stages(cls, arch, f, res, args.mixer_cfg)
+                          for f in families}
+            for i, stage in enumerate(next(iter(per_family.values()))):
+                m = stage['mixer']
+                mixers = {f: st[i]['mixer'] for f, st in per_family.items()}
+                for f, fm in mixers.items():
+                    if getattr(fm, 'num_gates', 1) > 1:
+                        raise SystemExit('--op-shapes backbone: direction_gates (a gate per '
+                                         'direction) is not timed at the op level')
+                h, w = stage['hw']
+                groups.append(dict(
+                    shape=f"{name}:{arch} {res}px stage {stage['stage']} (stride "
+                          f"{stage['stride']}, {h}x{w}, C={m.dim}, H={m.num_heads})",
+                    L=stage['L'], H=m.num_heads, d=m.dim // m.num_heads,
+                    cfgs={f: dict(fm.cfg) for f, fm in mixers.items()},
+                    backbone_bi={f: ('fused' if getattr(fm, 'fused_bi', lambda: False)()
+                                     else 'two_call') for f, fm in mixers.items()}))
+    return groups
+
+
 def mixer_cases(args):
     """Every case of the level, for the families, scans, sizes, dtypes and modes asked."""
     families = sorted(FAMILIES) if args.families == ['all'] else list(args.families)
@@ -168,6 +265,8 @@ def mixer_cases(args):
     for s in args.scans:
         if s not in SCANS:
             raise SystemExit(f'Unknown scan {s!r}; valid scans: {", ".join(SCANS)}')
+    if args.op_shapes == 'backbone':
+        return _backbone_shape_cases(args, families)
     H, d = args.heads, args.head_dim
     op_cfg = None if args.op_shapes == 'mixer' else dict(expand_k=1.0, expand_v=1.0)
     if args.op_shapes == 'mixer':
@@ -180,29 +279,9 @@ def mixer_cases(args):
                 for L in ordered(args, args.tokens):
                     common = dict(size=L, batch=B, dtype=dtype, mode=mode)
                     if 'op' in args.levels:
-                        group = ('op', L, B, dtype, mode)
-                        cases.append(Case(dict(common, level='op', name='sdpa', family='-',
-                                               scan='-'),
-                                          op_setup(None, B, L, H, d, mode, args.device, dtype),
-                                          group, baseline=True))
-                        for f in families:
-                            if f == BASELINE_FAMILY:
-                                continue
-                            # (scan, bi kernel, name tag, fused segments: only 'fused' reads it)
-                            variants = [('-', None, '', 0)] * ('uni' in args.op_rows)
-                            if 'bi' in args.scans and FAMILIES[f].get('causal', True):
-                                variants += [('bi', 'two_call', ' two-call', 0)] * (
-                                    'two_call' in args.op_rows)
-                                if f in ops.BI_FUSED_FAMILIES and 'fused' in args.op_rows:
-                                    variants += [('bi', 'fused', ' fused' + (
-                                        f" {n} segment{'s' * (n > 1)}" if n else ''), n)
-                                        for n in args.fused_segments]
-                            for scan, bi, tag, n in variants:
-                                cases.append(Case(
-                                    dict(common, level='op', name=f'ops.{f}{tag}' + op_tag,
-                                         family=f, scan=scan),
-                                    op_setup(f, B, L, H, d, mode, args.device, dtype,
-                                             op_cfg, bi, n, args.fused_bi), group))
+                        cases += _op_group_cases(families, args, common,
+                                                 ('op', L, B, dtype, mode), H, d,
+                                                 {f: op_cfg for f in families}, op_tag)
                     if 'mixer' in args.levels:
                         group = ('mixer', L, B, dtype, mode)
                         for f in families:
@@ -216,4 +295,21 @@ def mixer_cases(args):
                                                     args.mixer_cfg,
                                                     bi_config_for(f, args.fused_bi))),
                                     group, baseline=f == BASELINE_FAMILY))
+    return cases
+
+
+def _backbone_shape_cases(args, families):
+    groups = backbone_op_groups(args, [f for f in families if f != BASELINE_FAMILY])
+    cases = []
+    for dtype in args.dtype:
+        for mode in args.mode:
+            for B in ordered(args, args.batch_size):
+                for g in groups:
+                    common = dict(size=g['L'], batch=B, dtype=dtype, mode=mode, shape=g['shape'])
+                    for case in _op_group_cases(families, args, common,
+                                                ('op', g['shape'], B, dtype, mode), g['H'],
+                                                g['d'], g['cfgs']):
+                        if case.meta['family'] in g['backbone_bi']:
+                            case.meta['backbone_bi'] = g['backbone_bi'][case.meta['family']]
+                        cases.append(case)
     return cases

@@ -16,14 +16,33 @@ from .timing import MODES
 
 CPU_LABEL = 'CPU (reference path)'
 COLUMNS = [  # (key, header) of the markdown table
-    ('run', 'run'), ('level', 'level'), ('name', 'model'), ('arch', 'arch'), ('family', 'family'),
-    ('scan', 'scan'), ('size', 'size'), ('batch', 'B'), ('dtype', 'dtype'), ('mode', 'mode'),
+    ('run', 'run'), ('level', 'level'), ('name', 'model'), ('arch', 'arch'), ('shape', 'shape'),
+    ('family', 'family'), ('scan', 'scan'), ('variant', 'variant'), ('size', 'size'),
+    ('batch', 'B'), ('dtype', 'dtype'), ('mode', 'mode'),
     ('median_ms', 'median ms'), ('p10_ms', 'p10 ms'), ('p90_ms', 'p90 ms'),
-    ('first_call_ms', 'first call ms'), ('peak_mem_mib', 'peak MiB'),
+    ('first_call_ms', 'first call ms'), ('compile_s', 'compile s'),
+    ('graph_breaks', 'graph breaks'), ('peak_mem_mib', 'peak MiB'),
+    ('kernel_ms', 'kernel ms/step'), ('kernels', 'kernels/step'), ('launches', 'launches/step'),
     ('time_ratio', 'time / base'), ('mem_ratio', 'mem / base'), ('img_per_s', 'img/s'),
-    ('graph_median_ms', 'graph median ms'), ('graph_ratio', 'graph / base'), ('status', 'status'),
+    ('gbps', 'GB/s (min traffic)'), ('pct_copy', '% of copy BW'),
+    ('graph_median_ms', 'graph median ms'), ('graph_ratio', 'graph / base'),
+    ('graph_kernel_ms', 'graph kernel ms/step'), ('graph_kernels', 'graph kernels/step'),
+    ('graph_launches', 'graph launches/step'), ('graph_gbps', 'graph GB/s'),
+    ('graph_pct_copy', 'graph % of copy BW'), ('status', 'status'),
 ]
-KEY_FIELDS = ('level', 'name', 'arch', 'family', 'scan', 'size', 'batch', 'dtype', 'mode')
+# the backbone level's second table: one line per way a row was timed, against the fastest
+# Swin and ConvNeXt line of the same run, resolution, batch, dtype and mode
+BEST_COLUMNS = [
+    ('run', 'run'), ('size', 'size'), ('batch', 'B'), ('dtype', 'dtype'), ('mode', 'mode'),
+    ('name', 'model'), ('family', 'family'), ('scan', 'scan'), ('how', 'how'),
+    ('ms', 'step ms (median)'), ('kernel_ms', 'kernel ms/step'),
+    ('kernels', 'kernels/step'), ('launches', 'launches/step'),
+    ('vs_swin', '/ fastest Swin'), ('vs_convnext', '/ fastest ConvNeXt'),
+    ('compile_s', 'compile s (first call)'), ('status', 'status'),
+]
+REFERENCES = ('swin', 'convnext')       # Case meta 'reference' of the Swin / ConvNeXt rows
+KEY_FIELDS = ('level', 'name', 'arch', 'shape', 'family', 'scan', 'variant', 'size', 'batch',
+              'dtype', 'mode')
 LEVEL_ORDER = {'op': 0, 'mixer': 1, 'backbone': 2, 'model': 3}
 
 
@@ -32,8 +51,9 @@ def case_key(meta):
     return tuple(meta.get(k) for k in KEY_FIELDS)
 
 
-def add_ratios(rows):
-    """time_ratio / mem_ratio / graph_ratio of each row against its group's baseline."""
+def add_ratios(rows, best_across_runs=False):
+    """time_ratio / mem_ratio / graph_ratio of each row against its group's baseline, and
+    the backbone level's ratios to the fastest Swin / ConvNeXt (:func:`add_best_ratios`)."""
     base = {(row.get('run'), row['group']): row for row in rows if row.get('is_baseline')}
     for row in rows:
         for key in ('time_ratio', 'mem_ratio', 'graph_ratio'):
@@ -46,6 +66,52 @@ def add_ratios(rows):
                                ('graph_median_ms', 'graph_median_ms', 'graph_ratio')):
             if b and row.get(key) and b.get(bkey):
                 row[out] = row[key] / b[bkey]
+        for prefix in ('', 'graph_'):
+            row.pop(prefix + 'gbps', None)
+            row.pop(prefix + 'pct_copy', None)
+            ms = row.get(prefix + 'median_ms')
+            if ms and row.get('traffic_bytes'):
+                row[prefix + 'gbps'] = row['traffic_bytes'] / (ms * 1e-3) / 1e9
+                if row.get('copy_gbps'):
+                    row[prefix + 'pct_copy'] = 100 * row[prefix + 'gbps'] / row['copy_gbps']
+    add_best_ratios(rows, best_across_runs)
+
+
+def timed_lines(row):
+    """The ways a row was timed: its steps, and with a CUDA graph the replay of the whole
+    step; each (how, ms, kernel_ms, kernels, launches)."""
+    how = row.get('variant') or 'eager'
+    lines = [(how, row.get('median_ms'), row.get('kernel_ms'), row.get('kernels'),
+              row.get('launches'))]
+    if row.get('graph_median_ms'):
+        lines.append((how + ' + whole-step CUDA graph', row['graph_median_ms'],
+                      row.get('graph_kernel_ms'), row.get('graph_kernels'),
+                      row.get('graph_launches')))
+    return lines
+
+
+def add_best_ratios(rows, across_runs=False):
+    """``vs_swin`` / ``vs_convnext`` (and ``graph_vs_*`` for the replay) of each backbone
+    row: its time over the fastest Swin (ConvNeXt) time of the same run, resolution, batch,
+    dtype and mode, over every way those were timed (eager, compiled, graph replay); with
+    ``across_runs`` over the rows of every merged run (one device model, checked)."""
+    run = (lambda row: None) if across_runs else (lambda row: row.get('run'))
+    fastest = {}
+    for row in rows:
+        if row.get('level') == 'backbone' and row.get('reference') in REFERENCES:
+            key = (run(row), row['reference'], row['size'], row['batch'], row['dtype'],
+                   row['mode'])
+            for _, ms, *_ in timed_lines(row):
+                if ms and (key not in fastest or ms < fastest[key]):
+                    fastest[key] = ms
+    for row in rows:
+        for ref in REFERENCES:
+            for prefix in ('', 'graph_'):
+                row.pop(f'{prefix}vs_{ref}', None)
+                best = fastest.get((run(row), ref, row['size'], row['batch'],
+                                    row['dtype'], row['mode']))
+                if row.get('level') == 'backbone' and best and row.get(prefix + 'median_ms'):
+                    row[f'{prefix}vs_{ref}'] = row[prefix + 'median_ms'] / best
 
 
 def _version(module):
@@ -106,7 +172,10 @@ def method_info(args, argv):
         'ratios': 'time / base and mem / base against the softmax baseline of the same run '
                   '(op: F.scaled_dot_product_attention on the same [B, L, H, d]; mixer: '
                   "TokenMixer family 'transformer'; backbone: the same backbone with "
-                  "mixer='transformer'; model: backbone.mixer='transformer')",
+                  "mixer='transformer' run the same way; model: backbone.mixer='transformer')"
+                  + ('; and / fastest Swin, / fastest ConvNeXt: against the fastest way those '
+                     'ran in this run at the same resolution, batch, dtype and mode'
+                     if args.level == 'backbone' else ''),
         'autotune': "FLA's Triton autotune keys leave out L and B: each kernel is tuned on the "
                     'first shape it meets in a process, and with FLA_CACHE_RESULTS=1 that '
                     'choice is cached on disk under TRITON_CACHE_DIR for later processes; '
@@ -114,6 +183,15 @@ def method_info(args, argv):
                     + (' with a fresh cache' if args.fresh_triton_cache else ''),
         'case_budget_s': args.case_budget,
         'cuda_graph': bool(args.cuda_graph),
+        'profile_steps': args.profile_steps,
+        'compile': ({'modes': args.compile, 'fla_modes': args.fla_compile,
+                     'backend': args.compile_backend,
+                     'note': 'torch.compile(model, mode=...) after torch._dynamo.reset() per '
+                             'case; first call = compile (Dynamo + Inductor, forward and '
+                             'backward) + one step; Inductor caches on disk under '
+                             'TORCHINDUCTOR_CACHE_DIR (' +
+                             os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'default') + ')'}
+                    if args.level == 'backbone' else None),
         'compile_caches': {'TRITON_CACHE_DIR': os.environ.get('TRITON_CACHE_DIR',
                                                               '~/.triton/cache'),
                            'FLA_CACHE_RESULTS': os.environ.get('FLA_CACHE_RESULTS', '1')},
@@ -130,6 +208,11 @@ def _fla_version():
 
 
 def _shape_note(args):
+    if args.level == 'mixer' and args.op_shapes == 'backbone':
+        return ('op: the q/k/v and gate shapes of each stage of ' + ', '.join(args.op_backbones)
+                + f' at {args.resolutions} px (read off the arch tables: a stage of C '
+                'channels and H heads on its token grid, inputs made by the stage\'s '
+                'TokenMixer; see each row\'s inputs); sdpa on [B, L, H, C/H]; size = L')
     if args.level == 'mixer':
         op = (f'q/k/v [B, L, H={args.heads}, d={args.head_dim}]' if args.op_shapes == 'qkv' else
               "the widths of the family's TokenMixer (--op-shapes mixer)")
@@ -178,12 +261,66 @@ def to_markdown(method, rows):
     else:
         lines.append('- commands (column run; ratios are taken within one run):')
         lines += [f'  {i}. `{c}`' for i, c in enumerate(commands, 1)]
+    if any(r.get('traffic_bytes') for r in rows):
+        lines.append(f'- bandwidth: {TRAFFIC_NOTE}; GB/s = those bytes / median time; % of '
+                     'the peak copy bandwidth ' + _copy_note(method))
+    if any(r.get('kernels') is not None for r in rows):
+        lines.append(f'- profile: {PROFILE_NOTE}')
     lines += [f'- warning seen: {n}' for n in method.get('warnings', [])]
-    lines += ['', '| ' + ' | '.join(h for _, h in cols) + ' |',
-              '|' + '|'.join('---' for _ in cols) + '|']
+    lines += [''] + _table(cols, rows)
+    backbone = [r for r in rows if r.get('level') == 'backbone']
+    if backbone:
+        lines += ['', '## Each way a model ran, against the fastest Swin and ConvNeXt', '',
+                  'One line per way each row was timed (its steps; with a CUDA graph also the '
+                  'replay of the whole captured step); ratios: the line\'s step time over the '
+                  'fastest Swin (ConvNeXt) line of the same '
+                  + ('table (all its runs, merged with --best-across-runs)'
+                     if method.get('best_across_runs') else 'run') +
+                  ', resolution, batch, dtype and mode. Compile time is the first call, kept '
+                  'out of the step times.', '']
+        best = []
+        for r in backbone:
+            for i, (how, ms, kms, kernels, launches) in enumerate(timed_lines(r)):
+                prefix = 'graph_' if i else ''
+                best.append(dict(r, how=how, ms=ms, kernel_ms=kms, kernels=kernels,
+                                 launches=launches, vs_swin=r.get(prefix + 'vs_swin'),
+                                 vs_convnext=r.get(prefix + 'vs_convnext')))
+        best.sort(key=lambda b: (b['dtype'], b['mode'], b['batch'], b['size'],
+                                 b['ms'] if b['ms'] else float('inf')))
+        cols = [(k, h) for k, h in BEST_COLUMNS
+                if k in ('status', 'name', 'size', 'how', 'ms') or
+                any(b.get(k) is not None for b in best)]
+        if len(commands) < 2:
+            cols = [(k, h) for k, h in cols if k != 'run']
+        lines += _table(cols, best)
+    return '\n'.join(lines) + '\n'
+
+
+TRAFFIC_NOTE = ('minimal traffic = the bytes a call must move at least once: every input '
+                'read and the output written (fwd), and in fwdbwd also the output gradient '
+                'read and the input gradients written (a stride-0 input counts its stored '
+                'elements only)')
+PROFILE_NOTE = ('PyTorch profiler over --profile-steps steps, per step: kernel ms = summed '
+                'GPU kernel durations, kernels = kernels run, launches = host launch calls '
+                '(a whole-step CUDA graph replay is 1); on CPU the leaf ATen ops stand for '
+                'kernels')
+
+
+def _copy_note(method):
+    copy = method.get('copy_bandwidth')
+    if not copy or len(method.get('commands') or []) > 1:
+        return 'measured by the command that measured each row (its copy_gbps in results.json)'
+    return (f"measured in this run: {copy['gbps']:.0f} GB/s (a device-to-device copy of "
+            f"{copy['mib']} MiB, bytes read + written, median of 10)")
+
+
+def _table(cols, rows):
+    """A markdown table of ``rows`` in columns ``cols`` ((key, header) pairs)."""
+    lines = ['| ' + ' | '.join(h for _, h in cols) + ' |',
+             '|' + '|'.join('---' for _ in cols) + '|']
     for r in rows:
         lines.append('| ' + ' | '.join(fmt(r.get(k)) for k, _ in cols) + ' |')
-    return '\n'.join(lines) + '\n'
+    return lines
 
 
 def write_plots(rows, out_dir, method):
@@ -301,7 +438,7 @@ def write_results(out, method, rows):
     rows.sort(key=lambda r: (LEVEL_ORDER.get(r['level'], 9), r['dtype'],
                              MODES.index(r['mode']) if r['mode'] in MODES else 9,
                              r['batch'], r['size']))
-    add_ratios(rows)
+    add_ratios(rows, method.get('best_across_runs', False))
     md = to_markdown(method, rows)
     with open(osp.join(out, 'results.md'), 'w') as f:
         f.write(md)
