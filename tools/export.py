@@ -32,6 +32,7 @@ import os.path as osp
 import sys
 import tempfile
 import time
+from unittest import mock
 
 import numpy as np
 import torch
@@ -233,7 +234,13 @@ def compare(reference, outputs):
 
 def main(argv=None):
     args = parse_args(argv)
-    os.environ['FLA_MM_BACKEND'] = 'reference'
+    # the reference path for this export only: a caller's process (a test, a notebook) keeps
+    # its own backend afterwards
+    with mock.patch.dict(os.environ, FLA_MM_BACKEND='reference'):
+        return _export_and_check(args)
+
+
+def _export_and_check(args):
     torch.manual_seed(0)                  # 'none': the same initial weights every run
     from mmengine.config import Config
     cfg = Config.fromfile(args.config)
