@@ -59,3 +59,38 @@ def test_installed_environment_is_consistent():
     """What tools/install.sh installed leaves pip nothing to complain about."""
     out = subprocess.run([sys.executable, '-m', 'pip', 'check'], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_install_into_an_environment_with_another_torch_keeps_it(tmp_path):
+    """fla_mm installed with ``--no-deps`` into an environment that has its own torch (here a
+    torch 2.7.0 distribution, as a cluster image would have) leaves that torch, and the
+    installed package's requirements accept it. The package is built once, as pip builds it,
+    with this environment's setuptools (the new one has none), then installed offline."""
+    import shutil
+    src = tmp_path / 'src'
+    shutil.copytree(os.path.join(ROOT, 'fla_mm'), src / 'fla_mm',
+                    ignore=shutil.ignore_patterns('__pycache__'))
+    shutil.copy(os.path.join(ROOT, 'setup.py'), src / 'setup.py')
+    wheels = tmp_path / 'wheels'
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '--no-index',
+                    '--no-build-isolation', '-w', str(wheels), str(src)], check=True)
+    env = tmp_path / 'env'
+    base = getattr(sys, '_base_executable', sys.executable)
+    subprocess.run([base, '-m', 'venv', str(env)], check=True)
+    python = str(env / 'bin' / 'python')
+    site = subprocess.run([python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    info = os.path.join(site, 'torch-2.7.0.dist-info')
+    os.makedirs(info)
+    with open(os.path.join(info, 'METADATA'), 'w') as f:
+        f.write('Metadata-Version: 2.1\nName: torch\nVersion: 2.7.0\n')
+    open(os.path.join(info, 'RECORD'), 'w').close()
+    wheel = next(wheels.glob('fla_mm-*.whl'))
+    subprocess.run([python, '-m', 'pip', 'install', '-q', '--no-deps', '--no-index', str(wheel)],
+                   check=True)
+    probe = subprocess.run([python, '-c', 'import importlib.metadata as m; print(m.version("torch")); '
+                            'print(*m.requires("fla_mm"), sep="\\n")'],
+                           capture_output=True, text=True, check=True).stdout.split('\n')
+    assert probe[0] == '2.7.0'
+    torch_req = next(Requirement(r) for r in probe[1:] if r.startswith('torch'))
+    assert torch_req.specifier.contains('2.7.0'), str(torch_req)
