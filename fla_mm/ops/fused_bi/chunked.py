@@ -1,0 +1,160 @@
+"""Chunk-parallel kernels for a scalar log decay per head and token (simple_gla, RetNet): the
+``form='chunked'`` variant of :class:`~.config.FusedBiConfig`.
+
+The sweep kernels (``scalar.py``) give one program a whole direction's run of chunks, so a
+pass has (batch x head) x 2 x segments programs, few at a backbone's shapes (6 (batch x head)
+pairs at FLAPyramid-T's stride-4 stage with mmseg's batch of 2). Here every pass is three
+launches, the first and last parallel over (chunk, batch x head, direction):
+
+1. :func:`_chunk_state_kernel`: each chunk's local state, its keys decayed to the chunk's end
+   (sum_s exp(C_last - C_s) k_s v_s^T), and its total log decay C_last; the backward also
+   sums the adjoint state of the chunk's queries (sum_t exp(C_t) q_t do_t^T), whose decay
+   runs from the chunk's start.
+2. :func:`_chunk_scan_kernel`: a short sequential pass over the chunk states only (one
+   [K, V] update per chunk, split over element blocks), replacing each local state in place by
+   the state that enters the chunk: S_in[i+1] = exp(C_last[i]) S_in[i] + S_loc[i] in sweep
+   order, and for the adjoint the same recurrence in reversed chunk order.
+3. :func:`_chunk_fwd_kernel` / :func:`_chunk_bwd_kernel`: the chunk's own causal part (in
+   sweep order) plus the incoming state's contribution, o += exp(C_t) q_t S_in; the
+   backward's dq from S_in, its dk, dv from the adjoint state, and the per-token gate-gradient
+   term q.dq - k.dk of the program's scan direction.
+
+Direction d's programs read the chunks in d's sweep order (``common._sweep_pos``: direction 1
+walks chunks and tokens backwards), so the backward scan is the forward scan of the reversed
+sequence without a flip materialised; a program computes everything of its own scan direction
+and the two directions' pieces are summed afterwards, as the sweep does. States are fp32 in a
+buffer of (chunks x [K, V]) per (batch x head, direction): the price of the parallelism is
+that memory traffic, about one more pass over k per pass at K = V = 32.
+"""
+import triton
+import triton.language as tl
+
+from .common import _chunk_ptrs, _kv_tile, _load_tile, _own_decay, _state_step, _sweep_pos
+
+
+@triton.jit
+def _chunk_tiles(q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr,
+                 V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """Chunk i of direction i_dir's sweep: its token positions (sweep order), q, k, v tiles,
+    the masks of a K-wide and a V-wide tile, and its cumulative log decays C and their total
+    in the sweep's own scan."""
+    i_b, i_h = i_bh // H, i_bh % H
+    NT = tl.cdiv(T, BT)
+    pos = _sweep_pos(i, i_dir, NT, BT)
+    b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
+    b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
+    b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
+    C, C_last = _own_decay(g + i_dir * sg_d + i_b * sg_b + pos * sg_t + i_h * sg_h,
+                           (pos >= 0) & (pos < T))
+    return pos, b_q, b_k, b_v, m_k, m_v, C, C_last
+
+
+@triton.jit
+def _chunk_state_kernel(q, k, v, g, do, S, G, T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr,
+                        V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                        PRECISION: tl.constexpr, F32: tl.constexpr, BACKWARD: tl.constexpr):
+    """Program (chunk i, bh, direction d): the chunk's local state into S[0, d, bh, i] and its
+    total log decay into G[d, bh, i]; with BACKWARD also the adjoint state of its queries and
+    output gradients into S[1, d, bh, i]. F32: fp32 operands for the state's dot (the gate
+    gradient needs them, see ``common._state_step``); the adjoint state always has them."""
+    i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    row = (i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i
+    pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
+        q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV)
+    zero = tl.zeros([BK, BV], dtype=tl.float32)
+    tl.store(_kv_tile(S + row * BK * BV, BK, BV),
+             _state_step(zero, 1.0, b_k * tl.exp(C_last - C)[:, None], b_v, F32, PRECISION))
+    tl.store(G + row, C_last)
+    if BACKWARD:
+        i_b, i_h = i_bh // H, i_bh % H
+        b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
+        rows = 2 * tl.num_programs(1) * tl.num_programs(0)
+        tl.store(_kv_tile(S + (rows + row) * BK * BV, BK, BV),
+                 _state_step(zero, 1.0, b_q * tl.exp(C)[:, None], b_do, True, PRECISION))
+
+
+@triton.jit
+def _chunk_scan_kernel(S, G, NT, ROWS, SIZE: tl.constexpr, BLOCK: tl.constexpr):
+    """Program (row, element block, kind): the chunk states S[kind, row, :] of one (direction,
+    batch x head) row, replaced in place by the states entering each chunk. Kind 0 (states of
+    the keys) runs in sweep order, kind 1 (adjoint states of the queries) in reversed chunk
+    order; both decay by the chunks' total log decays G[row, :]. Elementwise, so a state is
+    split over programs at will; only this loop over chunks is sequential."""
+    row, i_blk, rev = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    base = S + (rev * ROWS + row) * NT * SIZE + i_blk * BLOCK + tl.arange(0, BLOCK)
+    carry = tl.zeros([BLOCK], dtype=tl.float32)
+    for n in range(0, NT):
+        i = n + rev * (NT - 1 - 2 * n)
+        local = tl.load(base + i * SIZE)
+        tl.store(base + i * SIZE, carry)
+        carry = carry * tl.exp(tl.load(G + row * NT + i)) + local
+
+
+@triton.jit
+def _chunk_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr,
+                      V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      PRECISION: tl.constexpr):
+    """Program (chunk i, bh, direction d): direction d's output on the chunk, into o[d]."""
+    i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    row = (i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i
+    pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
+        q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV)
+    ar = tl.arange(0, BT)
+    causal = ar[:, None] >= ar[None, :]          # in sweep order: key s not after query t
+    S_in = tl.load(_kv_tile(S + row * BK * BV, BK, BV))
+    A = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)
+    A = A * tl.exp(tl.where(causal, C[:, None] - C[None, :], float('-inf')))
+    b_o = tl.dot(A.to(b_v.dtype), b_v, input_precision=PRECISION)
+    b_o += tl.dot((b_q * tl.exp(C)[:, None]).to(b_q.dtype), S_in.to(b_q.dtype),
+                  input_precision=PRECISION)
+    B = tl.num_programs(1) // H
+    p_o, _ = _chunk_ptrs(o + i_dir * B * T * H * V, i_bh // H, i_bh % H, pos, T, H, V, BV)
+    tl.store(p_o, (b_o * scale).to(p_o.dtype.element_ty), mask=m_v)
+
+
+@triton.jit
+def _chunk_bwd_kernel(q, k, v, g, do, dq, dk, dv, dgt, S, scale, T, H, sg_d, sg_b, sg_t, sg_h,
+                      K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, PRECISION: tl.constexpr, NEED_DG: tl.constexpr):
+    """Program (chunk i, bh, direction d): the gradients of direction d's scan on the chunk,
+    dq, dk, dv into [d] of their [2, B, T, H, *] buffers and, with NEED_DG, the per-token
+    q.dq - k.dk into dgt[d] (fp32; the gate gradient is its suffix sum in sweep order). The
+    state entering the chunk (S[0]) gives dq, the adjoint state entering it from the chunks
+    after it in the sweep (S[1]) gives dk and dv. As in the sweep, the dots behind dq and dk
+    take fp32 operands (TF32 for 16-bit inputs): they cancel in q.dq - k.dk."""
+    i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rows = 2 * tl.num_programs(1) * tl.num_programs(0)
+    row = (i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i
+    pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
+        q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV)
+    i_b, i_h = i_bh // H, i_bh % H
+    B = tl.num_programs(1) // H
+    b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
+    qf, kf = b_q.to(tl.float32), b_k.to(tl.float32)
+    S_in = tl.load(_kv_tile(S + row * BK * BV, BK, BV))
+    dH_in = tl.load(_kv_tile(S + (rows + row) * BK * BV, BK, BV))
+    ar = tl.arange(0, BT)
+    causal = ar[:, None] >= ar[None, :]          # [t, s]: s not after t, in sweep order
+    M = tl.exp(tl.where(causal, C[:, None] - C[None, :], float('-inf')))
+    A = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * M      # decayed q_t . k_s
+    dA = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION) * M    # decayed do_t . v_s
+    to_end = tl.exp(C_last - C)[:, None]         # key s to the chunk's end
+    b_dq = tl.dot(dA, kf, input_precision=PRECISION)
+    b_dq += tl.exp(C)[:, None] * tl.dot(b_do.to(tl.float32), tl.trans(S_in),
+                                        input_precision=PRECISION)
+    b_dq *= scale
+    b_dk = tl.dot(tl.trans(dA), qf, input_precision=PRECISION)
+    b_dk += to_end * tl.dot(b_v.to(tl.float32), tl.trans(dH_in), input_precision=PRECISION)
+    b_dk *= scale
+    b_dv = tl.dot(tl.trans(A).to(b_do.dtype), b_do, input_precision=PRECISION)
+    b_dv += to_end * tl.dot(b_k, dH_in.to(b_k.dtype), input_precision=PRECISION)
+    b_dv *= scale
+    p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+    p_dk, _ = _chunk_ptrs(dk + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+    p_dv, _ = _chunk_ptrs(dv + i_dir * B * T * H * V, i_b, i_h, pos, T, H, V, BV)
+    tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
+    tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_k)
+    tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
+    if NEED_DG:
+        tl.store(dgt + i_dir * B * T * H + (i_b * T + pos) * H + i_h,
+                 tl.sum(qf * b_dq, 1) - tl.sum(kf * b_dk, 1), mask=(pos >= 0) & (pos < T))
