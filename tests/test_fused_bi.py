@@ -117,6 +117,87 @@ def test_fused_kernel_matches_two_call_in_triton_interpreter():
     assert max(worst.values()) < 1e-4, res.stdout
 
 
+# The chunk-parallel form (fused_bi/chunked.py, FusedBiConfig(form='chunked'), scalar decay)
+# against the token loop and against the sweep form: output and every gradient, fp32 with
+# IEEE dots. Each run checks that the chunked kernels ran (and the sweep kernels did not).
+CHUNKED = PRELUDE + r"""
+import sys
+launched = []
+
+class Counted:      # a kernel whose launches are noted in ``launched`` by name
+    def __init__(self, name):
+        self.name, self.kernel = name, getattr(launch, name)
+
+    def __getitem__(self, grid):
+        launched.append(self.name)
+        return self.kernel[grid]
+
+for name in ('_chunk_state_kernel', '_chunk_scan_kernel', '_chunk_fwd_kernel',
+             '_chunk_bwd_kernel', '_bi_fwd_kernel', '_bi_bwd_kernel'):
+    setattr(launch, name, Counted(name))
+gates = sys.argv[1]
+torch.manual_seed(0)
+worst = {'naive': 0.0, 'sweep': 0.0}
+for T in (1, 49, 64, 100, 130):
+    for B, H in ((1, 1), (3, 1) if gates == 'separate' else (1, 3)):
+        K, V = 16, 32
+        x = [torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)]
+        gf = F.logsigmoid(torch.randn(B, T, H) + 2) / 2
+        gb = F.logsigmoid(torch.randn(B, T, H) + 2) / 2 if gates == 'separate' else None
+        if gates == 'constant':   # RetNet: one decay per head, read through stride 0
+            gf = torch.log1p(-2.0 ** (-5.0 - torch.arange(H))).expand(B, T, H)
+        do = torch.randn(B, T, H, V)
+        runs = {}
+        for form in ('chunked', 'sweep', 'naive'):
+            leaves = [t.clone().requires_grad_() for t in x]
+            leaves += [t.clone().requires_grad_(gates != 'constant') for t in (gf, gb)
+                       if t is not None]
+            launched.clear()
+            if form == 'naive':
+                o = naive_bi_decay_attn(*leaves[:3], *leaves[3:], scale=0.3)
+            elif gates == 'separate' and T == 100:   # one [B, T, 2, H] view, as mixers pass
+                o = fused_bi_decay_attn(*leaves[:3], torch.stack(leaves[3:], 2), scale=0.3,
+                                        stacked=True, config=dict(form=form))
+            else:
+                o = fused_bi_decay_attn(*leaves[:3], *leaves[3:], scale=0.3,
+                                        config=dict(form=form))
+            forward = sorted(set(launched))
+            launched.clear()
+            o.backward(do)
+            runs[form] = [o] + [t.grad for t in leaves if t.requires_grad]
+            if form == 'chunked':
+                print('LAUNCHED', T, forward, sorted(set(launched)))
+        for ref in ('naive', 'sweep'):
+            # (at T=1 the gate gradient is exactly 0 and ours is q.dq - k.dk ~ 1e-7: floor 1)
+            errs = [((a - b).abs().max() / b.abs().max().clamp_min(1.0 if i > 3 else 0)).item()
+                    for i, (a, b) in enumerate(zip(runs['chunked'], runs[ref]))]
+            print(T, B, H, gates, ref, ' '.join('%.1e' % e for e in errs))
+            worst[ref] = max(worst[ref], max(errs))
+print('WORST', worst['naive'], worst['sweep'])
+"""
+
+
+@pytest.mark.parametrize('gates', ['shared', 'separate', 'constant'])
+def test_chunked_form_matches_naive_and_sweep_in_triton_interpreter(gates):
+    """form='chunked' (scalar decay): lengths of one chunk, a partial chunk, and 2-3 chunks
+    with a partial last one (the pass over chunk states, both ways), B*H 1 and 3, shared,
+    separate (also as one stacked view) and RetNet's constant gates (no gate gradient): the
+    output and every gradient within 1e-5 of the token loop and of the sweep form."""
+    env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
+    res = subprocess.run([sys.executable, '-c', CHUNKED, gates], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.splitlines()
+    launched = {int(line.split()[1]): line.split(None, 2)[2] for line in lines
+                if line.startswith('LAUNCHED')}
+    states = "'_chunk_scan_kernel', '_chunk_state_kernel']"
+    one = "['_chunk_fwd_kernel'] ['_chunk_bwd_kernel']"     # one chunk: no states to pass on
+    assert launched == {1: one, 49: one, 64: one, **dict.fromkeys((100, 130), (
+        f"['_chunk_fwd_kernel', {states} ['_chunk_bwd_kernel', {states}"))}, res.stdout
+    worst = [float(x) for line in lines if line.startswith('WORST') for x in line.split()[1:]]
+    assert len(worst) == 2 and max(worst) < 1e-5, res.stdout
+
+
 # Hopper's TF32 dots on CPU: the interpreter multiplies fp32 exactly, so round the operands of
 # every dot that asks for 'tf32' to 10 mantissa bits, as the tensor cores do, and ask for
 # 'tf32' as the kernel does for 16-bit inputs (the interpreter cannot run bf16 itself).
@@ -191,12 +272,14 @@ def inputs(T, per_channel, gates):
     else:                       # one tensor for both directions, read through stride 0
         g = (F.logsigmoid(torch.randn(B, T, *shape) + 2) / 2).expand(2, B, T, *shape)
     return q, k, v, g
-for T, per_channel, gates, segments, need_dg in [
-        (70, False, 'stacked', 2, True), (70, False, 'shared', None, False),
-        (70, True, 'stacked', None, True), (70, True, 'shared', 2, True),
-        (20, True, 'stacked', None, False)]:
+for T, per_channel, gates, segments, need_dg, form in [
+        (70, False, 'stacked', 2, True, 'sweep'), (70, False, 'shared', None, False, 'sweep'),
+        (70, True, 'stacked', None, True, 'sweep'), (70, True, 'shared', 2, True, 'sweep'),
+        (20, True, 'stacked', None, False, 'sweep'),
+        (70, False, 'stacked', None, True, 'chunked'),
+        (70, False, 'shared', None, False, 'chunked')]:
     q, k, v, g = inputs(T, per_channel, gates)
-    cfg = FusedBiConfig(segments=segments).to_op_args()
+    cfg = FusedBiConfig(segments=segments, form=form).to_op_args()
     torch.library.opcheck(op.fused_bi_fwd, (q, k, v, g, 0.3, *cfg))
     torch.library.opcheck(op.fused_bi_bwd, (q, k, v, g, torch.randn(B, T, H, V), 0.3, *cfg,
                                            need_dg))
@@ -207,7 +290,8 @@ def loss(q, k, v, gf, gb, config):
     return fused_bi_decay_attn(q * 2, k, v, -F.softplus(gf), gb, scale=0.3,
                                config=config).square().sum()
 for per_channel, separate, config in [(True, True, dict(segments=2)),
-                                      (False, False, FusedBiConfig())]:
+                                      (False, False, FusedBiConfig()),
+                                      (False, True, dict(form='chunked'))]:
     T = 70
     q, k, v, _ = inputs(T, per_channel, 'shared')
     gshape = (B, T, H, K) if per_channel else (B, T, H)
@@ -232,15 +316,15 @@ def test_custom_ops_pass_opcheck_and_compile_in_one_graph():
     fused_bi_bwd: opcheck passes for both (scalar and per-channel gates, stacked and stride-0
     gates, one and two segments, with and without the gate gradient), and the entry with glue
     on both sides traces as one graph whose compiled gradients equal eager's exactly and the
-    token loop's within float error."""
+    token loop's within float error; the same for the chunked form (scalar decay)."""
     env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
     res = subprocess.run([sys.executable, '-c', OPCHECKED], env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     lines = res.stdout.splitlines()
-    assert sum(line.startswith('OPCHECK') for line in lines) == 5, res.stdout
+    assert sum(line.startswith('OPCHECK') for line in lines) == 7, res.stdout
     assert [line for line in lines if line.startswith(('GRAPHS', 'EQUAL'))] == [
-        'GRAPHS 1 0', 'EQUAL True'] * 2, res.stdout
+        'GRAPHS 1 0', 'EQUAL True'] * 3, res.stdout
     assert max(float(line.split()[1]) for line in lines if line.startswith('NAIVE')) < 1e-4
 
 
@@ -248,7 +332,8 @@ def test_config_crosses_the_op_boundary_as_ints():
     """FusedBiConfig reaches the custom ops as (segments or None, [the other fields]) and comes
     back equal; the schema holds no object and mutates nothing."""
     from fla_mm.ops.fused_bi import op  # noqa: F401  (registers the ops)
-    for config in (FusedBiConfig(), FusedBiConfig(segments=3, long_tokens=128, bwd_warps=8)):
+    for config in (FusedBiConfig(), FusedBiConfig(segments=3, long_tokens=128, bwd_warps=8),
+                   FusedBiConfig(form='chunked')):
         segments, counts = config.to_op_args()
         assert segments is config.segments and all(type(c) is int for c in counts)
         assert FusedBiConfig.from_op_args(segments, counts) == config
@@ -337,7 +422,8 @@ def test_config_is_frozen_and_checked():
     with pytest.raises(ValueError, match='unknown key.*SEGMENTS; valid: segments, long_tokens'):
         FusedBiConfig.from_dict({'SEGMENTS': 3})
     for bad in (dict(segments=0), dict(long_segments=-1), dict(fwd_warps=3),
-                dict(bwd_stages=1.5), dict(gla_fwd_segments=True)):
+                dict(bwd_stages=1.5), dict(gla_fwd_segments=True), dict(form='tiled'),
+                dict(form=1)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             FusedBiConfig(**bad)
     assert FusedBiConfig.coerce(None) == FusedBiConfig()
