@@ -138,41 +138,43 @@ for name in ('_chunk_state_kernel', '_chunk_scan_kernel', '_chunk_fwd_kernel',
 gates = sys.argv[1]
 torch.manual_seed(0)
 worst = {'naive': 0.0, 'sweep': 0.0}
-for T in (1, 49, 64, 100, 130):
-    for B, H in ((1, 1), (3, 1) if gates == 'separate' else (1, 3)):
-        K, V = 16, 32
-        x = [torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)]
-        gf = F.logsigmoid(torch.randn(B, T, H) + 2) / 2
-        gb = F.logsigmoid(torch.randn(B, T, H) + 2) / 2 if gates == 'separate' else None
-        if gates == 'constant':   # RetNet: one decay per head, read through stride 0
-            gf = torch.log1p(-2.0 ** (-5.0 - torch.arange(H))).expand(B, T, H)
-        do = torch.randn(B, T, H, V)
-        runs = {}
-        for form in ('chunked', 'sweep', 'naive'):
-            leaves = [t.clone().requires_grad_() for t in x]
-            leaves += [t.clone().requires_grad_(gates != 'constant') for t in (gf, gb)
-                       if t is not None]
-            launched.clear()
-            if form == 'naive':
-                o = naive_bi_decay_attn(*leaves[:3], *leaves[3:], scale=0.3)
-            elif gates == 'separate' and T == 100:   # one [B, T, 2, H] view, as mixers pass
-                o = fused_bi_decay_attn(*leaves[:3], torch.stack(leaves[3:], 2), scale=0.3,
-                                        stacked=True, config=dict(form=form))
-            else:
-                o = fused_bi_decay_attn(*leaves[:3], *leaves[3:], scale=0.3,
-                                        config=dict(form=form))
-            forward = sorted(set(launched))
-            launched.clear()
-            o.backward(do)
-            runs[form] = [o] + [t.grad for t in leaves if t.requires_grad]
-            if form == 'chunked':
-                print('LAUNCHED', T, forward, sorted(set(launched)))
-        for ref in ('naive', 'sweep'):
-            # (at T=1 the gate gradient is exactly 0 and ours is q.dq - k.dk ~ 1e-7: floor 1)
-            errs = [((a - b).abs().max() / b.abs().max().clamp_min(1.0 if i > 3 else 0)).item()
-                    for i, (a, b) in enumerate(zip(runs['chunked'], runs[ref]))]
-            print(T, B, H, gates, ref, ' '.join('%.1e' % e for e in errs))
-            worst[ref] = max(worst[ref], max(errs))
+# (600 tokens: 10 chunks, more than a load group of the pass over chunk states)
+for T, B, H in [(T, B, H) for T in (1, 49, 64, 100, 130)
+                for B, H in ((1, 1), (3, 1) if gates == 'separate' else (1, 3))] + (
+        [(600, 1, 1)] if gates == 'shared' else []):
+    K, V = 16, 32
+    x = [torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)]
+    gf = F.logsigmoid(torch.randn(B, T, H) + 2) / 2
+    gb = F.logsigmoid(torch.randn(B, T, H) + 2) / 2 if gates == 'separate' else None
+    if gates == 'constant':   # RetNet: one decay per head, read through stride 0
+        gf = torch.log1p(-2.0 ** (-5.0 - torch.arange(H))).expand(B, T, H)
+    do = torch.randn(B, T, H, V)
+    runs = {}
+    for form in ('chunked', 'sweep', 'naive'):
+        leaves = [t.clone().requires_grad_() for t in x]
+        leaves += [t.clone().requires_grad_(gates != 'constant') for t in (gf, gb)
+                   if t is not None]
+        launched.clear()
+        if form == 'naive':
+            o = naive_bi_decay_attn(*leaves[:3], *leaves[3:], scale=0.3)
+        elif gates == 'separate' and T == 100:   # one [B, T, 2, H] view, as mixers pass
+            o = fused_bi_decay_attn(*leaves[:3], torch.stack(leaves[3:], 2), scale=0.3,
+                                    stacked=True, config=dict(form=form))
+        else:
+            o = fused_bi_decay_attn(*leaves[:3], *leaves[3:], scale=0.3,
+                                    config=dict(form=form))
+        forward = sorted(set(launched))
+        launched.clear()
+        o.backward(do)
+        runs[form] = [o] + [t.grad for t in leaves if t.requires_grad]
+        if form == 'chunked':
+            print('LAUNCHED', T, forward, sorted(set(launched)))
+    for ref in ('naive', 'sweep'):
+        # (at T=1 the gate gradient is exactly 0 and ours is q.dq - k.dk ~ 1e-7: floor 1)
+        errs = [((a - b).abs().max() / b.abs().max().clamp_min(1.0 if i > 3 else 0)).item()
+                for i, (a, b) in enumerate(zip(runs['chunked'], runs[ref]))]
+        print(T, B, H, gates, ref, ' '.join('%.1e' % e for e in errs))
+        worst[ref] = max(worst[ref], max(errs))
 print('WORST', worst['naive'], worst['sweep'])
 """
 
@@ -192,10 +194,46 @@ def test_chunked_form_matches_naive_and_sweep_in_triton_interpreter(gates):
                 if line.startswith('LAUNCHED')}
     states = "'_chunk_scan_kernel', '_chunk_state_kernel']"
     one = "['_chunk_fwd_kernel'] ['_chunk_bwd_kernel']"     # one chunk: no states to pass on
-    assert launched == {1: one, 49: one, 64: one, **dict.fromkeys((100, 130), (
+    several = (100, 130, 600) if gates == 'shared' else (100, 130)
+    assert launched == {1: one, 49: one, 64: one, **dict.fromkeys(several, (
         f"['_chunk_fwd_kernel', {states} ['_chunk_bwd_kernel', {states}"))}, res.stdout
     worst = [float(x) for line in lines if line.startswith('WORST') for x in line.split()[1:]]
     assert len(worst) == 2 and max(worst) < 1e-5, res.stdout
+
+
+# The chunked form's pass over chunk states (chunked._chunk_scan_kernel) against a loop over
+# chunks, both kinds (sweep order and reversed), for chunk counts around its load group.
+SCAN_PASS = r"""
+import torch
+from fla_mm.ops.fused_bi.chunked import _chunk_scan_kernel
+from fla_mm.ops.fused_bi.launch import SCAN_GROUP
+torch.manual_seed(0)
+ROWS, SIZE, BLOCK = 3, 256, 128
+for NT in (1, 7, SCAN_GROUP, SCAN_GROUP + 1, 2 * SCAN_GROUP + 1):
+    S, G = torch.randn(2, ROWS, NT, SIZE), -torch.rand(ROWS, NT)
+    want = S.clone()
+    for kind, order in enumerate((range(NT), range(NT - 1, -1, -1))):
+        for r in range(ROWS):
+            carry = torch.zeros(SIZE)
+            for i in order:
+                want[kind, r, i] = carry
+                carry = carry * G[r, i].exp() + S[kind, r, i]
+    got = S.clone()
+    _chunk_scan_kernel[(ROWS, SIZE // BLOCK, 2)](got, G, NT, ROWS, SIZE=SIZE, BLOCK=BLOCK,
+                                                  GROUP=SCAN_GROUP)
+    print('ERR', NT, ((got - want).abs().max() / want.abs().max().clamp_min(1)).item())
+"""
+
+
+def test_chunk_state_pass_in_triton_interpreter():
+    """The states entering each chunk, in both orders, for 1 chunk to more than two load
+    groups (a partial last group included)."""
+    env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
+    res = subprocess.run([sys.executable, '-c', SCAN_PASS], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    errs = [float(line.split()[2]) for line in res.stdout.splitlines() if line.startswith('ERR')]
+    assert len(errs) == 5 and max(errs) < 1e-6, res.stdout
 
 
 # Hopper's TF32 dots on CPU: the interpreter multiplies fp32 exactly, so round the operands of

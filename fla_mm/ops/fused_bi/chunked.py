@@ -74,20 +74,33 @@ def _chunk_state_kernel(q, k, v, g, do, S, G, T, H, sg_d, sg_b, sg_t, sg_h, K: t
 
 
 @triton.jit
-def _chunk_scan_kernel(S, G, NT, ROWS, SIZE: tl.constexpr, BLOCK: tl.constexpr):
+def _chunk_scan_kernel(S, G, NT, ROWS, SIZE: tl.constexpr, BLOCK: tl.constexpr,
+                       GROUP: tl.constexpr):
     """Program (row, element block, kind): the chunk states S[kind, row, :] of one (direction,
     batch x head) row, replaced in place by the states entering each chunk. Kind 0 (states of
     the keys) runs in sweep order, kind 1 (adjoint states of the queries) in reversed chunk
     order; both decay by the chunks' total log decays G[row, :]. Elementwise, so a state is
-    split over programs at will; only this loop over chunks is sequential."""
+    split over programs at will; only the recurrence over chunks is sequential. GROUP chunks
+    are loaded as one tile (their loads do not wait on the recurrence) and the recurrence
+    runs through them in registers, so a row of NT chunks waits on NT / GROUP round trips to
+    memory, not NT."""
     row, i_blk, rev = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     base = S + (rev * ROWS + row) * NT * SIZE + i_blk * BLOCK + tl.arange(0, BLOCK)
+    rows = tl.arange(0, GROUP)
     carry = tl.zeros([BLOCK], dtype=tl.float32)
-    for n in range(0, NT):
-        i = n + rev * (NT - 1 - 2 * n)
-        local = tl.load(base + i * SIZE)
-        tl.store(base + i * SIZE, carry)
-        carry = carry * tl.exp(tl.load(G + row * NT + i)) + local
+    for n0 in range(0, NT, GROUP):
+        n = n0 + rows
+        i = n + rev * (NT - 1 - 2 * n)           # chunk index, in the kind's order
+        ptrs = base[None, :] + i[:, None] * SIZE
+        local = tl.load(ptrs, mask=(n < NT)[:, None], other=0.)
+        decay = tl.exp(tl.load(G + row * NT + i, mask=n < NT, other=0.))
+        entering = tl.zeros([GROUP, BLOCK], dtype=tl.float32)
+        for j in tl.static_range(GROUP):
+            here = rows[:, None] == j
+            entering = tl.where(here, carry[None, :], entering)
+            carry = carry * tl.sum(tl.where(rows == j, decay, 0.), 0) + \
+                tl.sum(tl.where(here, local, 0.), 0)
+        tl.store(ptrs, entering, mask=(n < NT)[:, None])
 
 
 @triton.jit

@@ -14,7 +14,8 @@ from .scalar import _bi_bwd_kernel, _bi_fwd_kernel, _bi_seg_state_kernel
 CHUNK = 64        # tokens per chunk
 GLA_STEP = 16     # per-key-channel decay, exact fallback: tokens per [BC, BC, BK] step
 GLA_SAFE = 60.0   # ... taken by chunks that decay by more than exp(-GLA_SAFE) in a channel
-SCAN_BLOCK = 128  # chunked form: state elements per program of the pass over chunk states
+SCAN_BLOCK = 128  # chunked form, the pass over chunk states: state elements per program,
+SCAN_GROUP = 8    # ... and chunks per load
 
 
 def _meta(q, v, per_channel):
@@ -238,7 +239,7 @@ def _chunk_states(q, k, v, g, do, meta, options, backward, f32):
     size = meta['BK'] * meta['BV']
     block = min(SCAN_BLOCK, size)
     _chunk_scan_kernel[(2 * B * H, size // block, kinds)](S, G, NT, 2 * B * H, SIZE=size,
-                                                          BLOCK=block)
+                                                          BLOCK=block, GROUP=SCAN_GROUP)
     return S
 
 
