@@ -117,9 +117,10 @@ def test_fused_kernel_matches_two_call_in_triton_interpreter():
     assert max(worst.values()) < 1e-4, res.stdout
 
 
-# The chunk-parallel form (fused_bi/chunked.py, FusedBiConfig(form='chunked'), scalar decay)
-# against the token loop and against the sweep form: output and every gradient, fp32 with
-# IEEE dots. Each run checks that the chunked kernels ran (and the sweep kernels did not).
+# The chunk-parallel form (fused_bi/chunked.py, FusedBiConfig(form='chunked')) against the
+# token loop and against the sweep form: output and every gradient, fp32 with IEEE dots.
+# Each run notes which kernels ran: the chunked ones (and, per key channel, the sweep's
+# backward, which has no chunked form yet), no other.
 CHUNKED = PRELUDE + r"""
 import sys
 launched = []
@@ -133,19 +134,24 @@ class Counted:      # a kernel whose launches are noted in ``launched`` by name
         return self.kernel[grid]
 
 for name in ('_chunk_state_kernel', '_chunk_scan_kernel', '_chunk_fwd_kernel',
-             '_chunk_bwd_kernel', '_bi_fwd_kernel', '_bi_bwd_kernel'):
+             '_chunk_bwd_kernel', '_chunk_gla_fwd_kernel', '_bi_fwd_kernel', '_bi_bwd_kernel',
+             '_bi_gla_fwd_kernel', '_bi_gla_bwd_kernel'):
     setattr(launch, name, Counted(name))
 gates = sys.argv[1]
 torch.manual_seed(0)
 worst = {'naive': 0.0, 'sweep': 0.0}
 # (600 tokens: 10 chunks, more than a load group of the pass over chunk states)
 for T, B, H in [(T, B, H) for T in (1, 49, 64, 100, 130)
-                for B, H in ((1, 1), (3, 1) if gates == 'separate' else (1, 3))] + (
+                for B, H in ((1, 1), (3, 1) if gates.startswith('separate') else (1, 3))] + (
         [(600, 1, 1)] if gates == 'shared' else []):
     K, V = 16, 32
     x = [torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)]
-    gf = F.logsigmoid(torch.randn(B, T, H) + 2) / 2
-    gb = F.logsigmoid(torch.randn(B, T, H) + 2) / 2 if gates == 'separate' else None
+    shape = (B, T, H, K) if gates.endswith('gla') else (B, T, H)
+    gf = F.logsigmoid(torch.randn(*shape) + 2) / 2
+    gb = F.logsigmoid(torch.randn(*shape) + 2) / 2 if gates.startswith('separate') else None
+    if 'strong' in gates:     # the second chunk decays by ~exp(-800): GLA's exact steps
+        gf[:, 64:128] *= 100
+        gb[:, 64:128] *= 100
     if gates == 'constant':   # RetNet: one decay per head, read through stride 0
         gf = torch.log1p(-2.0 ** (-5.0 - torch.arange(H))).expand(B, T, H)
     do = torch.randn(B, T, H, V)
@@ -157,7 +163,7 @@ for T, B, H in [(T, B, H) for T in (1, 49, 64, 100, 130)
         launched.clear()
         if form == 'naive':
             o = naive_bi_decay_attn(*leaves[:3], *leaves[3:], scale=0.3)
-        elif gates == 'separate' and T == 100:   # one [B, T, 2, H] view, as mixers pass
+        elif gates.startswith('separate') and T == 100:  # one [B, T, 2, H(, K)] view
             o = fused_bi_decay_attn(*leaves[:3], torch.stack(leaves[3:], 2), scale=0.3,
                                     stacked=True, config=dict(form=form))
         else:
@@ -168,7 +174,7 @@ for T, B, H in [(T, B, H) for T in (1, 49, 64, 100, 130)
         o.backward(do)
         runs[form] = [o] + [t.grad for t in leaves if t.requires_grad]
         if form == 'chunked':
-            print('LAUNCHED', T, forward, sorted(set(launched)))
+            print('LAUNCHED', T, ','.join(forward), ','.join(sorted(set(launched))))
     for ref in ('naive', 'sweep'):
         # (at T=1 the gate gradient is exactly 0 and ours is q.dq - k.dk ~ 1e-7: floor 1)
         errs = [((a - b).abs().max() / b.abs().max().clamp_min(1.0 if i > 3 else 0)).item()
@@ -179,61 +185,72 @@ print('WORST', worst['naive'], worst['sweep'])
 """
 
 
-@pytest.mark.parametrize('gates', ['shared', 'separate', 'constant'])
+@pytest.mark.parametrize('gates', ['shared', 'separate', 'constant', 'shared-gla',
+                                   'separate-strong-gla'])
 def test_chunked_form_matches_naive_and_sweep_in_triton_interpreter(gates):
-    """form='chunked' (scalar decay): lengths of one chunk, a partial chunk, and 2-3 chunks
-    with a partial last one (the pass over chunk states, both ways), B*H 1 and 3, shared,
-    separate (also as one stacked view) and RetNet's constant gates (no gate gradient): the
-    output and every gradient within 1e-5 of the token loop and of the sweep form."""
+    """form='chunked': lengths of one chunk, a partial chunk, and 2-3 chunks with a partial
+    last one (the pass over chunk states, both ways), B*H 1 and 3, shared, separate (also as
+    one stacked view) and RetNet's constant gates (no gate gradient); per key channel (GLA,
+    forward only so far) also with a chunk that takes the exact steps: the output and every
+    gradient within 1e-5 of the token loop and of the sweep form."""
     env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
     res = subprocess.run([sys.executable, '-c', CHUNKED, gates], env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     lines = res.stdout.splitlines()
-    launched = {int(line.split()[1]): line.split(None, 2)[2] for line in lines
-                if line.startswith('LAUNCHED')}
-    states = "'_chunk_scan_kernel', '_chunk_state_kernel']"
-    one = "['_chunk_fwd_kernel'] ['_chunk_bwd_kernel']"     # one chunk: no states to pass on
-    several = (100, 130, 600) if gates == 'shared' else (100, 130)
-    assert launched == {1: one, 49: one, 64: one, **dict.fromkeys(several, (
-        f"['_chunk_fwd_kernel', {states} ['_chunk_bwd_kernel', {states}"))}, res.stdout
+    launched = {int(line.split()[1]): [names.split(',') for names in line.split()[2:]]
+                for line in lines if line.startswith('LAUNCHED')}
+    gla = gates.endswith('gla')
+    states = ['_chunk_scan_kernel', '_chunk_state_kernel']
+    fwd = ['_chunk_gla_fwd_kernel' if gla else '_chunk_fwd_kernel']
+    bwd = ['_bi_gla_bwd_kernel' if gla else '_chunk_bwd_kernel']
+    one = [fwd, bwd]                                    # one chunk: no states to pass on
+    several = [sorted(fwd + states), bwd if gla else sorted(bwd + states)]
+    assert launched == {1: one, 49: one, 64: one, 100: several, 130: several,
+                        **({600: several} if gates == 'shared' else {})}, res.stdout
     worst = [float(x) for line in lines if line.startswith('WORST') for x in line.split()[1:]]
     assert len(worst) == 2 and max(worst) < 1e-5, res.stdout
 
 
 # The chunked form's pass over chunk states (chunked._chunk_scan_kernel) against a loop over
-# chunks, both kinds (sweep order and reversed), for chunk counts around its load group.
+# chunks, both kinds (sweep order and reversed), for chunk counts around its load group, with
+# one decay per row (scalar) and one per key channel of a [BK, BV] state.
 SCAN_PASS = r"""
 import torch
 from fla_mm.ops.fused_bi.chunked import _chunk_scan_kernel
 from fla_mm.ops.fused_bi.launch import SCAN_GROUP
 torch.manual_seed(0)
-ROWS, SIZE, BLOCK = 3, 256, 128
-for NT in (1, 7, SCAN_GROUP, SCAN_GROUP + 1, 2 * SCAN_GROUP + 1):
-    S, G = torch.randn(2, ROWS, NT, SIZE), -torch.rand(ROWS, NT)
-    want = S.clone()
-    for kind, order in enumerate((range(NT), range(NT - 1, -1, -1))):
-        for r in range(ROWS):
-            carry = torch.zeros(SIZE)
-            for i in order:
-                want[kind, r, i] = carry
-                carry = carry * G[r, i].exp() + S[kind, r, i]
-    got = S.clone()
-    _chunk_scan_kernel[(ROWS, SIZE // BLOCK, 2)](got, G, NT, ROWS, SIZE=SIZE, BLOCK=BLOCK,
-                                                  GROUP=SCAN_GROUP)
-    print('ERR', NT, ((got - want).abs().max() / want.abs().max().clamp_min(1)).item())
+ROWS, BK, BV, BLOCK = 3, 16, 16, 128
+for channels in (0, BK):
+    for NT in (1, 7, SCAN_GROUP, SCAN_GROUP + 1, 2 * SCAN_GROUP + 1):
+        S = torch.randn(2, ROWS, NT, BK, BV)
+        G = -torch.rand(ROWS, NT, *([BK] if channels else []))
+        decay = (G if channels else G[..., None]).exp()[..., None]      # [ROWS, NT, BK or 1, 1]
+        want = S.clone()
+        for kind, order in enumerate((range(NT), range(NT - 1, -1, -1))):
+            for r in range(ROWS):
+                carry = torch.zeros(BK, BV)
+                for i in order:
+                    want[kind, r, i] = carry
+                    carry = carry * decay[r, i] + S[kind, r, i]
+        got = S.clone()
+        _chunk_scan_kernel[(ROWS, BK * BV // BLOCK, 2)](
+            got, G, NT, ROWS, SIZE=BK * BV, BLOCK=BLOCK, GROUP=SCAN_GROUP, CHANNELS=channels,
+            BV=BV)
+        err = (got - want).abs().max() / want.abs().max().clamp_min(1)
+        print('ERR', channels, NT, err.item())
 """
 
 
 def test_chunk_state_pass_in_triton_interpreter():
     """The states entering each chunk, in both orders, for 1 chunk to more than two load
-    groups (a partial last group included)."""
+    groups (a partial last group included), scalar and per-key-channel decays."""
     env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
     res = subprocess.run([sys.executable, '-c', SCAN_PASS], env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    errs = [float(line.split()[2]) for line in res.stdout.splitlines() if line.startswith('ERR')]
-    assert len(errs) == 5 and max(errs) < 1e-6, res.stdout
+    errs = [float(line.split()[3]) for line in res.stdout.splitlines() if line.startswith('ERR')]
+    assert len(errs) == 10 and max(errs) < 1e-6, res.stdout
 
 
 # Hopper's TF32 dots on CPU: the interpreter multiplies fp32 exactly, so round the operands of

@@ -218,7 +218,7 @@ def test_fused_gla_exact_steps(dtype, gates, L):
 CHUNKED_SHAPES = [pytest.param(b, h, id=f'BH{b * h}') for b, h in ((1, 1), (2, 3), (8, 6))]
 CHUNKED_CASES = [pytest.param(g, d, marks=pytest.mark.xdist_group(f'chunked-{g}-{i}'),
                               id=f'{g}-{i}')
-                 for g in ('shared', 'separate', 'constant')
+                 for g in ('shared', 'separate', 'constant', 'shared-gla', 'separate-gla')
                  for d, i in ((torch.float32, 'fp32'), (torch.bfloat16, 'bf16'))]
 
 
@@ -226,14 +226,16 @@ CHUNKED_CASES = [pytest.param(g, d, marks=pytest.mark.xdist_group(f'chunked-{g}-
 @pytest.mark.parametrize('L', [1, 49, 100, 196, 3136, 16384, 65536])
 @pytest.mark.parametrize('gates,dtype', CHUNKED_CASES)
 def test_fused_bi_chunked_form(gates, dtype, L, batch, heads):
-    """The chunk-parallel form (FusedBiConfig(form='chunked'), scalar decay) against the
-    chunked fp32 reference, the token loop (up to NAIVE_MAX_L) and the sweep form on the same
-    input, output and every gradient, for B*H from 1 to 48 (head dim 64)."""
+    """The chunk-parallel form (FusedBiConfig(form='chunked')) against the chunked fp32
+    reference, the token loop (up to NAIVE_MAX_L) and the sweep form on the same input,
+    output and every gradient, for B*H from 1 to 48 (head dim 64). Per key channel (GLA)
+    only the forward is chunked so far; the gradients come from the sweep's backward."""
     gen = torch.Generator(device='cuda').manual_seed(L)
     r = (lambda *s: torch.randn(*s, device='cuda', generator=gen))
     leaves = [r(batch, L, heads, D) for _ in range(3)]
-    leaves += [F.logsigmoid(r(batch, L, heads) + 3) / 4
-               for _ in range({'constant': 0, 'shared': 1, 'separate': 2}[gates])]
+    gshape = (batch, L, heads) + ((D,) if gates.endswith('gla') else ())
+    leaves += [F.logsigmoid(r(*gshape) + 3) / 4
+               for _ in range({'constant': 0, 'shared': 1, 'separate': 2}[gates.split('-')[0]])]
     do = r(batch, L, heads, D)
     scale = D ** -0.5
 

@@ -30,62 +30,79 @@ import triton
 import triton.language as tl
 
 from .common import _chunk_ptrs, _kv_tile, _load_tile, _own_decay, _state_step, _sweep_pos
+from .gla import _gla_fwd_step_exact
 
 
 @triton.jit
 def _chunk_tiles(q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr,
-                 V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+                 V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                 PER_CHANNEL: tl.constexpr):
     """Chunk i of direction i_dir's sweep: its token positions (sweep order), q, k, v tiles,
     the masks of a K-wide and a V-wide tile, and its cumulative log decays C and their total
-    in the sweep's own scan."""
+    in the sweep's own scan ([BT] and a scalar; per key channel [BT, BK] and [BK])."""
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)
     pos = _sweep_pos(i, i_dir, NT, BT)
     b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
     b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
     b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
-    C, C_last = _own_decay(g + i_dir * sg_d + i_b * sg_b + pos * sg_t + i_h * sg_h,
-                           (pos >= 0) & (pos < T))
+    p_g = g + i_dir * sg_d + i_b * sg_b + i_h * sg_h
+    if PER_CHANNEL:
+        C, C_last = _own_decay(p_g + pos[:, None] * sg_t + tl.arange(0, BK)[None, :], m_k)
+    else:
+        C, C_last = _own_decay(p_g + pos * sg_t, (pos >= 0) & (pos < T))
     return pos, b_q, b_k, b_v, m_k, m_v, C, C_last
 
 
 @triton.jit
 def _chunk_state_kernel(q, k, v, g, do, S, G, T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr,
                         V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                        PRECISION: tl.constexpr, F32: tl.constexpr, BACKWARD: tl.constexpr):
+                        PRECISION: tl.constexpr, F32: tl.constexpr, BACKWARD: tl.constexpr,
+                        PER_CHANNEL: tl.constexpr):
     """Program (chunk i, bh, direction d): the chunk's local state into S[0, d, bh, i] and its
-    total log decay into G[d, bh, i]; with BACKWARD also the adjoint state of its queries and
-    output gradients into S[1, d, bh, i]. F32: fp32 operands for the state's dot (the gate
-    gradient needs them, see ``common._state_step``); the adjoint state always has them."""
+    total log decay into G[d, bh, i] (G[d, bh, i, :] per key channel); with BACKWARD also the
+    adjoint state of its queries and output gradients into S[1, d, bh, i]. F32: fp32 operands
+    for the state's dot (the gate gradient needs them, see ``common._state_step``); the
+    adjoint state always has them. Every decay factor is exp of a partial sum within the
+    chunk (<= 1), so per key channel no chunk needs GLA's exact steps here."""
     i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     row = (i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i
     pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
-        q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV)
+        q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV,
+        PER_CHANNEL)
+    if PER_CHANNEL:
+        to_end, from_start = tl.exp(C_last[None, :] - C), tl.exp(C)
+        tl.store(G + row * BK + tl.arange(0, BK), C_last)
+    else:
+        to_end, from_start = tl.exp(C_last - C)[:, None], tl.exp(C)[:, None]
+        tl.store(G + row, C_last)
     zero = tl.zeros([BK, BV], dtype=tl.float32)
     tl.store(_kv_tile(S + row * BK * BV, BK, BV),
-             _state_step(zero, 1.0, b_k * tl.exp(C_last - C)[:, None], b_v, F32, PRECISION))
-    tl.store(G + row, C_last)
+             _state_step(zero, 1.0, b_k * to_end, b_v, F32, PRECISION))
     if BACKWARD:
         i_b, i_h = i_bh // H, i_bh % H
         b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
         rows = 2 * tl.num_programs(1) * tl.num_programs(0)
         tl.store(_kv_tile(S + (rows + row) * BK * BV, BK, BV),
-                 _state_step(zero, 1.0, b_q * tl.exp(C)[:, None], b_do, True, PRECISION))
+                 _state_step(zero, 1.0, b_q * from_start, b_do, True, PRECISION))
 
 
 @triton.jit
 def _chunk_scan_kernel(S, G, NT, ROWS, SIZE: tl.constexpr, BLOCK: tl.constexpr,
-                       GROUP: tl.constexpr):
+                       GROUP: tl.constexpr, CHANNELS: tl.constexpr, BV: tl.constexpr):
     """Program (row, element block, kind): the chunk states S[kind, row, :] of one (direction,
     batch x head) row, replaced in place by the states entering each chunk. Kind 0 (states of
     the keys) runs in sweep order, kind 1 (adjoint states of the queries) in reversed chunk
-    order; both decay by the chunks' total log decays G[row, :]. Elementwise, so a state is
-    split over programs at will; only the recurrence over chunks is sequential. GROUP chunks
+    order; both decay by the chunks' total log decays G[row, :] (CHANNELS 0: one per head)
+    or G[row, :, :] (per key channel, CHANNELS of them: state element e is in channel
+    e // BV). Elementwise, so a state is split over programs at will; only the recurrence
+    over chunks is sequential. GROUP chunks
     are loaded as one tile (their loads do not wait on the recurrence) and the recurrence
     runs through them in registers, so a row of NT chunks waits on NT / GROUP round trips to
     memory, not NT."""
     row, i_blk, rev = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    base = S + (rev * ROWS + row) * NT * SIZE + i_blk * BLOCK + tl.arange(0, BLOCK)
+    offs = i_blk * BLOCK + tl.arange(0, BLOCK)
+    base = S + (rev * ROWS + row) * NT * SIZE + offs
     rows = tl.arange(0, GROUP)
     carry = tl.zeros([BLOCK], dtype=tl.float32)
     for n0 in range(0, NT, GROUP):
@@ -93,12 +110,16 @@ def _chunk_scan_kernel(S, G, NT, ROWS, SIZE: tl.constexpr, BLOCK: tl.constexpr,
         i = n + rev * (NT - 1 - 2 * n)           # chunk index, in the kind's order
         ptrs = base[None, :] + i[:, None] * SIZE
         local = tl.load(ptrs, mask=(n < NT)[:, None], other=0.)
-        decay = tl.exp(tl.load(G + row * NT + i, mask=n < NT, other=0.))
+        if CHANNELS > 0:
+            decay = tl.exp(tl.load(G + (row * NT + i)[:, None] * CHANNELS + (offs // BV)[None, :],
+                                   mask=(n < NT)[:, None], other=0.))
+        else:
+            decay = tl.exp(tl.load(G + row * NT + i, mask=n < NT, other=0.))[:, None]
         entering = tl.zeros([GROUP, BLOCK], dtype=tl.float32)
         for j in tl.static_range(GROUP):
             here = rows[:, None] == j
             entering = tl.where(here, carry[None, :], entering)
-            carry = carry * tl.sum(tl.where(rows == j, decay, 0.), 0) + \
+            carry = carry * tl.sum(tl.where(here, decay, 0.), 0) + \
                 tl.sum(tl.where(here, local, 0.), 0)
         tl.store(ptrs, entering, mask=(n < NT)[:, None])
 
@@ -111,7 +132,7 @@ def _chunk_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h, K: 
     i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     row = (i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i
     pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
-        q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV)
+        q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV, False)
     ar = tl.arange(0, BT)
     causal = ar[:, None] >= ar[None, :]          # in sweep order: key s not after query t
     S_in = tl.load(_kv_tile(S + row * BK * BV, BK, BV))
@@ -139,7 +160,7 @@ def _chunk_bwd_kernel(q, k, v, g, do, dq, dk, dv, dgt, S, scale, T, H, sg_d, sg_
     rows = 2 * tl.num_programs(1) * tl.num_programs(0)
     row = (i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i
     pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
-        q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV)
+        q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV, False)
     i_b, i_h = i_bh // H, i_bh % H
     B = tl.num_programs(1) // H
     b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
@@ -171,3 +192,37 @@ def _chunk_bwd_kernel(q, k, v, g, do, dq, dk, dv, dgt, S, scale, T, H, sg_d, sg_
     if NEED_DG:
         tl.store(dgt + i_dir * B * T * H + (i_b * T + pos) * H + i_h,
                  tl.sum(qf * b_dq, 1) - tl.sum(kf * b_dk, 1), mask=(pos >= 0) & (pos < T))
+
+
+@triton.jit
+def _chunk_gla_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h,
+                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                          BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
+                          SAFE: tl.constexpr):
+    """:func:`_chunk_fwd_kernel` with per-key-channel decays g [2, B, T, H, K] (GLA). As in
+    the sweep (``gla._bi_gla_fwd_kernel``), a chunk whose channels all decay by less than
+    exp(-SAFE) takes the tensor-core form (q exp(C)) (k exp(-C))^T masked; any other chunk
+    goes in BC-token exact steps (``gla._gla_fwd_step_exact``) from its entering state."""
+    i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    row = (i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i
+    pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
+        q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV, True)
+    S_in = tl.load(_kv_tile(S + row * BK * BV, BK, BV))
+    o_dir = o + i_dir * (tl.num_programs(1) // H) * T * H * V
+    if tl.min(C_last, 0) > -SAFE:
+        ar = tl.arange(0, BT)
+        b_qg = (b_q * tl.exp(C)).to(b_q.dtype)
+        A = tl.dot(b_qg, tl.trans((b_k * tl.exp(-C)).to(b_k.dtype)), input_precision=PRECISION)
+        A = tl.where(ar[:, None] >= ar[None, :], A, 0.)
+        b_o = tl.dot(A.to(b_v.dtype), b_v, input_precision=PRECISION)
+        b_o += tl.dot(b_qg, S_in.to(b_q.dtype), input_precision=PRECISION)
+        p_o, _ = _chunk_ptrs(o_dir, i_bh // H, i_bh % H, pos, T, H, V, BV)
+        tl.store(p_o, (b_o * scale).to(p_o.dtype.element_ty), mask=m_v)
+    else:
+        NS: tl.constexpr = BT // BC
+        NT = tl.num_programs(0)
+        for j in range(NS):
+            pos_j = _sweep_pos(i * NS + j, i_dir, NT * NS, BC)
+            S_in = _gla_fwd_step_exact(q, k, v, g, o_dir, S_in, scale, pos_j, i_bh // H,
+                                       i_bh % H, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BC,
+                                       BK, BV, PRECISION)

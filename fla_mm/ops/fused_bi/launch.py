@@ -5,8 +5,8 @@ pass, and the two passes that run them on real tensors (:func:`run_forward`,
 import torch
 import triton
 
-from .chunked import (_chunk_bwd_kernel, _chunk_fwd_kernel, _chunk_scan_kernel,
-                      _chunk_state_kernel)
+from .chunked import (_chunk_bwd_kernel, _chunk_fwd_kernel, _chunk_gla_fwd_kernel,
+                      _chunk_scan_kernel, _chunk_state_kernel)
 from .config import DEFAULT_CONFIG
 from .gla import _bi_gla_bwd_kernel, _bi_gla_fwd_kernel, _bi_gla_seg_state_kernel
 from .scalar import _bi_bwd_kernel, _bi_fwd_kernel, _bi_seg_state_kernel
@@ -97,7 +97,7 @@ def run_forward(q, k, v, g, scale, config):
     B, T, H, _ = q.shape
     per_channel = g.dim() == 5
     meta = _meta(q, v, per_channel)
-    if _chunked(config, g):
+    if _chunked(config, g, backward=False):
         return _chunked_forward(q, k, v, g, scale, meta, _launch_options(meta, False, config))
     o2 = _output_pair(q, v)
     nseg, cps = _segments(T, meta['BT'], per_channel, config=config)
@@ -174,7 +174,7 @@ def run_backward(q, k, v, g, do, scale, config, need_dg):
     per_channel = g.dim() == 5
     meta = _meta(q, v, per_channel)
     do = do.contiguous()
-    if _chunked(config, g):
+    if _chunked(config, g, backward=True):
         return _chunked_backward(q, k, v, g, do, scale, meta,
                                  _launch_options(meta, True, config), need_dg)
     buffers = _backward_buffers(q, k, v, g, need_dg)
@@ -198,7 +198,7 @@ def run_backward(q, k, v, g, do, scale, config, need_dg):
 def fake_backward(q, k, v, g, config, need_dg):
     """What :func:`run_backward` returns (shapes, dtypes, strides), without running kernels."""
     q, k, v, g = _prepared(q, k, v, g)
-    if _chunked(config, g):
+    if _chunked(config, g, backward=True):
         return _chunked_backward_results(need_dg, *_chunked_backward_buffers(q, k, v, g, need_dg))
     nseg, _ = _segments(q.shape[1], CHUNK, g.dim() == 5, backward=True, config=config)
     return _backward_results(g, nseg, need_dg, *_backward_buffers(q, k, v, g, need_dg))
@@ -216,10 +216,10 @@ def _segment_buffers(q, BH, nseg, meta):
 
 # --- the chunked form (``chunked.py``) -------------------------------------------------------
 
-def _chunked(config, g):
-    """Whether a call runs the chunk-parallel kernels: ``form='chunked'`` and a scalar decay
-    (per-key-channel decay has only the sweep)."""
-    return config.form == 'chunked' and g.dim() == 4
+def _chunked(config, g, backward):
+    """Whether a pass runs the chunk-parallel kernels: ``form='chunked'``, and for the
+    backward a scalar decay (per key channel, the backward has only the sweep so far)."""
+    return config.form == 'chunked' and (g.dim() == 4 or not backward)
 
 
 def _chunk_states(q, k, v, g, do, meta, options, backward, f32):
@@ -229,17 +229,21 @@ def _chunk_states(q, k, v, g, do, meta, options, backward, f32):
     B, T, H, _ = q.shape
     NT = triton.cdiv(T, CHUNK)
     kinds = 2 if backward else 1
-    shape = (kinds, 2, B * H, NT, meta['BK'], meta['BV'])
+    BK, BV = meta['BK'], meta['BV']
+    shape = (kinds, 2, B * H, NT, BK, BV)
     if NT == 1:
         return q.new_zeros(shape, dtype=torch.float32)
+    per_channel = g.dim() == 5
     S = q.new_empty(shape, dtype=torch.float32)
-    G = q.new_empty(2, B * H, NT, dtype=torch.float32)
-    _chunk_state_kernel[(NT, B * H, 2)](q, k, v, g, do, S, G, T, H, *g.stride()[:4], **meta,
-                                        F32=f32, BACKWARD=backward, **options)
-    size = meta['BK'] * meta['BV']
-    block = min(SCAN_BLOCK, size)
-    _chunk_scan_kernel[(2 * B * H, size // block, kinds)](S, G, NT, 2 * B * H, SIZE=size,
-                                                          BLOCK=block, GROUP=SCAN_GROUP)
+    G = q.new_empty(2, B * H, NT, *((BK,) if per_channel else ()), dtype=torch.float32)
+    state_meta = {n: meta[n] for n in ('K', 'V', 'BT', 'BK', 'BV', 'PRECISION')}
+    _chunk_state_kernel[(NT, B * H, 2)](q, k, v, g, do, S, G, T, H, *g.stride()[:4],
+                                        **state_meta, F32=f32, BACKWARD=backward,
+                                        PER_CHANNEL=per_channel, **options)
+    block = min(SCAN_BLOCK, BK * BV)
+    _chunk_scan_kernel[(2 * B * H, BK * BV // block, kinds)](
+        S, G, NT, 2 * B * H, SIZE=BK * BV, BLOCK=block, GROUP=SCAN_GROUP,
+        CHANNELS=BK if per_channel else 0, BV=BV)
     return S
 
 
@@ -247,8 +251,9 @@ def _chunked_forward(q, k, v, g, scale, meta, options):
     B, T, H, _ = q.shape
     S = _chunk_states(q, k, v, g, q, meta, options, backward=False, f32=False)
     o2 = _output_pair(q, v)
-    _chunk_fwd_kernel[(triton.cdiv(T, CHUNK), B * H, 2)](q, k, v, g, o2, S, scale, T, H,
-                                                         *g.stride()[:4], **meta, **options)
+    kernel = _chunk_gla_fwd_kernel if g.dim() == 5 else _chunk_fwd_kernel
+    kernel[(triton.cdiv(T, CHUNK), B * H, 2)](q, k, v, g, o2, S, scale, T, H, *g.stride()[:4],
+                                              **meta, **options)
     return _sum_pair(o2)
 
 
