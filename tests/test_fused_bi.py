@@ -119,8 +119,7 @@ def test_fused_kernel_matches_two_call_in_triton_interpreter():
 
 # The chunk-parallel form (fused_bi/chunked.py, FusedBiConfig(form='chunked')) against the
 # token loop and against the sweep form: output and every gradient, fp32 with IEEE dots.
-# Each run notes which kernels ran: the chunked ones (and, per key channel, the sweep's
-# backward, which has no chunked form yet), no other.
+# Each run notes which kernels ran: the chunked ones, no sweep.
 CHUNKED = PRELUDE + r"""
 import sys
 launched = []
@@ -134,8 +133,8 @@ class Counted:      # a kernel whose launches are noted in ``launched`` by name
         return self.kernel[grid]
 
 for name in ('_chunk_state_kernel', '_chunk_scan_kernel', '_chunk_fwd_kernel',
-             '_chunk_bwd_kernel', '_chunk_gla_fwd_kernel', '_bi_fwd_kernel', '_bi_bwd_kernel',
-             '_bi_gla_fwd_kernel', '_bi_gla_bwd_kernel'):
+             '_chunk_bwd_kernel', '_chunk_gla_fwd_kernel', '_chunk_gla_bwd_kernel',
+             '_bi_fwd_kernel', '_bi_bwd_kernel', '_bi_gla_fwd_kernel', '_bi_gla_bwd_kernel'):
     setattr(launch, name, Counted(name))
 gates = sys.argv[1]
 torch.manual_seed(0)
@@ -190,9 +189,9 @@ print('WORST', worst['naive'], worst['sweep'])
 def test_chunked_form_matches_naive_and_sweep_in_triton_interpreter(gates):
     """form='chunked': lengths of one chunk, a partial chunk, and 2-3 chunks with a partial
     last one (the pass over chunk states, both ways), B*H 1 and 3, shared, separate (also as
-    one stacked view) and RetNet's constant gates (no gate gradient); per key channel (GLA,
-    forward only so far) also with a chunk that takes the exact steps: the output and every
-    gradient within 1e-5 of the token loop and of the sweep form."""
+    one stacked view) and RetNet's constant gates (no gate gradient); per key channel (GLA)
+    also with a chunk that takes the exact steps: the output and every gradient within 1e-5
+    of the token loop and of the sweep form."""
     env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
     res = subprocess.run([sys.executable, '-c', CHUNKED, gates], env=env, capture_output=True,
                          text=True, timeout=600)
@@ -203,9 +202,9 @@ def test_chunked_form_matches_naive_and_sweep_in_triton_interpreter(gates):
     gla = gates.endswith('gla')
     states = ['_chunk_scan_kernel', '_chunk_state_kernel']
     fwd = ['_chunk_gla_fwd_kernel' if gla else '_chunk_fwd_kernel']
-    bwd = ['_bi_gla_bwd_kernel' if gla else '_chunk_bwd_kernel']
+    bwd = ['_chunk_gla_bwd_kernel' if gla else '_chunk_bwd_kernel']
     one = [fwd, bwd]                                    # one chunk: no states to pass on
-    several = [sorted(fwd + states), bwd if gla else sorted(bwd + states)]
+    several = [sorted(fwd + states), sorted(bwd + states)]
     assert launched == {1: one, 49: one, 64: one, 100: several, 130: several,
                         **({600: several} if gates == 'shared' else {})}, res.stdout
     worst = [float(x) for line in lines if line.startswith('WORST') for x in line.split()[1:]]
@@ -277,7 +276,7 @@ meta = launch._meta
 launch._meta = lambda q, v, per_channel: dict(meta(q, v, per_channel), PRECISION='tf32')
 
 B, H, D = 2, 3, 64
-for T in (1, 49):
+for T, form in [(T, form) for T in (1, 49) for form in ('sweep', 'chunked')]:
     gen = torch.Generator().manual_seed(T)
     r = lambda *s: torch.randn(*s, generator=gen)
     leaves = [r(B, T, H, D) for _ in range(3)] + [F.logsigmoid(r(B, T, H, D) + 3) / 4
@@ -285,13 +284,13 @@ for T in (1, 49):
     do = r(B, T, H, D)
     a = [t.clone().requires_grad_() for t in leaves]
     b = [t.clone().requires_grad_() for t in leaves]
-    fused_bi_decay_attn(*a, scale=D ** -0.5).backward(do)
+    fused_bi_decay_attn(*a, scale=D ** -0.5, config=dict(form=form)).backward(do)
     two_call(*b, D ** -0.5).backward(do)
     # the metric of tests/test_gpu_fused_bi.py: max |a - b| / max(max |b|, 1e-2)
     errs = [((x.grad - y.grad).abs().max() / y.grad.abs().max().clamp_min(1e-2)).item()
             for x, y in zip(a, b)]
-    print(T, ' '.join('%.1e' % e for e in errs))
-    print('WORST_DG', T, max(errs[3:]))
+    print(T, form, ' '.join('%.1e' % e for e in errs))
+    print('WORST_DG', T, form, max(errs[3:]))
 '''
 
 
@@ -299,14 +298,16 @@ def test_gla_gate_gradient_under_emulated_tf32_dots():
     """Seen on an H200 (bf16, T=1): the GLA kernel's gate gradient was off by 0.34 / 0.48 of
     the test's scale, while its true value is 0 (q.dq and k.dk cancel, and TF32 rounding of
     k exp(-C) in dq left ~5e-4 of each). The diagonal now goes outside the factorised dots;
-    under emulated TF32 the gate gradient must be as good as the others."""
+    under emulated TF32 the gate gradient must be as good as the others, in the sweep and
+    in the chunked form."""
     env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
     res = subprocess.run([sys.executable, '-c', TF32_EMULATED], env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    worst = {int(line.split()[1]): float(line.split()[2])
+    worst = {(int(line.split()[1]), line.split()[2]): float(line.split()[3])
              for line in res.stdout.splitlines() if line.startswith('WORST_DG')}
-    assert worst.keys() == {1, 49} and max(worst.values()) < 2e-3, res.stdout
+    assert worst.keys() == {(T, form) for T in (1, 49) for form in ('sweep', 'chunked')}
+    assert max(worst.values()) < 2e-3, res.stdout
 
 
 # The custom ops (fused_bi/op.py) under torch.library.opcheck: schema (no input mutated or
@@ -332,7 +333,8 @@ for T, per_channel, gates, segments, need_dg, form in [
         (70, True, 'stacked', None, True, 'sweep'), (70, True, 'shared', 2, True, 'sweep'),
         (20, True, 'stacked', None, False, 'sweep'),
         (70, False, 'stacked', None, True, 'chunked'),
-        (70, False, 'shared', None, False, 'chunked')]:
+        (70, False, 'shared', None, False, 'chunked'),
+        (70, True, 'stacked', None, True, 'chunked')]:
     q, k, v, g = inputs(T, per_channel, gates)
     cfg = FusedBiConfig(segments=segments, form=form).to_op_args()
     torch.library.opcheck(op.fused_bi_fwd, (q, k, v, g, 0.3, *cfg))
@@ -346,7 +348,8 @@ def loss(q, k, v, gf, gb, config):
                                config=config).square().sum()
 for per_channel, separate, config in [(True, True, dict(segments=2)),
                                       (False, False, FusedBiConfig()),
-                                      (False, True, dict(form='chunked'))]:
+                                      (False, True, dict(form='chunked')),
+                                      (True, True, dict(form='chunked'))]:
     T = 70
     q, k, v, _ = inputs(T, per_channel, 'shared')
     gshape = (B, T, H, K) if per_channel else (B, T, H)
@@ -371,15 +374,15 @@ def test_custom_ops_pass_opcheck_and_compile_in_one_graph():
     fused_bi_bwd: opcheck passes for both (scalar and per-channel gates, stacked and stride-0
     gates, one and two segments, with and without the gate gradient), and the entry with glue
     on both sides traces as one graph whose compiled gradients equal eager's exactly and the
-    token loop's within float error; the same for the chunked form (scalar decay)."""
+    token loop's within float error; the same for the chunked form."""
     env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
     res = subprocess.run([sys.executable, '-c', OPCHECKED], env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     lines = res.stdout.splitlines()
-    assert sum(line.startswith('OPCHECK') for line in lines) == 7, res.stdout
+    assert sum(line.startswith('OPCHECK') for line in lines) == 8, res.stdout
     assert [line for line in lines if line.startswith(('GRAPHS', 'EQUAL'))] == [
-        'GRAPHS 1 0', 'EQUAL True'] * 3, res.stdout
+        'GRAPHS 1 0', 'EQUAL True'] * 4, res.stdout
     assert max(float(line.split()[1]) for line in lines if line.startswith('NAIVE')) < 1e-4
 
 

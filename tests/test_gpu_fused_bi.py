@@ -228,8 +228,7 @@ CHUNKED_CASES = [pytest.param(g, d, marks=pytest.mark.xdist_group(f'chunked-{g}-
 def test_fused_bi_chunked_form(gates, dtype, L, batch, heads):
     """The chunk-parallel form (FusedBiConfig(form='chunked')) against the chunked fp32
     reference, the token loop (up to NAIVE_MAX_L) and the sweep form on the same input,
-    output and every gradient, for B*H from 1 to 48 (head dim 64). Per key channel (GLA)
-    only the forward is chunked so far; the gradients come from the sweep's backward."""
+    output and every gradient, for B*H from 1 to 48 (head dim 64)."""
     gen = torch.Generator(device='cuda').manual_seed(L)
     r = (lambda *s: torch.randn(*s, device='cuda', generator=gen))
     leaves = [r(batch, L, heads, D) for _ in range(3)]

@@ -29,8 +29,10 @@ that memory traffic, about one more pass over k per pass at K = V = 32.
 import triton
 import triton.language as tl
 
-from .common import _chunk_ptrs, _kv_tile, _load_tile, _own_decay, _state_step, _sweep_pos
-from .gla import _gla_fwd_step_exact
+from .common import (_chunk_ptrs, _kv_tile, _load_tile, _other_decay, _own_decay, _state_step,
+                     _sweep_pos)
+from .gla import (_chunk_dA, _dg_piece, _gla_bwd_other_step_exact, _gla_bwd_own_step_exact,
+                  _gla_fwd_step_exact)
 
 
 @triton.jit
@@ -226,3 +228,89 @@ def _chunk_gla_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h,
             S_in = _gla_fwd_step_exact(q, k, v, g, o_dir, S_in, scale, pos_j, i_bh // H,
                                        i_bh % H, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BC,
                                        BK, BV, PRECISION)
+
+
+@triton.jit
+def _chunk_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, S, scale, T, H, sg_d, sg_b, sg_t,
+                          sg_h, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                          BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                          PRECISION: tl.constexpr, NEED_DG: tl.constexpr, SAFE: tl.constexpr):
+    """:func:`_chunk_bwd_kernel` with per-key-channel decays (GLA), split as the sweep's
+    backward is (``gla._bi_gla_bwd_kernel``: one [BK, BV] state per program): axis 2 is
+    2 * part + d. Part 0 gives dq of scan d on chunk i from the state entering it (S[0]);
+    part 1 gives dk, dv of scan d from the adjoint state entering it from the later chunks
+    (S[1]), walking the chunk in the opposite sweep's token order, which is the sweep's 'other
+    scan' of direction 1 - d. dg [2, 2, B, T, H, K] takes the raw per-token q.dq (slot 2d) and
+    k.dk (slot 2d + 1). Chunks decaying past exp(-SAFE) go in the sweep's exact BC-token steps;
+    elsewhere the diagonal s = t is added outside the factorised dots, as in the sweep."""
+    i, i_bh, i_pd = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_part, i_dir = i_pd // 2, i_pd % 2
+    i_b, i_h = i_bh // H, i_bh % H
+    B = tl.num_programs(1) // H
+    NT = tl.num_programs(0)
+    NS: tl.constexpr = BT // BC
+    rows = 2 * tl.num_programs(1) * NT
+    row = (i_dir * tl.num_programs(1) + i_bh) * NT + i
+    ar = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    diag = ar[:, None] == ar[None, :]
+    run = tl.zeros([BK], dtype=tl.float32)        # (the exact steps' running sums, unused)
+    if i_part == 0:
+        S_in = tl.load(_kv_tile(S + row * BK * BV, BK, BV))
+        pos = _sweep_pos(i, i_dir, NT, BT)
+        b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
+        p_g = g + i_dir * sg_d + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
+        C, C_last = _own_decay(p_g, m_k)
+        if tl.min(C_last, 0) > -SAFE:
+            b_k, b_v, _, b_do, dA, dA_diag = _chunk_dA(k, v, do, i_b, i_h, pos, T, H, diag, K,
+                                                       V, BK, BV, PRECISION)
+            kf = b_k.to(tl.float32)
+            b_dq = tl.dot(tl.where(ar[:, None] > ar[None, :], dA, 0.), kf * tl.exp(-C),
+                          input_precision=PRECISION)
+            b_dq += tl.dot(b_do.to(tl.float32), tl.trans(S_in), input_precision=PRECISION)
+            b_dq = (b_dq * tl.exp(C) + dA_diag[:, None] * kf) * scale
+            p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+            tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
+            if NEED_DG:
+                _dg_piece(dg, b_q.to(tl.float32) * b_dq, run, 2 * i_dir, pos, m_k, i_b, i_h, B,
+                          T, H, K, BK, True, True)
+        else:
+            for j in range(NS):
+                S_in, run = _gla_bwd_own_step_exact(
+                    q, k, v, g, do, dq, dg, S_in, run, scale,
+                    _sweep_pos(i * NS + j, i_dir, NT * NS, BC), i_b, i_h, i_dir, B, T, H, sg_d,
+                    sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION, NEED_DG, True)
+    else:
+        i_opp = 1 - i_dir                        # the chunk's tokens in the opposite order
+        dH_in = tl.load(_kv_tile(S + (rows + row) * BK * BV, BK, BV))
+        pos = _sweep_pos(NT - 1 - i, i_opp, NT, BT)
+        b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
+        p_g = g + i_dir * sg_d + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
+        E, E_tot = _other_decay(p_g, m_k)        # E_s: decay from s to the chunk's end
+        if tl.min(E_tot, 0) > -SAFE:
+            b_k, b_v, m_v, b_do, dA, dA_diag = _chunk_dA(k, v, do, i_b, i_h, pos, T, H, diag,
+                                                         K, V, BK, BV, PRECISION)
+            qf = b_q.to(tl.float32)
+            q_hat = qf * tl.exp(-E)
+            b_dk = tl.dot(tl.trans(tl.where(ar[:, None] < ar[None, :], dA, 0.)), q_hat,
+                          input_precision=PRECISION)
+            b_dk += tl.dot(b_v.to(tl.float32), tl.trans(dH_in), input_precision=PRECISION)
+            b_dk = (b_dk * tl.exp(E) + dA_diag[:, None] * qf) * scale
+            b_ke = (b_k * tl.exp(E)).to(b_k.dtype)
+            A = tl.dot(q_hat.to(b_q.dtype), tl.trans(b_ke), input_precision=PRECISION)
+            b_dv = tl.dot(tl.trans(tl.where(ar[:, None] <= ar[None, :], A, 0.)).to(b_do.dtype),
+                          b_do, input_precision=PRECISION)
+            b_dv = (b_dv + tl.dot(b_ke, dH_in.to(b_k.dtype), input_precision=PRECISION)) * scale
+            p_dk, _ = _chunk_ptrs(dk + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+            p_dv, _ = _chunk_ptrs(dv + i_dir * B * T * H * V, i_b, i_h, pos, T, H, V, BV)
+            tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_k)
+            tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
+            if NEED_DG:
+                _dg_piece(dg, b_k.to(tl.float32) * b_dk, run, 2 * i_dir + 1, pos, m_k, i_b, i_h,
+                          B, T, H, K, BK, False, True)
+        else:
+            for j in range(NS):
+                dH_in, run = _gla_bwd_other_step_exact(
+                    q, k, v, g, do, dk, dv, dg, dH_in, run, scale,
+                    _sweep_pos((NT - 1 - i) * NS + j, i_opp, NT * NS, BC), i_b, i_h, i_opp, B,
+                    T, H, sg_d, sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION, NEED_DG, True)

@@ -32,9 +32,7 @@ class FusedBiConfig:
             with the state in registers) or 'chunked' (``chunked.py``: the chunks' own parts
             and local states in parallel over (chunk, batch x head, direction), a short
             sequential pass over the chunk states, then the states' contribution in
-            parallel). 'chunked' is built for scalar decay (simple_gla, RetNet) only:
-            per-key-channel decay (GLA) runs the sweep under either form. The segment
-            fields apply to the sweep only.
+            parallel), for every decay family. The segment fields apply to the sweep only.
     """
     segments: Optional[int] = None
     long_tokens: int = 4096

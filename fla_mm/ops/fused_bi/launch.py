@@ -5,8 +5,8 @@ pass, and the two passes that run them on real tensors (:func:`run_forward`,
 import torch
 import triton
 
-from .chunked import (_chunk_bwd_kernel, _chunk_fwd_kernel, _chunk_gla_fwd_kernel,
-                      _chunk_scan_kernel, _chunk_state_kernel)
+from .chunked import (_chunk_bwd_kernel, _chunk_fwd_kernel, _chunk_gla_bwd_kernel,
+                      _chunk_gla_fwd_kernel, _chunk_scan_kernel, _chunk_state_kernel)
 from .config import DEFAULT_CONFIG
 from .gla import _bi_gla_bwd_kernel, _bi_gla_fwd_kernel, _bi_gla_seg_state_kernel
 from .scalar import _bi_bwd_kernel, _bi_fwd_kernel, _bi_seg_state_kernel
@@ -97,7 +97,7 @@ def run_forward(q, k, v, g, scale, config):
     B, T, H, _ = q.shape
     per_channel = g.dim() == 5
     meta = _meta(q, v, per_channel)
-    if _chunked(config, g, backward=False):
+    if _chunked(config):
         return _chunked_forward(q, k, v, g, scale, meta, _launch_options(meta, False, config))
     o2 = _output_pair(q, v)
     nseg, cps = _segments(T, meta['BT'], per_channel, config=config)
@@ -174,7 +174,7 @@ def run_backward(q, k, v, g, do, scale, config, need_dg):
     per_channel = g.dim() == 5
     meta = _meta(q, v, per_channel)
     do = do.contiguous()
-    if _chunked(config, g, backward=True):
+    if _chunked(config):
         return _chunked_backward(q, k, v, g, do, scale, meta,
                                  _launch_options(meta, True, config), need_dg)
     buffers = _backward_buffers(q, k, v, g, need_dg)
@@ -198,7 +198,7 @@ def run_backward(q, k, v, g, do, scale, config, need_dg):
 def fake_backward(q, k, v, g, config, need_dg):
     """What :func:`run_backward` returns (shapes, dtypes, strides), without running kernels."""
     q, k, v, g = _prepared(q, k, v, g)
-    if _chunked(config, g, backward=True):
+    if _chunked(config):
         return _chunked_backward_results(need_dg, *_chunked_backward_buffers(q, k, v, g, need_dg))
     nseg, _ = _segments(q.shape[1], CHUNK, g.dim() == 5, backward=True, config=config)
     return _backward_results(g, nseg, need_dg, *_backward_buffers(q, k, v, g, need_dg))
@@ -216,10 +216,9 @@ def _segment_buffers(q, BH, nseg, meta):
 
 # --- the chunked form (``chunked.py``) -------------------------------------------------------
 
-def _chunked(config, g, backward):
-    """Whether a pass runs the chunk-parallel kernels: ``form='chunked'``, and for the
-    backward a scalar decay (per key channel, the backward has only the sweep so far)."""
-    return config.form == 'chunked' and (g.dim() == 4 or not backward)
+def _chunked(config):
+    """Whether a pass runs the chunk-parallel kernels (``chunked.py``) or the sweep."""
+    return config.form == 'chunked'
 
 
 def _chunk_states(q, k, v, g, do, meta, options, backward, f32):
@@ -259,7 +258,7 @@ def _chunked_forward(q, k, v, g, scale, meta, options):
 
 def _chunked_backward_buffers(q, k, v, g, need_dg):
     """Both scan directions' dq, dk, dv [2, ...] and, with ``need_dg``, their per-token gate
-    terms [2, B, T, H] (fp32)."""
+    terms [2, B, T, H(, K)] (fp32)."""
     dq2, dk2, dv2 = q.new_empty(2, *q.shape), k.new_empty(2, *k.shape), v.new_empty(2, *v.shape)
     dgt = q.new_empty(2, *g.shape[1:], dtype=torch.float32) if need_dg else q.new_empty(1)
     return dq2, dk2, dv2, dgt
@@ -273,7 +272,15 @@ def _chunked_backward(q, k, v, g, do, scale, meta, options, need_dg):
     B, T, H, _ = q.shape
     S = _chunk_states(q, k, v, g, do, meta, options, backward=True, f32=need_dg)
     dq2, dk2, dv2, dgt = _chunked_backward_buffers(q, k, v, g, need_dg)
-    _chunk_bwd_kernel[(triton.cdiv(T, CHUNK), B * H, 2)](
-        q, k, v, g, do, dq2, dk2, dv2, dgt, S, scale, T, H, *g.stride()[:4], **meta,
-        NEED_DG=need_dg, **options)
+    NT = triton.cdiv(T, CHUNK)
+    if g.dim() == 4:
+        _chunk_bwd_kernel[(NT, B * H, 2)](q, k, v, g, do, dq2, dk2, dv2, dgt, S, scale, T, H,
+                                          *g.stride()[:4], **meta, NEED_DG=need_dg, **options)
+    else:       # per key channel: q.dq and k.dk apart ([2, 2, ...]), parts in programs apart
+        dg = q.new_empty(2, 2, *g.shape[1:], dtype=torch.float32) if need_dg else dgt
+        _chunk_gla_bwd_kernel[(NT, B * H, 4)](q, k, v, g, do, dq2, dk2, dv2, dg, S, scale, T,
+                                              H, *g.stride()[:4], **meta, NEED_DG=need_dg,
+                                              **options)
+        if need_dg:
+            dgt = torch.sub(dg[:, 0], dg[:, 1], out=dgt)
     return _chunked_backward_results(need_dg, dq2, dk2, dv2, dgt)
