@@ -1,10 +1,11 @@
-"""Chunk-parallel kernels for a scalar log decay per head and token (simple_gla, RetNet): the
-``form='chunked'`` variant of :class:`~.config.FusedBiConfig`.
+"""Chunk-parallel kernels for both decay families, a scalar log decay per head and token
+(simple_gla, RetNet) and one per key channel (GLA): the ``form='chunked'`` variant of
+:class:`~.config.FusedBiConfig`.
 
-The sweep kernels (``scalar.py``) give one program a whole direction's run of chunks, so a
-pass has (batch x head) x 2 x segments programs, few at a backbone's shapes (6 (batch x head)
-pairs at FLAPyramid-T's stride-4 stage with mmseg's batch of 2). Here every pass is three
-launches, the first and last parallel over (chunk, batch x head, direction):
+The sweep kernels (``scalar.py``, ``gla.py``) give one program a whole direction's run of
+chunks, so a pass has (batch x head) x 2 x segments programs, few at a backbone's shapes
+(6 (batch x head) pairs at FLAPyramid-T's stride-4 stage with mmseg's batch of 2). Here every
+pass is three launches, the first and last parallel over (chunk, batch x head, direction):
 
 1. :func:`_chunk_state_kernel`: each chunk's local state, its keys decayed to the chunk's end
    (sum_s exp(C_last - C_s) k_s v_s^T), and its total log decay C_last; the backward also
@@ -19,12 +20,20 @@ launches, the first and last parallel over (chunk, batch x head, direction):
    backward's dq from S_in, its dk, dv from the adjoint state, and the per-token gate-gradient
    term q.dq - k.dk of the program's scan direction.
 
+Per key channel the state update is diag(exp(C_last)) S + K~^T V (the pass decays each state
+row by its channel's total), and the chunk's own part is the sweep's: the tensor-core form
+where every channel decays by less than exp(-SAFE) in the chunk, GLA's exact 16-token steps
+(reused from ``gla.py``) elsewhere; its backward keeps the sweep's split into a dq program
+and a dk, dv program per chunk.
+
 Direction d's programs read the chunks in d's sweep order (``common._sweep_pos``: direction 1
 walks chunks and tokens backwards), so the backward scan is the forward scan of the reversed
 sequence without a flip materialised; a program computes everything of its own scan direction
-and the two directions' pieces are summed afterwards, as the sweep does. States are fp32 in a
-buffer of (chunks x [K, V]) per (batch x head, direction): the price of the parallelism is
-that memory traffic, about one more pass over k per pass at K = V = 32.
+and the two directions' pieces are summed afterwards, as the sweep does. States are fp32, a
+[K, V] per chunk, (batch x head) and direction: the price of the parallelism is their memory
+traffic (per direction V / 32 times k's bytes in bf16, written once, read and rewritten by
+the pass, read once more) and one more read of k and v (and q, do) by the state kernel. One
+chunk (T <= 64) has no states to pass on: the output kernel alone runs, from zeros.
 """
 import triton
 import triton.language as tl
