@@ -199,7 +199,8 @@ def fake_backward(q, k, v, g, config, need_dg):
     """What :func:`run_backward` returns (shapes, dtypes, strides), without running kernels."""
     q, k, v, g = _prepared(q, k, v, g)
     if _chunked(config):
-        return _chunked_backward_results(need_dg, *_chunked_backward_buffers(q, k, v, g, need_dg))
+        buffers = _chunked_backward_buffers(q, k, v, g, need_dg)
+        return _chunked_backward_results(need_dg, *buffers)
     nseg, _ = _segments(q.shape[1], CHUNK, g.dim() == 5, backward=True, config=config)
     return _backward_results(g, nseg, need_dg, *_backward_buffers(q, k, v, g, need_dg))
 
@@ -247,6 +248,8 @@ def _chunk_states(q, k, v, g, do, meta, options, backward, f32):
 
 
 def _chunked_forward(q, k, v, g, scale, meta, options):
+    """:func:`run_forward` in the chunked form: the chunk states, then both directions'
+    outputs on every chunk (summed as the sweep's are)."""
     B, T, H, _ = q.shape
     S = _chunk_states(q, k, v, g, q, meta, options, backward=False, f32=False)
     o2 = _output_pair(q, v)
@@ -265,10 +268,14 @@ def _chunked_backward_buffers(q, k, v, g, need_dg):
 
 
 def _chunked_backward_results(need_dg, dq2, dk2, dv2, dgt):
+    """[dq, dk, dv] (+ the gate gradient) from the buffers of
+    :func:`_chunked_backward_buffers`; :func:`fake_backward` runs it on empty ones."""
     return _summed_grads(dq2, dk2, dv2) + ([_gate_grad_of_tokens(dgt)] if need_dg else [])
 
 
 def _chunked_backward(q, k, v, g, do, scale, meta, options, need_dg):
+    """:func:`run_backward` in the chunked form: the chunk states and adjoint states, then
+    every chunk's gradient pieces of both scan directions."""
     B, T, H, _ = q.shape
     S = _chunk_states(q, k, v, g, do, meta, options, backward=True, f32=need_dg)
     dq2, dk2, dv2, dgt = _chunked_backward_buffers(q, k, v, g, need_dg)
