@@ -32,8 +32,10 @@ sequence without a flip materialised; a program computes everything of its own s
 and the two directions' pieces are summed afterwards, as the sweep does. States are fp32, a
 [K, V] per chunk, (batch x head) and direction: the price of the parallelism is their memory
 traffic (per direction V / 32 times k's bytes in bf16, written once, read and rewritten by
-the pass, read once more) and one more read of k and v (and q, do) by the state kernel. One
-chunk (T <= 64) has no states to pass on: the output kernel alone runs, from zeros.
+the pass, read once more) and one more read of k and v (and q, do) by the state kernel. Their
+offsets are 64-bit (the backward's buffer passes 2^31 elements at B*H = 48, 65536 tokens and
+d = 128). One chunk (T <= 64) has no states to pass on: the output kernel alone runs, from
+zeros.
 """
 import triton
 import triton.language as tl
@@ -77,7 +79,7 @@ def _chunk_state_kernel(q, k, v, g, do, S, G, T, H, sg_d, sg_b, sg_t, sg_h, K: t
     adjoint state always has them. Every decay factor is exp of a partial sum within the
     chunk (<= 1), so per key channel no chunk needs GLA's exact steps here."""
     i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    row = (i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i
+    row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
     pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
         q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV,
         PER_CHANNEL)
@@ -93,7 +95,7 @@ def _chunk_state_kernel(q, k, v, g, do, S, G, T, H, sg_d, sg_b, sg_t, sg_h, K: t
     if BACKWARD:
         i_b, i_h = i_bh // H, i_bh % H
         b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
-        rows = 2 * tl.num_programs(1) * tl.num_programs(0)
+        rows = 2 * tl.num_programs(1) * tl.num_programs(0).to(tl.int64)
         tl.store(_kv_tile(S + (rows + row) * BK * BV, BK, BV),
                  _state_step(zero, 1.0, b_q * from_start, b_do, True, PRECISION))
 
@@ -113,7 +115,7 @@ def _chunk_scan_kernel(S, G, NT, ROWS, SIZE: tl.constexpr, BLOCK: tl.constexpr,
     memory, not NT."""
     row, i_blk, rev = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs = i_blk * BLOCK + tl.arange(0, BLOCK)
-    base = S + (rev * ROWS + row) * NT * SIZE + offs
+    base = S + ((rev * ROWS + row) * NT).to(tl.int64) * SIZE + offs
     rows = tl.arange(0, GROUP)
     carry = tl.zeros([BLOCK], dtype=tl.float32)
     for n0 in range(0, NT, GROUP):
@@ -141,7 +143,7 @@ def _chunk_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h, K: 
                       PRECISION: tl.constexpr):
     """Program (chunk i, bh, direction d): direction d's output on the chunk, into o[d]."""
     i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    row = (i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i
+    row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
     pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
         q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV, False)
     ar = tl.arange(0, BT)
@@ -168,8 +170,8 @@ def _chunk_bwd_kernel(q, k, v, g, do, dq, dk, dv, dgt, S, scale, T, H, sg_d, sg_
     after it in the sweep (S[1]) gives dk and dv. As in the sweep, the dots behind dq and dk
     take fp32 operands (TF32 for 16-bit inputs): they cancel in q.dq - k.dk."""
     i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    rows = 2 * tl.num_programs(1) * tl.num_programs(0)
-    row = (i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i
+    rows = 2 * tl.num_programs(1) * tl.num_programs(0).to(tl.int64)
+    row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
     pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
         q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV, False)
     i_b, i_h = i_bh // H, i_bh % H
@@ -215,7 +217,7 @@ def _chunk_gla_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h,
     exp(-SAFE) takes the tensor-core form (q exp(C)) (k exp(-C))^T masked; any other chunk
     goes in BC-token exact steps (``gla._gla_fwd_step_exact``) from its entering state."""
     i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    row = (i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i
+    row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
     pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
         q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV, True)
     S_in = tl.load(_kv_tile(S + row * BK * BV, BK, BV))
@@ -258,8 +260,8 @@ def _chunk_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, S, scale, T, H, sg_d, 
     B = tl.num_programs(1) // H
     NT = tl.num_programs(0)
     NS: tl.constexpr = BT // BC
-    rows = 2 * tl.num_programs(1) * NT
-    row = (i_dir * tl.num_programs(1) + i_bh) * NT + i
+    rows = 2 * tl.num_programs(1) * NT.to(tl.int64)
+    row = ((i_dir * tl.num_programs(1) + i_bh) * NT + i).to(tl.int64)
     ar = tl.arange(0, BT)
     ck = tl.arange(0, BK)
     diag = ar[:, None] == ar[None, :]
