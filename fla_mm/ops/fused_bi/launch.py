@@ -222,28 +222,42 @@ def _chunked(config):
     return config.form == 'chunked'
 
 
-def _chunk_states(q, k, v, g, do, meta, options, backward, f32):
+def _chunked_kernels(meta, per_channel, backward, f32):
+    """What a chunked pass launches, each kernel with its constexprs: the chunk-state kernel
+    (``f32``: fp32 operands for the keys' states, which the gate gradient needs), the pass
+    over the states, and the output (forward) or gradient (backward) kernel. Used by the
+    passes and by ``tools/benchmark.py compile``."""
+    BK, BV = meta['BK'], meta['BV']
+    state_meta = {n: meta[n] for n in ('K', 'V', 'BT', 'BK', 'BV', 'PRECISION')}
+    scan_meta = dict(SIZE=BK * BV, BLOCK=min(SCAN_BLOCK, BK * BV), GROUP=SCAN_GROUP,
+                     CHANNELS=BK if per_channel else 0, BV=BV)
+    if backward:
+        main = _chunk_gla_bwd_kernel if per_channel else _chunk_bwd_kernel
+        main_meta = dict(meta, NEED_DG=f32)
+    else:
+        main, main_meta = (_chunk_gla_fwd_kernel if per_channel else _chunk_fwd_kernel), meta
+    return [(_chunk_state_kernel, dict(state_meta, F32=f32, BACKWARD=backward,
+                                       PER_CHANNEL=per_channel)),
+            (_chunk_scan_kernel, scan_meta), (main, main_meta)]
+
+
+def _chunk_states(q, k, v, g, do, kernels, options, backward):
     """The state entering every chunk of both directions' sweeps, [1 or 2, 2, B*H, NT, BK,
     BV] fp32 (the keys' states; with ``backward`` also the queries' adjoint states): local
     states in parallel over chunks, then the pass over them. One chunk: zeros, no launch."""
+    (state, state_meta), (scan, scan_meta), _ = kernels
     B, T, H, _ = q.shape
     NT = triton.cdiv(T, CHUNK)
     kinds = 2 if backward else 1
-    BK, BV = meta['BK'], meta['BV']
+    BK, BV = state_meta['BK'], state_meta['BV']
     shape = (kinds, 2, B * H, NT, BK, BV)
     if NT == 1:
         return q.new_zeros(shape, dtype=torch.float32)
-    per_channel = g.dim() == 5
     S = q.new_empty(shape, dtype=torch.float32)
-    G = q.new_empty(2, B * H, NT, *((BK,) if per_channel else ()), dtype=torch.float32)
-    state_meta = {n: meta[n] for n in ('K', 'V', 'BT', 'BK', 'BV', 'PRECISION')}
-    _chunk_state_kernel[(NT, B * H, 2)](q, k, v, g, do, S, G, T, H, *g.stride()[:4],
-                                        **state_meta, F32=f32, BACKWARD=backward,
-                                        PER_CHANNEL=per_channel, **options)
-    block = min(SCAN_BLOCK, BK * BV)
-    _chunk_scan_kernel[(2 * B * H, BK * BV // block, kinds)](
-        S, G, NT, 2 * B * H, SIZE=BK * BV, BLOCK=block, GROUP=SCAN_GROUP,
-        CHANNELS=BK if per_channel else 0, BV=BV)
+    G = q.new_empty(2, B * H, NT, *((BK,) if g.dim() == 5 else ()), dtype=torch.float32)
+    state[(NT, B * H, 2)](q, k, v, g, do, S, G, T, H, *g.stride()[:4], **state_meta, **options)
+    scan[(2 * B * H, BK * BV // scan_meta['BLOCK'], kinds)](S, G, NT, 2 * B * H, **scan_meta,
+                                                            **options)
     return S
 
 
@@ -251,11 +265,12 @@ def _chunked_forward(q, k, v, g, scale, meta, options):
     """:func:`run_forward` in the chunked form: the chunk states, then both directions'
     outputs on every chunk (summed as the sweep's are)."""
     B, T, H, _ = q.shape
-    S = _chunk_states(q, k, v, g, q, meta, options, backward=False, f32=False)
+    kernels = _chunked_kernels(meta, g.dim() == 5, backward=False, f32=False)
+    S = _chunk_states(q, k, v, g, q, kernels, options, backward=False)
     o2 = _output_pair(q, v)
-    kernel = _chunk_gla_fwd_kernel if g.dim() == 5 else _chunk_fwd_kernel
+    kernel, kernel_meta = kernels[2]
     kernel[(triton.cdiv(T, CHUNK), B * H, 2)](q, k, v, g, o2, S, scale, T, H, *g.stride()[:4],
-                                              **meta, **options)
+                                              **kernel_meta, **options)
     return _sum_pair(o2)
 
 
@@ -277,17 +292,18 @@ def _chunked_backward(q, k, v, g, do, scale, meta, options, need_dg):
     """:func:`run_backward` in the chunked form: the chunk states and adjoint states, then
     every chunk's gradient pieces of both scan directions."""
     B, T, H, _ = q.shape
-    S = _chunk_states(q, k, v, g, do, meta, options, backward=True, f32=need_dg)
+    kernels = _chunked_kernels(meta, g.dim() == 5, backward=True, f32=need_dg)
+    S = _chunk_states(q, k, v, g, do, kernels, options, backward=True)
     dq2, dk2, dv2, dgt = _chunked_backward_buffers(q, k, v, g, need_dg)
+    kernel, kernel_meta = kernels[2]
     NT = triton.cdiv(T, CHUNK)
     if g.dim() == 4:
-        _chunk_bwd_kernel[(NT, B * H, 2)](q, k, v, g, do, dq2, dk2, dv2, dgt, S, scale, T, H,
-                                          *g.stride()[:4], **meta, NEED_DG=need_dg, **options)
+        kernel[(NT, B * H, 2)](q, k, v, g, do, dq2, dk2, dv2, dgt, S, scale, T, H,
+                               *g.stride()[:4], **kernel_meta, **options)
     else:       # per key channel: q.dq and k.dk apart ([2, 2, ...]), parts in programs apart
         dg = q.new_empty(2, 2, *g.shape[1:], dtype=torch.float32) if need_dg else dgt
-        _chunk_gla_bwd_kernel[(NT, B * H, 4)](q, k, v, g, do, dq2, dk2, dv2, dg, S, scale, T,
-                                              H, *g.stride()[:4], **meta, NEED_DG=need_dg,
-                                              **options)
+        kernel[(NT, B * H, 4)](q, k, v, g, do, dq2, dk2, dv2, dg, S, scale, T, H,
+                               *g.stride()[:4], **kernel_meta, **options)
         if need_dg:
             dgt = torch.sub(dg[:, 0], dg[:, 1], out=dgt)
     return _chunked_backward_results(need_dg, dq2, dk2, dv2, dgt)
