@@ -177,7 +177,7 @@ def test_report_merges_runs_and_keeps_ratios_within_a_run(tmp_path):
 
 def test_compile_times_every_fused_kernel_for_hopper_without_a_gpu():
     """`benchmark.py compile` lowers each kernel a fused bi-scan launches to an sm_90 cubin
-    (Triton's bundled ptxas; no GPU here) and times it."""
+    (Triton's bundled ptxas; no GPU here) and times it, in the sweep and the chunked form."""
     rows = run_tool('benchmark', 'compile', '--kernels', 'scalar')
     assert [(r['segmented'], r['kernel']) for r in rows] == [
         (False, 'forward'), (False, 'backward'), (True, 'forward'), (True, 'backward'),
@@ -190,6 +190,12 @@ def test_compile_times_every_fused_kernel_for_hopper_without_a_gpu():
                      '{"bwd_warps": 8}')
     # 8 warps hold the backward's state in twice the threads: fewer spills than 4
     assert eight[1]['spill_store_bytes'] < rows[1]['spill_store_bytes']
+    chunked = run_tool('benchmark', 'compile', '--kernels', 'gla', '--fused-bi',
+                       '{"form": "chunked"}')
+    assert [r['kernel'] for r in chunked] == [
+        'chunk states, forward', 'chunk state pass', 'forward', 'chunk states, backward',
+        'backward']
+    assert all(r['form'] == 'chunked' and 0 < r['registers'] <= 255 for r in chunked)
 
 
 def test_fused_bi_config_reaches_the_op_level(tmp_path):

@@ -117,6 +117,141 @@ def test_fused_kernel_matches_two_call_in_triton_interpreter():
     assert max(worst.values()) < 1e-4, res.stdout
 
 
+# The chunk-parallel form (fused_bi/chunked.py, FusedBiConfig(form='chunked')) against the
+# token loop and against the sweep form: output and every gradient, fp32 with IEEE dots.
+# Each run notes which kernels ran: the chunked ones, no sweep.
+CHUNKED = PRELUDE + r"""
+import sys
+launched = []
+
+class Counted:      # a kernel whose launches are noted in ``launched`` by name
+    def __init__(self, name):
+        self.name, self.kernel = name, getattr(launch, name)
+
+    def __getitem__(self, grid):
+        launched.append(self.name)
+        return self.kernel[grid]
+
+for name in ('_chunk_state_kernel', '_chunk_scan_kernel', '_chunk_fwd_kernel',
+             '_chunk_bwd_kernel', '_chunk_gla_fwd_kernel', '_chunk_gla_bwd_kernel',
+             '_bi_fwd_kernel', '_bi_bwd_kernel', '_bi_gla_fwd_kernel', '_bi_gla_bwd_kernel'):
+    setattr(launch, name, Counted(name))
+gates = sys.argv[1]
+torch.manual_seed(0)
+worst = {'naive': 0.0, 'sweep': 0.0}
+# (600 tokens: 10 chunks, more than a load group of the pass over chunk states)
+for T, B, H in [(T, B, H) for T in (1, 49, 64, 100, 130)
+                for B, H in ((1, 1), (3, 1) if gates.startswith('separate') else (1, 3))] + (
+        [(600, 1, 1)] if gates == 'shared' else []):
+    K, V = 16, 32
+    x = [torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)]
+    shape = (B, T, H, K) if gates.endswith('gla') else (B, T, H)
+    gf = F.logsigmoid(torch.randn(*shape) + 2) / 2
+    gb = F.logsigmoid(torch.randn(*shape) + 2) / 2 if gates.startswith('separate') else None
+    if 'strong' in gates:     # the second chunk decays by ~exp(-800): GLA's exact steps
+        gf[:, 64:128] *= 100
+        gb[:, 64:128] *= 100
+    if gates == 'constant':   # RetNet: one decay per head, read through stride 0
+        gf = torch.log1p(-2.0 ** (-5.0 - torch.arange(H))).expand(B, T, H)
+    do = torch.randn(B, T, H, V)
+    runs = {}
+    for form in ('chunked', 'sweep', 'naive'):
+        leaves = [t.clone().requires_grad_() for t in x]
+        leaves += [t.clone().requires_grad_(gates != 'constant') for t in (gf, gb)
+                   if t is not None]
+        launched.clear()
+        if form == 'naive':
+            o = naive_bi_decay_attn(*leaves[:3], *leaves[3:], scale=0.3)
+        elif gates.startswith('separate') and T == 100:  # one [B, T, 2, H(, K)] view
+            o = fused_bi_decay_attn(*leaves[:3], torch.stack(leaves[3:], 2), scale=0.3,
+                                    stacked=True, config=dict(form=form))
+        else:
+            o = fused_bi_decay_attn(*leaves[:3], *leaves[3:], scale=0.3,
+                                    config=dict(form=form))
+        forward = sorted(set(launched))
+        launched.clear()
+        o.backward(do)
+        runs[form] = [o] + [t.grad for t in leaves if t.requires_grad]
+        if form == 'chunked':
+            print('LAUNCHED', T, ','.join(forward), ','.join(sorted(set(launched))))
+    for ref in ('naive', 'sweep'):
+        # (at T=1 the gate gradient is exactly 0 and ours is q.dq - k.dk ~ 1e-7: floor 1)
+        errs = [((a - b).abs().max() / b.abs().max().clamp_min(1.0 if i > 3 else 0)).item()
+                for i, (a, b) in enumerate(zip(runs['chunked'], runs[ref]))]
+        print(T, B, H, gates, ref, ' '.join('%.1e' % e for e in errs))
+        worst[ref] = max(worst[ref], max(errs))
+print('WORST', worst['naive'], worst['sweep'])
+"""
+
+
+@pytest.mark.parametrize('gates', ['shared', 'separate', 'constant', 'shared-gla',
+                                   'separate-strong-gla'])
+def test_chunked_form_matches_naive_and_sweep_in_triton_interpreter(gates):
+    """form='chunked': lengths of one chunk, a partial chunk, and 2-3 chunks with a partial
+    last one (the pass over chunk states, both ways), B*H 1 and 3, shared, separate (also as
+    one stacked view) and RetNet's constant gates (no gate gradient); per key channel (GLA)
+    also with a chunk that takes the exact steps: the output and every gradient within 1e-5
+    of the token loop and of the sweep form."""
+    env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
+    res = subprocess.run([sys.executable, '-c', CHUNKED, gates], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.splitlines()
+    launched = {int(line.split()[1]): [names.split(',') for names in line.split()[2:]]
+                for line in lines if line.startswith('LAUNCHED')}
+    gla = gates.endswith('gla')
+    states = ['_chunk_scan_kernel', '_chunk_state_kernel']
+    fwd = ['_chunk_gla_fwd_kernel' if gla else '_chunk_fwd_kernel']
+    bwd = ['_chunk_gla_bwd_kernel' if gla else '_chunk_bwd_kernel']
+    one = [fwd, bwd]                                    # one chunk: no states to pass on
+    several = [sorted(fwd + states), sorted(bwd + states)]
+    assert launched == {1: one, 49: one, 64: one, 100: several, 130: several,
+                        **({600: several} if gates == 'shared' else {})}, res.stdout
+    worst = [float(x) for line in lines if line.startswith('WORST') for x in line.split()[1:]]
+    assert len(worst) == 2 and max(worst) < 1e-5, res.stdout
+
+
+# The chunked form's pass over chunk states (chunked._chunk_scan_kernel) against a loop over
+# chunks, both kinds (sweep order and reversed), for chunk counts around its load group, with
+# one decay per row (scalar) and one per key channel of a [BK, BV] state.
+SCAN_PASS = r"""
+import torch
+from fla_mm.ops.fused_bi.chunked import _chunk_scan_kernel
+from fla_mm.ops.fused_bi.launch import SCAN_GROUP
+torch.manual_seed(0)
+ROWS, BK, BV, BLOCK = 3, 16, 16, 128
+for channels in (0, BK):
+    for NT in (1, 7, SCAN_GROUP, SCAN_GROUP + 1, 2 * SCAN_GROUP + 1):
+        S = torch.randn(2, ROWS, NT, BK, BV)
+        G = -torch.rand(ROWS, NT, *([BK] if channels else []))
+        decay = (G if channels else G[..., None]).exp()[..., None]      # [ROWS, NT, BK or 1, 1]
+        want = S.clone()
+        for kind, order in enumerate((range(NT), range(NT - 1, -1, -1))):
+            for r in range(ROWS):
+                carry = torch.zeros(BK, BV)
+                for i in order:
+                    want[kind, r, i] = carry
+                    carry = carry * decay[r, i] + S[kind, r, i]
+        got = S.clone()
+        _chunk_scan_kernel[(ROWS, BK * BV // BLOCK, 2)](
+            got, G, NT, ROWS, SIZE=BK * BV, BLOCK=BLOCK, GROUP=SCAN_GROUP, CHANNELS=channels,
+            BV=BV)
+        err = (got - want).abs().max() / want.abs().max().clamp_min(1)
+        print('ERR', channels, NT, err.item())
+"""
+
+
+def test_chunk_state_pass_in_triton_interpreter():
+    """The states entering each chunk, in both orders, for 1 chunk to more than two load
+    groups (a partial last group included), scalar and per-key-channel decays."""
+    env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
+    res = subprocess.run([sys.executable, '-c', SCAN_PASS], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    errs = [float(line.split()[3]) for line in res.stdout.splitlines() if line.startswith('ERR')]
+    assert len(errs) == 10 and max(errs) < 1e-6, res.stdout
+
+
 # Hopper's TF32 dots on CPU: the interpreter multiplies fp32 exactly, so round the operands of
 # every dot that asks for 'tf32' to 10 mantissa bits, as the tensor cores do, and ask for
 # 'tf32' as the kernel does for 16-bit inputs (the interpreter cannot run bf16 itself).
@@ -141,7 +276,7 @@ meta = launch._meta
 launch._meta = lambda q, v, per_channel: dict(meta(q, v, per_channel), PRECISION='tf32')
 
 B, H, D = 2, 3, 64
-for T in (1, 49):
+for T, form in [(T, form) for T in (1, 49) for form in ('sweep', 'chunked')]:
     gen = torch.Generator().manual_seed(T)
     r = lambda *s: torch.randn(*s, generator=gen)
     leaves = [r(B, T, H, D) for _ in range(3)] + [F.logsigmoid(r(B, T, H, D) + 3) / 4
@@ -149,13 +284,13 @@ for T in (1, 49):
     do = r(B, T, H, D)
     a = [t.clone().requires_grad_() for t in leaves]
     b = [t.clone().requires_grad_() for t in leaves]
-    fused_bi_decay_attn(*a, scale=D ** -0.5).backward(do)
+    fused_bi_decay_attn(*a, scale=D ** -0.5, config=dict(form=form)).backward(do)
     two_call(*b, D ** -0.5).backward(do)
     # the metric of tests/test_gpu_fused_bi.py: max |a - b| / max(max |b|, 1e-2)
     errs = [((x.grad - y.grad).abs().max() / y.grad.abs().max().clamp_min(1e-2)).item()
             for x, y in zip(a, b)]
-    print(T, ' '.join('%.1e' % e for e in errs))
-    print('WORST_DG', T, max(errs[3:]))
+    print(T, form, ' '.join('%.1e' % e for e in errs))
+    print('WORST_DG', T, form, max(errs[3:]))
 '''
 
 
@@ -163,14 +298,16 @@ def test_gla_gate_gradient_under_emulated_tf32_dots():
     """Seen on an H200 (bf16, T=1): the GLA kernel's gate gradient was off by 0.34 / 0.48 of
     the test's scale, while its true value is 0 (q.dq and k.dk cancel, and TF32 rounding of
     k exp(-C) in dq left ~5e-4 of each). The diagonal now goes outside the factorised dots;
-    under emulated TF32 the gate gradient must be as good as the others."""
+    under emulated TF32 the gate gradient must be as good as the others, in the sweep and
+    in the chunked form."""
     env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
     res = subprocess.run([sys.executable, '-c', TF32_EMULATED], env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    worst = {int(line.split()[1]): float(line.split()[2])
+    worst = {(int(line.split()[1]), line.split()[2]): float(line.split()[3])
              for line in res.stdout.splitlines() if line.startswith('WORST_DG')}
-    assert worst.keys() == {1, 49} and max(worst.values()) < 2e-3, res.stdout
+    assert worst.keys() == {(T, form) for T in (1, 49) for form in ('sweep', 'chunked')}
+    assert max(worst.values()) < 2e-3, res.stdout
 
 
 # The custom ops (fused_bi/op.py) under torch.library.opcheck: schema (no input mutated or
@@ -191,12 +328,15 @@ def inputs(T, per_channel, gates):
     else:                       # one tensor for both directions, read through stride 0
         g = (F.logsigmoid(torch.randn(B, T, *shape) + 2) / 2).expand(2, B, T, *shape)
     return q, k, v, g
-for T, per_channel, gates, segments, need_dg in [
-        (70, False, 'stacked', 2, True), (70, False, 'shared', None, False),
-        (70, True, 'stacked', None, True), (70, True, 'shared', 2, True),
-        (20, True, 'stacked', None, False)]:
+for T, per_channel, gates, segments, need_dg, form in [
+        (70, False, 'stacked', 2, True, 'sweep'), (70, False, 'shared', None, False, 'sweep'),
+        (70, True, 'stacked', None, True, 'sweep'), (70, True, 'shared', 2, True, 'sweep'),
+        (20, True, 'stacked', None, False, 'sweep'),
+        (70, False, 'stacked', None, True, 'chunked'),
+        (70, False, 'shared', None, False, 'chunked'),
+        (70, True, 'stacked', None, True, 'chunked')]:
     q, k, v, g = inputs(T, per_channel, gates)
-    cfg = FusedBiConfig(segments=segments).to_op_args()
+    cfg = FusedBiConfig(segments=segments, form=form).to_op_args()
     torch.library.opcheck(op.fused_bi_fwd, (q, k, v, g, 0.3, *cfg))
     torch.library.opcheck(op.fused_bi_bwd, (q, k, v, g, torch.randn(B, T, H, V), 0.3, *cfg,
                                            need_dg))
@@ -207,7 +347,9 @@ def loss(q, k, v, gf, gb, config):
     return fused_bi_decay_attn(q * 2, k, v, -F.softplus(gf), gb, scale=0.3,
                                config=config).square().sum()
 for per_channel, separate, config in [(True, True, dict(segments=2)),
-                                      (False, False, FusedBiConfig())]:
+                                      (False, False, FusedBiConfig()),
+                                      (False, True, dict(form='chunked')),
+                                      (True, True, dict(form='chunked'))]:
     T = 70
     q, k, v, _ = inputs(T, per_channel, 'shared')
     gshape = (B, T, H, K) if per_channel else (B, T, H)
@@ -232,15 +374,15 @@ def test_custom_ops_pass_opcheck_and_compile_in_one_graph():
     fused_bi_bwd: opcheck passes for both (scalar and per-channel gates, stacked and stride-0
     gates, one and two segments, with and without the gate gradient), and the entry with glue
     on both sides traces as one graph whose compiled gradients equal eager's exactly and the
-    token loop's within float error."""
+    token loop's within float error; the same for the chunked form."""
     env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
     res = subprocess.run([sys.executable, '-c', OPCHECKED], env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     lines = res.stdout.splitlines()
-    assert sum(line.startswith('OPCHECK') for line in lines) == 5, res.stdout
+    assert sum(line.startswith('OPCHECK') for line in lines) == 8, res.stdout
     assert [line for line in lines if line.startswith(('GRAPHS', 'EQUAL'))] == [
-        'GRAPHS 1 0', 'EQUAL True'] * 2, res.stdout
+        'GRAPHS 1 0', 'EQUAL True'] * 4, res.stdout
     assert max(float(line.split()[1]) for line in lines if line.startswith('NAIVE')) < 1e-4
 
 
@@ -248,7 +390,8 @@ def test_config_crosses_the_op_boundary_as_ints():
     """FusedBiConfig reaches the custom ops as (segments or None, [the other fields]) and comes
     back equal; the schema holds no object and mutates nothing."""
     from fla_mm.ops.fused_bi import op  # noqa: F401  (registers the ops)
-    for config in (FusedBiConfig(), FusedBiConfig(segments=3, long_tokens=128, bwd_warps=8)):
+    for config in (FusedBiConfig(), FusedBiConfig(segments=3, long_tokens=128, bwd_warps=8),
+                   FusedBiConfig(form='chunked')):
         segments, counts = config.to_op_args()
         assert segments is config.segments and all(type(c) is int for c in counts)
         assert FusedBiConfig.from_op_args(segments, counts) == config
@@ -337,7 +480,8 @@ def test_config_is_frozen_and_checked():
     with pytest.raises(ValueError, match='unknown key.*SEGMENTS; valid: segments, long_tokens'):
         FusedBiConfig.from_dict({'SEGMENTS': 3})
     for bad in (dict(segments=0), dict(long_segments=-1), dict(fwd_warps=3),
-                dict(bwd_stages=1.5), dict(gla_fwd_segments=True)):
+                dict(bwd_stages=1.5), dict(gla_fwd_segments=True), dict(form='tiled'),
+                dict(form=1)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             FusedBiConfig(**bad)
     assert FusedBiConfig.coerce(None) == FusedBiConfig()

@@ -51,7 +51,7 @@ def _run(fn, leaves, gates, dtype, do):
     elif gates.startswith('shared'):
         gf, gb = xs[3], xs[3]
     else:
-        gf = gb = ops.retnet_decay(H, 'cuda').expand(B, xs[0].shape[1], H)
+        gf = gb = ops.retnet_decay(xs[0].shape[2], 'cuda').expand(*xs[0].shape[:3])
     o = fn(xs[0], xs[1], xs[2], gf, gb)
     o.backward(do.to(o.dtype))
     return o, [x.grad for x in xs]
@@ -212,3 +212,45 @@ def test_fused_gla_exact_steps(dtype, gates, L):
                f'{e_two:.2e} ({name_two}))')
     assert e_ref < TOL[dtype], (gates, dtype, L, e_ref, e_two)
     assert e_naive is None or e_naive < TOL[dtype], (gates, dtype, L, e_naive)
+
+
+
+CHUNKED_SHAPES = [pytest.param(b, h, id=f'BH{b * h}') for b, h in ((1, 1), (2, 3), (8, 6))]
+CHUNKED_CASES = [pytest.param(g, d, marks=pytest.mark.xdist_group(f'chunked-{g}-{i}'),
+                              id=f'{g}-{i}')
+                 for g in ('shared', 'separate', 'constant', 'shared-gla', 'separate-gla')
+                 for d, i in ((torch.float32, 'fp32'), (torch.bfloat16, 'bf16'))]
+
+
+@pytest.mark.parametrize('batch,heads', CHUNKED_SHAPES)
+@pytest.mark.parametrize('L', [1, 49, 100, 196, 3136, 16384, 65536])
+@pytest.mark.parametrize('gates,dtype', CHUNKED_CASES)
+def test_fused_bi_chunked_form(gates, dtype, L, batch, heads):
+    """The chunk-parallel form (FusedBiConfig(form='chunked')) against the chunked fp32
+    reference, the token loop (up to NAIVE_MAX_L) and the sweep form on the same input,
+    output and every gradient, for B*H from 1 to 48 (head dim 64)."""
+    gen = torch.Generator(device='cuda').manual_seed(L)
+    r = (lambda *s: torch.randn(*s, device='cuda', generator=gen))
+    leaves = [r(batch, L, heads, D) for _ in range(3)]
+    gshape = (batch, L, heads) + ((D,) if gates.endswith('gla') else ())
+    leaves += [F.logsigmoid(r(*gshape) + 3) / 4
+               for _ in range({'constant': 0, 'shared': 1, 'separate': 2}[gates.split('-')[0]])]
+    do = r(batch, L, heads, D)
+    scale = D ** -0.5
+
+    def fused(form):
+        return lambda q, k, v, gf, gb: ops.bi_decay_attn(q, k, v, gf, gb, scale=scale,
+                                                         kernel='fused', config=dict(form=form))
+    out, grads = _run(fused('chunked'), leaves, gates, dtype, do)
+    e_sweep, n_sweep = _worst_named(out, grads, *_run(fused('sweep'), leaves, gates, dtype, do))
+    ref, g_ref = _reference_run(leaves, gates, dtype, do, scale)
+    e_ref, n_ref = _worst_named(out, grads, ref, g_ref)
+    e_naive, naive_note = _vs_naive(out, grads, leaves, gates, dtype, do, scale)
+    gpu_report(f'\nfused_bi chunked {gates:9s} {str(dtype)[6:]:9s} L={L:6d} '
+               f'B*H={batch * heads:2d}  vs sweep={e_sweep:.2e} ({n_sweep})  '
+               f'vs reference={e_ref:.2e} ({n_ref}){naive_note}')
+    assert e_ref < TOL[dtype], (gates, dtype, L, batch, heads, e_ref, n_ref)
+    assert e_naive is None or e_naive < TOL[dtype], (gates, dtype, L, batch, heads, e_naive)
+    assert e_sweep < TOL[dtype], (gates, dtype, L, batch, heads, e_sweep, n_sweep)
+    e_dg = max([_rel(a, b) for a, b in zip(grads[3:], g_ref[3:]) if b is not None] + [0])
+    assert e_dg < DG_TOL[dtype], (gates, dtype, L, batch, heads, e_dg)

@@ -34,8 +34,8 @@ def _compile_times(args):
     config = FusedBiConfig.coerce(args.fused_bi)
     dtype = torch_dtype(args.dtype)
     data = {torch.bfloat16: '*bf16', torch.float16: '*fp16', torch.float32: '*fp32'}[dtype]
-    fp32_buffers = {'g', 'dg', 'dg_tot', 'seg_S', 'seg_G', 'seg_dH', 'seg_E'}
-    ints = {'T', 'H', 'sg_d', 'sg_b', 'sg_t', 'sg_h', 'CPS', 'NSEG'}
+    fp32_buffers = {'g', 'dg', 'dg_tot', 'seg_S', 'seg_G', 'seg_dH', 'seg_E', 'S', 'G', 'dgt'}
+    ints = {'T', 'H', 'sg_d', 'sg_b', 'sg_t', 'sg_h', 'CPS', 'NSEG', 'NT', 'ROWS'}
     d = args.head_dim
     target = GPUTarget('cuda', args.arch, 32)
     rows = []
@@ -43,16 +43,7 @@ def _compile_times(args):
         per_channel = kind == 'gla'
         meta = fb._meta(torch.empty(1, 1, 1, d, dtype=dtype), torch.empty(1, 1, 1, d),
                         per_channel)
-        state, state_meta, fwd, _ = fb._kernels(meta, per_channel, backward=False)
-        _, _, bwd, _ = fb._kernels(meta, per_channel, backward=True)
-        for segmented in (False, True):
-            variants = [('forward', fwd, dict(meta, SEGMENTED=segmented), False),
-                        ('backward', bwd, dict(meta, SEGMENTED=segmented, NEED_DG=True), True)]
-            if segmented:
-                variants += [('segment states, forward', state, dict(state_meta, BACKWARD=False),
-                              False),
-                             ('segment states, backward', state, dict(state_meta, BACKWARD=True),
-                              True)]
+        for segmented, variants in _variants(meta, per_channel, config):
             for name, fn, consts, backward in variants:
                 sig, cx = {}, {}
                 for i, n in enumerate(fn.arg_names):
@@ -65,22 +56,57 @@ def _compile_times(args):
                 compiled = triton.compile(ASTSource(fn, sig, cx), target=target,
                                           options=fb._launch_options(meta, backward, config))
                 seconds = time.perf_counter() - t0
-                row = dict(kernels=kind, segmented=segmented, kernel=name, seconds=seconds,
+                row = dict(kernels=kind, form=config.form, segmented=segmented, kernel=name,
+                           seconds=seconds,
                            cubin_bytes=len(compiled.asm['cubin']),
                            **_ptxas_usage(compiled.asm['ptx'], args.arch))
                 rows.append(row)
-                print(f"[compile] {kind:6s} {'segmented' if segmented else 'one segment':11s} "
+                print(f"[compile] {kind:6s} {_label(config, segmented):11s} "
                       f'{name:26s} {seconds:6.1f} s  cubin {row["cubin_bytes"] // 1024} KiB  '
                       f'{row["registers"]} registers, spills {row["spill_store_bytes"]} B '
                       f'stored / {row["spill_load_bytes"]} B loaded', flush=True)
     for kind in args.kernels:
-        for segmented in (False, True):
+        for segmented in sorted({r['segmented'] for r in rows if r['kernels'] == kind}):
             total = sum(r['seconds'] for r in rows if r['kernels'] == kind
                         and r['segmented'] == segmented)
-            print(f"[compile] {kind} {'segmented' if segmented else 'one segment'}: first call "
+            print(f"[compile] {kind} {_label(config, segmented)}: first call "
                   f'compiles {total:.1f} s (sm_{args.arch}, {args.dtype}, head dim {d}, triton '
                   f'{triton.__version__}, {os.cpu_count()} CPUs)')
     return rows
+
+
+def _variants(meta, per_channel, config):
+    """[(segmented, [(name, kernel, constexprs, backward)])]: every kernel variant the passes
+    launch in ``config``'s form. The sweep: forward and backward with one segment, and with
+    segments also the two segment-state kernels; the chunked form: each pass's chunk-state
+    kernel, the pass over the states (the same kernel in both passes) and its main kernel."""
+    if config.form == 'chunked':
+        variants = []
+        for backward in (False, True):
+            name = 'backward' if backward else 'forward'
+            (state, state_meta), (scan, scan_meta), (main, main_meta) = fb._chunked_kernels(
+                meta, per_channel, backward, f32=backward)
+            variants += [(f'chunk states, {name}', state, state_meta, backward)]
+            variants += [] if backward else [('chunk state pass', scan, scan_meta, False)]
+            variants += [(name, main, main_meta, backward)]
+        return [(False, variants)]
+    state, state_meta, fwd, _ = fb._kernels(meta, per_channel, backward=False)
+    _, _, bwd, _ = fb._kernels(meta, per_channel, backward=True)
+    result = []
+    for segmented in (False, True):
+        variants = [('forward', fwd, dict(meta, SEGMENTED=segmented), False),
+                    ('backward', bwd, dict(meta, SEGMENTED=segmented, NEED_DG=True), True)]
+        if segmented:
+            variants += [('segment states, forward', state, dict(state_meta, BACKWARD=False),
+                          False),
+                         ('segment states, backward', state, dict(state_meta, BACKWARD=True),
+                          True)]
+        result.append((segmented, variants))
+    return result
+
+
+def _label(config, segmented):
+    return 'chunked' if config.form == 'chunked' else 'segmented' if segmented else 'one segment'
 
 
 def _ptxas_usage(ptx, arch):

@@ -17,6 +17,9 @@ The files:
   cumulative decays of either scan, the state update).
 - ``scalar.py``: the kernels for a scalar decay per head (simple_gla, RetNet).
 - ``gla.py``: the kernels for a decay per key channel (GLA).
+- ``chunked.py``: the chunk-parallel form of both families (``FusedBiConfig.form='chunked'``):
+  per-chunk parts and states in parallel over (chunk, batch*head, direction), a short
+  sequential pass over the chunk states, then the states' contribution in parallel.
 - ``launch.py``: block sizes, launch options, segments per sweep, and the forward and
   backward passes that launch the kernels (with fake twins: same allocations, no kernels).
 - ``op.py``: the passes as custom ops ``fla_mm::fused_bi_fwd`` / ``fla_mm::fused_bi_bwd``
@@ -25,7 +28,7 @@ The files:
 - ``config.py``: :class:`FusedBiConfig`, the kernel variant (segment counts, warps, stages)
   passed in by the caller; every variant computes the same function.
 
-One program per (batch*head, direction) sweeps the chunks of its direction with the [K, V]
+The sweep form (the default): one program per (batch*head, direction) sweeps the chunks of its direction with the [K, V]
 state in registers: q, k, v and g are read once per direction, no state is stored, no flip is
 materialised (the reversed program loads its chunks in reversed token order). The backward
 kernel has the same shape: the program that sweeps left to right carries the forward

@@ -28,6 +28,11 @@ class FusedBiConfig:
         fwd_warps, fwd_stages, bwd_warps, bwd_stages: Triton ``num_warps`` / ``num_stages``
             of the forward / backward launches (fixed, nothing is autotuned: a cold machine
             compiles one variant). Head dims above 64 take at least 8 warps.
+        form: 'sweep' (one program per (batch x head, direction, segment) sweeps its chunks
+            with the state in registers) or 'chunked' (``chunked.py``: the chunks' own parts
+            and local states in parallel over (chunk, batch x head, direction), a short
+            sequential pass over the chunk states, then the states' contribution in
+            parallel), for every decay family. The segment fields apply to the sweep only.
     """
     segments: Optional[int] = None
     long_tokens: int = 4096
@@ -37,11 +42,15 @@ class FusedBiConfig:
     fwd_stages: int = 3
     bwd_warps: int = 4
     bwd_stages: int = 2
+    form: str = 'sweep'
 
     def __post_init__(self):
+        if self.form not in FORMS:
+            raise ValueError(f'FusedBiConfig.form must be one of {", ".join(FORMS)} '
+                             f'(got {self.form!r})')
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == 'segments' and value is None:
+            if f.name == 'form' or f.name == 'segments' and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f'FusedBiConfig.{f.name} must be an int >= 1'
@@ -78,17 +87,24 @@ class FusedBiConfig:
     def to_op_args(self):
         """The config as the custom ops (``op.py``) take it, in types a schema has:
         ``segments`` (an int or None) and the other fields as an int list
-        (:data:`OP_COUNT_FIELDS` order). :meth:`from_op_args` is the inverse."""
-        return self.segments, [getattr(self, name) for name in OP_COUNT_FIELDS]
+        (:data:`OP_COUNT_FIELDS` order; ``form`` as its index in :data:`FORMS`).
+        :meth:`from_op_args` is the inverse."""
+        return self.segments, [FORMS.index(self.form) if name == 'form' else
+                               getattr(self, name) for name in OP_COUNT_FIELDS]
 
     @classmethod
     def from_op_args(cls, segments, counts):
-        return cls(segments=segments, **dict(zip(OP_COUNT_FIELDS, counts, strict=True)))
+        fields = dict(zip(OP_COUNT_FIELDS, counts, strict=True))
+        return cls(segments=segments, **dict(fields, form=FORMS[fields['form']]))
+
+
+# the kernel forms, by their index in the custom ops' int list
+FORMS = ('sweep', 'chunked')
 
 
 DEFAULT_CONFIG = FusedBiConfig()
 # (module constants, not dataclasses.fields calls, where torch.compile traces: a dict config
 # inside a compiled region is read without a graph break)
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(FusedBiConfig))
-# the fields after ``segments``, all ints >= 1: the int list of FusedBiConfig.to_op_args
+# the fields after ``segments`` (ints >= 1, and ``form`` by index): FusedBiConfig.to_op_args
 OP_COUNT_FIELDS = tuple(name for name in FIELD_NAMES if name != 'segments')

@@ -5,6 +5,8 @@ pass, and the two passes that run them on real tensors (:func:`run_forward`,
 import torch
 import triton
 
+from .chunked import (_chunk_bwd_kernel, _chunk_fwd_kernel, _chunk_gla_bwd_kernel,
+                      _chunk_gla_fwd_kernel, _chunk_scan_kernel, _chunk_state_kernel)
 from .config import DEFAULT_CONFIG
 from .gla import _bi_gla_bwd_kernel, _bi_gla_fwd_kernel, _bi_gla_seg_state_kernel
 from .scalar import _bi_bwd_kernel, _bi_fwd_kernel, _bi_seg_state_kernel
@@ -12,6 +14,8 @@ from .scalar import _bi_bwd_kernel, _bi_fwd_kernel, _bi_seg_state_kernel
 CHUNK = 64        # tokens per chunk
 GLA_STEP = 16     # per-key-channel decay, exact fallback: tokens per [BC, BC, BK] step
 GLA_SAFE = 60.0   # ... taken by chunks that decay by more than exp(-GLA_SAFE) in a channel
+SCAN_BLOCK = 128  # chunked form, the pass over chunk states: state elements per program,
+SCAN_GROUP = 8    # ... and chunks per load
 
 
 def _meta(q, v, per_channel):
@@ -93,6 +97,8 @@ def run_forward(q, k, v, g, scale, config):
     B, T, H, _ = q.shape
     per_channel = g.dim() == 5
     meta = _meta(q, v, per_channel)
+    if _chunked(config):
+        return _chunked_forward(q, k, v, g, scale, meta, _launch_options(meta, False, config))
     o2 = _output_pair(q, v)
     nseg, cps = _segments(T, meta['BT'], per_channel, config=config)
     seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
@@ -139,14 +145,24 @@ def _backward_results(g, nseg, need_dg, dq2, dk2, dv2, dg, dg_tot):
         dgrad = torch.sub(dg_tot.unsqueeze(2), dg[:, 0], out=torch.empty_like(g))
         grads = [dgrad.sub_(dg[:, 1])]
     elif need_dg:
-        # per-token dG = q.dq - k.dk; forward gates reach every later t (suffix sum),
-        # backward gates every earlier t (prefix sum); scanned along a contiguous T axis
-        d = (dg[:, 0] - dg[:, 1]).movedim(2, -1).contiguous()
-        pre = d.cumsum(-1)
-        grads = [torch.stack([pre[0][..., -1:] - pre[0] + d[0], pre[1]]).movedim(-1, 2)]
-    # sums in place: no third buffer per gradient at the backward's peak (the pair's
-    # storage lives on only until autograd has passed the gradient on)
-    return [dq2[0].add_(dq2[1]), dk2[0].add_(dk2[1]), dv2[0].add_(dv2[1])] + grads
+        grads = [_gate_grad_of_tokens(dg[:, 0] - dg[:, 1])]
+    return _summed_grads(dq2, dk2, dv2) + grads
+
+
+def _summed_grads(dq2, dk2, dv2):
+    """[dq, dk, dv], both directions' pieces summed in place: no third buffer per gradient at
+    the backward's peak (the pair's storage lives on only until autograd has passed the
+    gradient on)."""
+    return [dq2[0].add_(dq2[1]), dk2[0].add_(dk2[1]), dv2[0].add_(dv2[1])]
+
+
+def _gate_grad_of_tokens(d):
+    """The gate gradient [2, B, T, H(, K)] from the per-token dG = q.dq - k.dk of each scan
+    direction (``d``, the same shape, fp32): forward gates reach every later t (suffix sum),
+    backward gates every earlier t (prefix sum); scanned along a contiguous T axis."""
+    d = d.movedim(2, -1).contiguous()
+    pre = d.cumsum(-1)
+    return torch.stack([pre[0][..., -1:] - pre[0] + d[0], pre[1]]).movedim(-1, 2)
 
 
 def run_backward(q, k, v, g, do, scale, config, need_dg):
@@ -158,6 +174,9 @@ def run_backward(q, k, v, g, do, scale, config, need_dg):
     per_channel = g.dim() == 5
     meta = _meta(q, v, per_channel)
     do = do.contiguous()
+    if _chunked(config):
+        return _chunked_backward(q, k, v, g, do, scale, meta,
+                                 _launch_options(meta, True, config), need_dg)
     buffers = _backward_buffers(q, k, v, g, need_dg)
     dq2, dk2, dv2, dg, dg_tot = buffers
     state_kernel, seg_meta, kernel, programs = _kernels(meta, per_channel, True)
@@ -179,6 +198,9 @@ def run_backward(q, k, v, g, do, scale, config, need_dg):
 def fake_backward(q, k, v, g, config, need_dg):
     """What :func:`run_backward` returns (shapes, dtypes, strides), without running kernels."""
     q, k, v, g = _prepared(q, k, v, g)
+    if _chunked(config):
+        buffers = _chunked_backward_buffers(q, k, v, g, need_dg)
+        return _chunked_backward_results(need_dg, *buffers)
     nseg, _ = _segments(q.shape[1], CHUNK, g.dim() == 5, backward=True, config=config)
     return _backward_results(g, nseg, need_dg, *_backward_buffers(q, k, v, g, need_dg))
 
@@ -191,3 +213,97 @@ def _segment_buffers(q, BH, nseg, meta):
     channels = (meta['BK'],) if 'BC' in meta else ()
     return (q.new_empty(2, BH, nseg, meta['BK'], meta['BV'], dtype=torch.float32),
             q.new_empty(2, BH, nseg, *channels, dtype=torch.float32))
+
+
+# --- the chunked form (``chunked.py``) -------------------------------------------------------
+
+def _chunked(config):
+    """Whether a pass runs the chunk-parallel kernels (``chunked.py``) or the sweep."""
+    return config.form == 'chunked'
+
+
+def _chunked_kernels(meta, per_channel, backward, f32):
+    """What a chunked pass launches, each kernel with its constexprs: the chunk-state kernel
+    (``f32``: fp32 operands for the keys' states, which the gate gradient needs), the pass
+    over the states, and the output (forward) or gradient (backward) kernel. Used by the
+    passes and by ``tools/benchmark.py compile``."""
+    BK, BV = meta['BK'], meta['BV']
+    state_meta = {n: meta[n] for n in ('K', 'V', 'BT', 'BK', 'BV', 'PRECISION')}
+    scan_meta = dict(SIZE=BK * BV, BLOCK=min(SCAN_BLOCK, BK * BV), GROUP=SCAN_GROUP,
+                     CHANNELS=BK if per_channel else 0, BV=BV)
+    if backward:
+        main = _chunk_gla_bwd_kernel if per_channel else _chunk_bwd_kernel
+        main_meta = dict(meta, NEED_DG=f32)
+    else:
+        main, main_meta = (_chunk_gla_fwd_kernel if per_channel else _chunk_fwd_kernel), meta
+    return [(_chunk_state_kernel, dict(state_meta, F32=f32, BACKWARD=backward,
+                                       PER_CHANNEL=per_channel)),
+            (_chunk_scan_kernel, scan_meta), (main, main_meta)]
+
+
+def _chunk_states(q, k, v, g, do, kernels, options, backward):
+    """The state entering every chunk of both directions' sweeps, [1 or 2, 2, B*H, NT, BK,
+    BV] fp32 (the keys' states; with ``backward`` also the queries' adjoint states): local
+    states in parallel over chunks, then the pass over them. One chunk: zeros, no launch."""
+    (state, state_meta), (scan, scan_meta), _ = kernels
+    B, T, H, _ = q.shape
+    NT = triton.cdiv(T, CHUNK)
+    kinds = 2 if backward else 1
+    BK, BV = state_meta['BK'], state_meta['BV']
+    shape = (kinds, 2, B * H, NT, BK, BV)
+    if NT == 1:
+        return q.new_zeros(shape, dtype=torch.float32)
+    S = q.new_empty(shape, dtype=torch.float32)
+    G = q.new_empty(2, B * H, NT, *((BK,) if g.dim() == 5 else ()), dtype=torch.float32)
+    state[(NT, B * H, 2)](q, k, v, g, do, S, G, T, H, *g.stride()[:4], **state_meta, **options)
+    scan[(2 * B * H, BK * BV // scan_meta['BLOCK'], kinds)](S, G, NT, 2 * B * H, **scan_meta,
+                                                            **options)
+    return S
+
+
+def _chunked_forward(q, k, v, g, scale, meta, options):
+    """:func:`run_forward` in the chunked form: the chunk states, then both directions'
+    outputs on every chunk (summed as the sweep's are)."""
+    B, T, H, _ = q.shape
+    kernels = _chunked_kernels(meta, g.dim() == 5, backward=False, f32=False)
+    S = _chunk_states(q, k, v, g, q, kernels, options, backward=False)
+    o2 = _output_pair(q, v)
+    kernel, kernel_meta = kernels[2]
+    kernel[(triton.cdiv(T, CHUNK), B * H, 2)](q, k, v, g, o2, S, scale, T, H, *g.stride()[:4],
+                                              **kernel_meta, **options)
+    return _sum_pair(o2)
+
+
+def _chunked_backward_buffers(q, k, v, g, need_dg):
+    """Both scan directions' dq, dk, dv [2, ...] and, with ``need_dg``, their per-token gate
+    terms [2, B, T, H(, K)] (fp32)."""
+    dq2, dk2, dv2 = q.new_empty(2, *q.shape), k.new_empty(2, *k.shape), v.new_empty(2, *v.shape)
+    dgt = q.new_empty(2, *g.shape[1:], dtype=torch.float32) if need_dg else q.new_empty(1)
+    return dq2, dk2, dv2, dgt
+
+
+def _chunked_backward_results(need_dg, dq2, dk2, dv2, dgt):
+    """[dq, dk, dv] (+ the gate gradient) from the buffers of
+    :func:`_chunked_backward_buffers`; :func:`fake_backward` runs it on empty ones."""
+    return _summed_grads(dq2, dk2, dv2) + ([_gate_grad_of_tokens(dgt)] if need_dg else [])
+
+
+def _chunked_backward(q, k, v, g, do, scale, meta, options, need_dg):
+    """:func:`run_backward` in the chunked form: the chunk states and adjoint states, then
+    every chunk's gradient pieces of both scan directions."""
+    B, T, H, _ = q.shape
+    kernels = _chunked_kernels(meta, g.dim() == 5, backward=True, f32=need_dg)
+    S = _chunk_states(q, k, v, g, do, kernels, options, backward=True)
+    dq2, dk2, dv2, dgt = _chunked_backward_buffers(q, k, v, g, need_dg)
+    kernel, kernel_meta = kernels[2]
+    NT = triton.cdiv(T, CHUNK)
+    if g.dim() == 4:
+        kernel[(NT, B * H, 2)](q, k, v, g, do, dq2, dk2, dv2, dgt, S, scale, T, H,
+                               *g.stride()[:4], **kernel_meta, **options)
+    else:       # per key channel: q.dq and k.dk apart ([2, 2, ...]), parts in programs apart
+        dg = q.new_empty(2, 2, *g.shape[1:], dtype=torch.float32) if need_dg else dgt
+        kernel[(NT, B * H, 4)](q, k, v, g, do, dq2, dk2, dv2, dg, S, scale, T, H,
+                               *g.stride()[:4], **kernel_meta, **options)
+        if need_dg:
+            dgt = torch.sub(dg[:, 0], dg[:, 1], out=dgt)
+    return _chunked_backward_results(need_dg, dq2, dk2, dv2, dgt)

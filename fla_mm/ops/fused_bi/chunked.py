@@ -1,0 +1,327 @@
+"""Chunk-parallel kernels for both decay families, a scalar log decay per head and token
+(simple_gla, RetNet) and one per key channel (GLA): the ``form='chunked'`` variant of
+:class:`~.config.FusedBiConfig`.
+
+The sweep kernels (``scalar.py``, ``gla.py``) give one program a whole direction's run of
+chunks, so a pass has (batch x head) x 2 x segments programs, few at a backbone's shapes
+(6 (batch x head) pairs at FLAPyramid-T's stride-4 stage with mmseg's batch of 2). Here every
+pass is three launches, the first and last parallel over (chunk, batch x head, direction):
+
+1. :func:`_chunk_state_kernel`: each chunk's local state, its keys decayed to the chunk's end
+   (sum_s exp(C_last - C_s) k_s v_s^T), and its total log decay C_last; the backward also
+   sums the adjoint state of the chunk's queries (sum_t exp(C_t) q_t do_t^T), whose decay
+   runs from the chunk's start.
+2. :func:`_chunk_scan_kernel`: a short sequential pass over the chunk states only (one
+   [K, V] update per chunk, split over element blocks), replacing each local state in place by
+   the state that enters the chunk: S_in[i+1] = exp(C_last[i]) S_in[i] + S_loc[i] in sweep
+   order, and for the adjoint the same recurrence in reversed chunk order.
+3. :func:`_chunk_fwd_kernel` / :func:`_chunk_bwd_kernel`: the chunk's own causal part (in
+   sweep order) plus the incoming state's contribution, o += exp(C_t) q_t S_in; the
+   backward's dq from S_in, its dk, dv from the adjoint state, and the per-token gate-gradient
+   term q.dq - k.dk of the program's scan direction.
+
+Per key channel the state update is diag(exp(C_last)) S + K~^T V (the pass decays each state
+row by its channel's total), and the chunk's own part is the sweep's: the tensor-core form
+where every channel decays by less than exp(-SAFE) in the chunk, GLA's exact 16-token steps
+(reused from ``gla.py``) elsewhere; its backward keeps the sweep's split into a dq program
+and a dk, dv program per chunk.
+
+Direction d's programs read the chunks in d's sweep order (``common._sweep_pos``: direction 1
+walks chunks and tokens backwards), so the backward scan is the forward scan of the reversed
+sequence without a flip materialised; a program computes everything of its own scan direction
+and the two directions' pieces are summed afterwards, as the sweep does. States are fp32, a
+[K, V] per chunk, (batch x head) and direction: the price of the parallelism is their memory
+traffic (per direction V / 32 times k's bytes in bf16, written once, read and rewritten by
+the pass, read once more) and one more read of k and v (and q, do) by the state kernel. Their
+offsets are 64-bit (the backward's buffer passes 2^31 elements at B*H = 48, 65536 tokens and
+d = 128). One chunk (T <= 64) has no states to pass on: the output kernel alone runs, from
+zeros.
+"""
+import triton
+import triton.language as tl
+
+from .common import (_chunk_ptrs, _kv_tile, _load_tile, _other_decay, _own_decay, _state_step,
+                     _sweep_pos)
+from .gla import (_chunk_dA, _dg_piece, _gla_bwd_other_step_exact, _gla_bwd_own_step_exact,
+                  _gla_fwd_step_exact)
+
+
+@triton.jit
+def _chunk_tiles(q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr,
+                 V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                 PER_CHANNEL: tl.constexpr):
+    """Chunk i of direction i_dir's sweep: its token positions (sweep order), q, k, v tiles,
+    the masks of a K-wide and a V-wide tile, and its cumulative log decays C and their total
+    in the sweep's own scan ([BT] and a scalar; per key channel [BT, BK] and [BK])."""
+    i_b, i_h = i_bh // H, i_bh % H
+    NT = tl.cdiv(T, BT)
+    pos = _sweep_pos(i, i_dir, NT, BT)
+    b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
+    b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
+    b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
+    p_g = g + i_dir * sg_d + i_b * sg_b + i_h * sg_h
+    if PER_CHANNEL:
+        C, C_last = _own_decay(p_g + pos[:, None] * sg_t + tl.arange(0, BK)[None, :], m_k)
+    else:
+        C, C_last = _own_decay(p_g + pos * sg_t, (pos >= 0) & (pos < T))
+    return pos, b_q, b_k, b_v, m_k, m_v, C, C_last
+
+
+@triton.jit
+def _chunk_state_kernel(q, k, v, g, do, S, G, T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr,
+                        V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                        PRECISION: tl.constexpr, F32: tl.constexpr, BACKWARD: tl.constexpr,
+                        PER_CHANNEL: tl.constexpr):
+    """Program (chunk i, bh, direction d): the chunk's local state into S[0, d, bh, i] and its
+    total log decay into G[d, bh, i] (G[d, bh, i, :] per key channel); with BACKWARD also the
+    adjoint state of its queries and output gradients into S[1, d, bh, i]. F32: fp32 operands
+    for the state's dot (the gate gradient needs them, see ``common._state_step``); the
+    adjoint state always has them. Every decay factor is exp of a partial sum within the
+    chunk (<= 1), so per key channel no chunk needs GLA's exact steps here."""
+    i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
+    pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
+        q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV,
+        PER_CHANNEL)
+    if PER_CHANNEL:
+        to_end, from_start = tl.exp(C_last[None, :] - C), tl.exp(C)
+        tl.store(G + row * BK + tl.arange(0, BK), C_last)
+    else:
+        to_end, from_start = tl.exp(C_last - C)[:, None], tl.exp(C)[:, None]
+        tl.store(G + row, C_last)
+    zero = tl.zeros([BK, BV], dtype=tl.float32)
+    tl.store(_kv_tile(S + row * BK * BV, BK, BV),
+             _state_step(zero, 1.0, b_k * to_end, b_v, F32, PRECISION))
+    if BACKWARD:
+        i_b, i_h = i_bh // H, i_bh % H
+        b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
+        rows = 2 * tl.num_programs(1) * tl.num_programs(0).to(tl.int64)
+        tl.store(_kv_tile(S + (rows + row) * BK * BV, BK, BV),
+                 _state_step(zero, 1.0, b_q * from_start, b_do, True, PRECISION))
+
+
+@triton.jit
+def _chunk_scan_kernel(S, G, NT, ROWS, SIZE: tl.constexpr, BLOCK: tl.constexpr,
+                       GROUP: tl.constexpr, CHANNELS: tl.constexpr, BV: tl.constexpr):
+    """Program (row, element block, kind): the chunk states S[kind, row, :] of one (direction,
+    batch x head) row, replaced in place by the states entering each chunk. Kind 0 (states of
+    the keys) runs in sweep order, kind 1 (adjoint states of the queries) in reversed chunk
+    order; both decay by the chunks' total log decays G[row, :] (CHANNELS 0: one per head)
+    or G[row, :, :] (per key channel, CHANNELS of them: state element e is in channel
+    e // BV). Elementwise, so a state is split over programs at will; only the recurrence
+    over chunks is sequential. GROUP chunks
+    are loaded as one tile (their loads do not wait on the recurrence) and the recurrence
+    runs through them in registers, so a row of NT chunks waits on NT / GROUP round trips to
+    memory, not NT."""
+    row, i_blk, rev = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs = i_blk * BLOCK + tl.arange(0, BLOCK)
+    base = S + ((rev * ROWS + row) * NT).to(tl.int64) * SIZE + offs
+    rows = tl.arange(0, GROUP)
+    carry = tl.zeros([BLOCK], dtype=tl.float32)
+    for n0 in range(0, NT, GROUP):
+        n = n0 + rows
+        i = n + rev * (NT - 1 - 2 * n)           # chunk index, in the kind's order
+        ptrs = base[None, :] + i[:, None] * SIZE
+        local = tl.load(ptrs, mask=(n < NT)[:, None], other=0.)
+        if CHANNELS > 0:
+            decay = tl.exp(tl.load(G + (row * NT + i)[:, None] * CHANNELS + (offs // BV)[None, :],
+                                   mask=(n < NT)[:, None], other=0.))
+        else:
+            decay = tl.exp(tl.load(G + row * NT + i, mask=n < NT, other=0.))[:, None]
+        entering = tl.zeros([GROUP, BLOCK], dtype=tl.float32)
+        for j in tl.static_range(GROUP):
+            here = rows[:, None] == j
+            entering = tl.where(here, carry[None, :], entering)
+            carry = carry * tl.sum(tl.where(here, decay, 0.), 0) + \
+                tl.sum(tl.where(here, local, 0.), 0)
+        tl.store(ptrs, entering, mask=(n < NT)[:, None])
+
+
+@triton.jit
+def _chunk_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr,
+                      V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      PRECISION: tl.constexpr):
+    """Program (chunk i, bh, direction d): direction d's output on the chunk, into o[d]."""
+    i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
+    pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
+        q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV, False)
+    ar = tl.arange(0, BT)
+    causal = ar[:, None] >= ar[None, :]          # in sweep order: key s not after query t
+    S_in = tl.load(_kv_tile(S + row * BK * BV, BK, BV))
+    A = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)
+    A = A * tl.exp(tl.where(causal, C[:, None] - C[None, :], float('-inf')))
+    b_o = tl.dot(A.to(b_v.dtype), b_v, input_precision=PRECISION)
+    b_o += tl.dot((b_q * tl.exp(C)[:, None]).to(b_q.dtype), S_in.to(b_q.dtype),
+                  input_precision=PRECISION)
+    B = tl.num_programs(1) // H
+    p_o, _ = _chunk_ptrs(o + i_dir * B * T * H * V, i_bh // H, i_bh % H, pos, T, H, V, BV)
+    tl.store(p_o, (b_o * scale).to(p_o.dtype.element_ty), mask=m_v)
+
+
+@triton.jit
+def _chunk_bwd_kernel(q, k, v, g, do, dq, dk, dv, dgt, S, scale, T, H, sg_d, sg_b, sg_t, sg_h,
+                      K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, PRECISION: tl.constexpr, NEED_DG: tl.constexpr):
+    """Program (chunk i, bh, direction d): the gradients of direction d's scan on the chunk,
+    dq, dk, dv into [d] of their [2, B, T, H, *] buffers and, with NEED_DG, the per-token
+    q.dq - k.dk into dgt[d] (fp32; the gate gradient is its suffix sum in sweep order). The
+    state entering the chunk (S[0]) gives dq, the adjoint state entering it from the chunks
+    after it in the sweep (S[1]) gives dk and dv. As in the sweep, the dots behind dq and dk
+    take fp32 operands (TF32 for 16-bit inputs): they cancel in q.dq - k.dk."""
+    i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rows = 2 * tl.num_programs(1) * tl.num_programs(0).to(tl.int64)
+    row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
+    pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
+        q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV, False)
+    i_b, i_h = i_bh // H, i_bh % H
+    B = tl.num_programs(1) // H
+    b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
+    qf, kf = b_q.to(tl.float32), b_k.to(tl.float32)
+    S_in = tl.load(_kv_tile(S + row * BK * BV, BK, BV))
+    dH_in = tl.load(_kv_tile(S + (rows + row) * BK * BV, BK, BV))
+    ar = tl.arange(0, BT)
+    causal = ar[:, None] >= ar[None, :]          # [t, s]: s not after t, in sweep order
+    M = tl.exp(tl.where(causal, C[:, None] - C[None, :], float('-inf')))
+    A = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * M      # decayed q_t . k_s
+    dA = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION) * M    # decayed do_t . v_s
+    to_end = tl.exp(C_last - C)[:, None]         # key s to the chunk's end
+    b_dq = tl.dot(dA, kf, input_precision=PRECISION)
+    b_dq += tl.exp(C)[:, None] * tl.dot(b_do.to(tl.float32), tl.trans(S_in),
+                                        input_precision=PRECISION)
+    b_dq *= scale
+    b_dk = tl.dot(tl.trans(dA), qf, input_precision=PRECISION)
+    b_dk += to_end * tl.dot(b_v.to(tl.float32), tl.trans(dH_in), input_precision=PRECISION)
+    b_dk *= scale
+    b_dv = tl.dot(tl.trans(A).to(b_do.dtype), b_do, input_precision=PRECISION)
+    b_dv += to_end * tl.dot(b_k, dH_in.to(b_k.dtype), input_precision=PRECISION)
+    b_dv *= scale
+    p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+    p_dk, _ = _chunk_ptrs(dk + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+    p_dv, _ = _chunk_ptrs(dv + i_dir * B * T * H * V, i_b, i_h, pos, T, H, V, BV)
+    tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
+    tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_k)
+    tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
+    if NEED_DG:
+        tl.store(dgt + i_dir * B * T * H + (i_b * T + pos) * H + i_h,
+                 tl.sum(qf * b_dq, 1) - tl.sum(kf * b_dk, 1), mask=(pos >= 0) & (pos < T))
+
+
+@triton.jit
+def _chunk_gla_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h,
+                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                          BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
+                          SAFE: tl.constexpr):
+    """:func:`_chunk_fwd_kernel` with per-key-channel decays g [2, B, T, H, K] (GLA). As in
+    the sweep (``gla._bi_gla_fwd_kernel``), a chunk whose channels all decay by less than
+    exp(-SAFE) takes the tensor-core form (q exp(C)) (k exp(-C))^T masked; any other chunk
+    goes in BC-token exact steps (``gla._gla_fwd_step_exact``) from its entering state."""
+    i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
+    pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
+        q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV, True)
+    S_in = tl.load(_kv_tile(S + row * BK * BV, BK, BV))
+    o_dir = o + i_dir * (tl.num_programs(1) // H) * T * H * V
+    if tl.min(C_last, 0) > -SAFE:
+        ar = tl.arange(0, BT)
+        b_qg = (b_q * tl.exp(C)).to(b_q.dtype)
+        A = tl.dot(b_qg, tl.trans((b_k * tl.exp(-C)).to(b_k.dtype)), input_precision=PRECISION)
+        A = tl.where(ar[:, None] >= ar[None, :], A, 0.)
+        b_o = tl.dot(A.to(b_v.dtype), b_v, input_precision=PRECISION)
+        b_o += tl.dot(b_qg, S_in.to(b_q.dtype), input_precision=PRECISION)
+        p_o, _ = _chunk_ptrs(o_dir, i_bh // H, i_bh % H, pos, T, H, V, BV)
+        tl.store(p_o, (b_o * scale).to(p_o.dtype.element_ty), mask=m_v)
+    else:
+        NS: tl.constexpr = BT // BC
+        NT = tl.num_programs(0)
+        for j in range(NS):
+            pos_j = _sweep_pos(i * NS + j, i_dir, NT * NS, BC)
+            S_in = _gla_fwd_step_exact(q, k, v, g, o_dir, S_in, scale, pos_j, i_bh // H,
+                                       i_bh % H, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BC,
+                                       BK, BV, PRECISION)
+
+
+@triton.jit
+def _chunk_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, S, scale, T, H, sg_d, sg_b, sg_t,
+                          sg_h, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                          BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                          PRECISION: tl.constexpr, NEED_DG: tl.constexpr, SAFE: tl.constexpr):
+    """:func:`_chunk_bwd_kernel` with per-key-channel decays (GLA), split as the sweep's
+    backward is (``gla._bi_gla_bwd_kernel``: one [BK, BV] state per program): axis 2 is
+    2 * part + d. Part 0 gives dq of scan d on chunk i from the state entering it (S[0]);
+    part 1 gives dk, dv of scan d from the adjoint state entering it from the later chunks
+    (S[1]), walking the chunk in the opposite sweep's token order, which is the sweep's 'other
+    scan' of direction 1 - d. dg [2, 2, B, T, H, K] takes the raw per-token q.dq (slot 2d) and
+    k.dk (slot 2d + 1). Chunks decaying past exp(-SAFE) go in the sweep's exact BC-token steps;
+    elsewhere the diagonal s = t is added outside the factorised dots, as in the sweep."""
+    i, i_bh, i_pd = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_part, i_dir = i_pd // 2, i_pd % 2
+    i_b, i_h = i_bh // H, i_bh % H
+    B = tl.num_programs(1) // H
+    NT = tl.num_programs(0)
+    NS: tl.constexpr = BT // BC
+    rows = 2 * tl.num_programs(1) * NT.to(tl.int64)
+    row = ((i_dir * tl.num_programs(1) + i_bh) * NT + i).to(tl.int64)
+    ar = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    diag = ar[:, None] == ar[None, :]
+    run = tl.zeros([BK], dtype=tl.float32)        # (the exact steps' running sums, unused)
+    if i_part == 0:
+        S_in = tl.load(_kv_tile(S + row * BK * BV, BK, BV))
+        pos = _sweep_pos(i, i_dir, NT, BT)
+        b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
+        p_g = g + i_dir * sg_d + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
+        C, C_last = _own_decay(p_g, m_k)
+        if tl.min(C_last, 0) > -SAFE:
+            b_k, b_v, _, b_do, dA, dA_diag = _chunk_dA(k, v, do, i_b, i_h, pos, T, H, diag, K,
+                                                       V, BK, BV, PRECISION)
+            kf = b_k.to(tl.float32)
+            b_dq = tl.dot(tl.where(ar[:, None] > ar[None, :], dA, 0.), kf * tl.exp(-C),
+                          input_precision=PRECISION)
+            b_dq += tl.dot(b_do.to(tl.float32), tl.trans(S_in), input_precision=PRECISION)
+            b_dq = (b_dq * tl.exp(C) + dA_diag[:, None] * kf) * scale
+            p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+            tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
+            if NEED_DG:
+                _dg_piece(dg, b_q.to(tl.float32) * b_dq, run, 2 * i_dir, pos, m_k, i_b, i_h, B,
+                          T, H, K, BK, True, True)
+        else:
+            for j in range(NS):
+                S_in, run = _gla_bwd_own_step_exact(
+                    q, k, v, g, do, dq, dg, S_in, run, scale,
+                    _sweep_pos(i * NS + j, i_dir, NT * NS, BC), i_b, i_h, i_dir, B, T, H, sg_d,
+                    sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION, NEED_DG, True)
+    else:
+        i_opp = 1 - i_dir                        # the chunk's tokens in the opposite order
+        dH_in = tl.load(_kv_tile(S + (rows + row) * BK * BV, BK, BV))
+        pos = _sweep_pos(NT - 1 - i, i_opp, NT, BT)
+        b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
+        p_g = g + i_dir * sg_d + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
+        E, E_tot = _other_decay(p_g, m_k)        # E_s: decay from s to the chunk's end
+        if tl.min(E_tot, 0) > -SAFE:
+            b_k, b_v, m_v, b_do, dA, dA_diag = _chunk_dA(k, v, do, i_b, i_h, pos, T, H, diag,
+                                                         K, V, BK, BV, PRECISION)
+            qf = b_q.to(tl.float32)
+            q_hat = qf * tl.exp(-E)
+            b_dk = tl.dot(tl.trans(tl.where(ar[:, None] < ar[None, :], dA, 0.)), q_hat,
+                          input_precision=PRECISION)
+            b_dk += tl.dot(b_v.to(tl.float32), tl.trans(dH_in), input_precision=PRECISION)
+            b_dk = (b_dk * tl.exp(E) + dA_diag[:, None] * qf) * scale
+            b_ke = (b_k * tl.exp(E)).to(b_k.dtype)
+            A = tl.dot(q_hat.to(b_q.dtype), tl.trans(b_ke), input_precision=PRECISION)
+            b_dv = tl.dot(tl.trans(tl.where(ar[:, None] <= ar[None, :], A, 0.)).to(b_do.dtype),
+                          b_do, input_precision=PRECISION)
+            b_dv = (b_dv + tl.dot(b_ke, dH_in.to(b_k.dtype), input_precision=PRECISION)) * scale
+            p_dk, _ = _chunk_ptrs(dk + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+            p_dv, _ = _chunk_ptrs(dv + i_dir * B * T * H * V, i_b, i_h, pos, T, H, V, BV)
+            tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_k)
+            tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
+            if NEED_DG:
+                _dg_piece(dg, b_k.to(tl.float32) * b_dk, run, 2 * i_dir + 1, pos, m_k, i_b, i_h,
+                          B, T, H, K, BK, False, True)
+        else:
+            for j in range(NS):
+                dH_in, run = _gla_bwd_other_step_exact(
+                    q, k, v, g, do, dk, dv, dg, dH_in, run, scale,
+                    _sweep_pos((NT - 1 - i) * NS + j, i_opp, NT * NS, BC), i_b, i_h, i_opp, B,
+                    T, H, sg_d, sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION, NEED_DG, True)
