@@ -125,14 +125,18 @@ def _backward_buffers(q, k, v, g, need_dg):
     gradient is asked for, its per-direction pieces dg [2, 2, B, T, H(, K)] and sums dg_tot
     [2, B, H(, K)] (fp32)."""
     B, _, H, _ = q.shape
-    dq2, dk2 = q.new_empty(2, *q.shape), k.new_empty(2, *k.shape)
-    dv2 = v.new_empty(2, *v.shape)
+    dq2, dk2, dv2 = _grad_pairs(q, k, v)
     if need_dg:
         dg = q.new_empty(2, 2, *g.shape[1:], dtype=torch.float32)
         dg_tot = q.new_empty(2, B, H, *g.shape[4:], dtype=torch.float32)
     else:
         dg = dg_tot = q.new_empty(1)
     return dq2, dk2, dv2, dg, dg_tot
+
+
+def _grad_pairs(q, k, v):
+    """Both scan directions' dq, dk, dv [2, ...], summed by :func:`_summed_grads`."""
+    return q.new_empty(2, *q.shape), k.new_empty(2, *k.shape), v.new_empty(2, *v.shape)
 
 
 def _backward_results(g, nseg, need_dg, dq2, dk2, dv2, dg, dg_tot):
@@ -277,7 +281,7 @@ def _chunked_forward(q, k, v, g, scale, meta, options):
 def _chunked_backward_buffers(q, k, v, g, need_dg):
     """Both scan directions' dq, dk, dv [2, ...] and, with ``need_dg``, their per-token gate
     terms [2, B, T, H(, K)] (fp32)."""
-    dq2, dk2, dv2 = q.new_empty(2, *q.shape), k.new_empty(2, *k.shape), v.new_empty(2, *v.shape)
+    dq2, dk2, dv2 = _grad_pairs(q, k, v)
     dgt = q.new_empty(2, *g.shape[1:], dtype=torch.float32) if need_dg else q.new_empty(1)
     return dq2, dk2, dv2, dgt
 
