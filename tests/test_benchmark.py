@@ -95,6 +95,18 @@ def test_fused_segments_give_one_row_each(tmp_path):
         run_tool('benchmark', 'mixer', '--fused-segments', '-1', '--out', out, *TINY)
 
 
+def test_fused_forms_give_one_row_each(tmp_path):
+    """--fused-forms sweep chunked: both forms of the fused bi-scan op timed in one run, the
+    segment counts applying to the sweep rows only."""
+    out = str(tmp_path / 'forms')
+    result = run_tool('benchmark', 'mixer', '--families', 'gla', '--levels', 'op',
+                      '--op-rows', 'fused', '--fused-forms', 'sweep', 'chunked',
+                      '--fused-segments', '0', '2', '--tokens', '16', '--heads', '2',
+                      '--head-dim', '16', '--mode', 'fwd', '--out', out, *TINY)
+    assert [r['name'] for r in result['rows']] == [
+        'sdpa', 'ops.gla fused sweep', 'ops.gla fused sweep 2 segments', 'ops.gla fused chunked']
+
+
 def test_op_rows_choose_which_ops_are_timed(tmp_path):
     """--op-rows fused: only SDPA and the fused bi-scan op (no FLA one-direction or two-call
     rows, whose first calls autotune FLA's kernels on a fresh GPU)."""

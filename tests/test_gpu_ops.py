@@ -24,6 +24,10 @@ LENGTHS = [49, 196, 3136, 100]
 # as PyTorch's cuDNN convolutions do by default: the 1e-3 bar holds for true fp32 dots.
 F32_DOTS = os.environ.get('TRITON_F32_DEFAULT') or 'tf32'
 TOL = {torch.float32: 1e-3 if F32_DOTS == 'ieee' else 3e-3, torch.bfloat16: 2e-2}
+# FLA's GSA and RWKV7 kernels in TF32 (GSA's gradient goes through two chained [slots]
+# attentions, RWKV7's through its low-rank state update): gradients measured up to 3.2e-3
+# (gsa) and 3.7e-3 (rwkv7) on an H200; with IEEE dots both meet 1e-3 (docs/mixers.md)
+TF32_TOL = {'gsa': 5e-3, 'rwkv7': 5e-3}
 FAMILY_OPS = ['abc', 'bitnet', 'delta_net', 'gated_delta_net', 'gla', 'gsa', 'hgrn', 'hgrn2',
               'linear_attn', 'retnet', 'rwkv6', 'rwkv7', 'simple_gla', 'transformer']
 
@@ -118,7 +122,9 @@ def test_kernel_vs_reference(family, dtype, L):
     e_grad = max(_rel(grads[k], ref_grads[k]) for k in grads)
     label = str(dtype)[6:] + (f'/{F32_DOTS}' if dtype == torch.float32 else '')
     gpu_report(f'\n{family:16s} {label:12s} L={L:5d}  fwd={e_fwd:.2e}  grad={e_grad:.2e}')
-    assert e_fwd < TOL[dtype] and e_grad < TOL[dtype], (family, L, dtype, e_fwd, e_grad)
+    tol = TF32_TOL.get(family, TOL[dtype]) if dtype == torch.float32 and F32_DOTS != 'ieee' \
+        else TOL[dtype]
+    assert e_fwd < tol and e_grad < tol, (family, L, dtype, e_fwd, e_grad)
 
 
 @pytest.mark.parametrize('case', ['gla', 'gla_conv_unfused', 'simple_gla', 'retnet',

@@ -10,6 +10,7 @@ import tempfile
 import torch
 
 from fla_mm.ops.fused_bi import FusedBiConfig
+from fla_mm.ops.fused_bi.config import FORMS
 
 from .compile import compile_times
 from .level_backbone import COMPILE_MODES, backbone_cases
@@ -108,6 +109,10 @@ def parse_args(argv=None):
                    help='op level: time the fused bi-scan kernel with each of these numbers '
                         'of segments per sweep (FusedBiConfig.segments); 0: as --fused-bi '
                         'says, by default by sequence length, as the mixers run it')
+    p.add_argument('--fused-forms', nargs='+', choices=FORMS, default=None,
+                   help='op level: time the fused bi-scan kernel in each of these forms '
+                        '(FusedBiConfig.form) in the same run, one row each (default: the '
+                        "form --fused-bi says); --fused-segments applies to 'sweep' rows")
     p.add_argument('--op-rows', nargs='+', choices=OP_ROWS, default=None,
                    help="op level rows per family: 'uni' = the op over one direction, "
                         "'two_call' = both directions as two calls batched, 'fused' = "

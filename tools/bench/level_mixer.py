@@ -70,16 +70,19 @@ def _op_of(family):
 OP_ROWS = ('uni', 'two_call', 'fused')            # --op-rows
 
 
-def _bi_op(family, fn, B, L, bi, segments=0, config=None):
+def _bi_op(family, fn, B, L, bi, segments=0, config=None, form=None):
     """The op over both scan directions of [B, L, ...] inputs: 'two_call' = ``fn`` on
     [x, flip(x)] batched, then flip back and add (what TokenMixer's 'bi' scan does);
     'fused' = ops.bi_decay_attn, one kernel for both directions (gla / simple_gla / retnet),
     in the variant ``config`` (a FusedBiConfig; None: the default) with its sweeps cut into
-    ``segments`` parallel runs (0: as ``config`` says)."""
+    ``segments`` parallel runs (0: as ``config`` says) and in ``form`` ('sweep' or
+    'chunked'; None: as ``config`` says)."""
     if bi == 'fused':
         config = FusedBiConfig.coerce(config)
         if segments:
             config = dataclasses.replace(config, segments=segments)
+        if form:
+            config = dataclasses.replace(config, form=form)
 
         def fused(q, k, v, g=None, **kw):
             if g is None:   # retnet: its fixed per-head decay
@@ -118,7 +121,7 @@ def minimal_traffic(inputs, output, backward):
 
 
 def op_setup(family, B, L, H, d, mode, device, dtype, mixer_cfg=None, bi=None, segments=0,
-             config=None):
+             config=None, form=None):
     """fla_mm.ops.<family> (or SDPA when family is None) on q/k/v [B, L, H, d]; with ``bi``
     ('two_call' or 'fused') over both scan directions (see :func:`_bi_op`). The step's
     ``traffic(out)`` is :func:`minimal_traffic` of its inputs."""
@@ -139,7 +142,7 @@ def op_setup(family, B, L, H, d, mode, device, dtype, mixer_cfg=None, bi=None, s
                       for k, v in kwargs.items()}
             fn = _op_of(family)
             if bi is not None:
-                fn = _bi_op(family, fn, B, L, bi, segments, config)
+                fn = _bi_op(family, fn, B, L, bi, segments, config, form)
         leaves = []
         if mode == 'fwdbwd':
             for t in list(args) + list(kwargs.values()):
@@ -182,15 +185,18 @@ def mixer_setup(family, scan, B, L, H, d, mode, device, dtype, mixer_cfg):
 
 
 def op_variants(family, args):
-    """(scan, bi kernel, name tag, fused segments) of each op row of ``family`` that
-    ``--op-rows`` asks for: one direction, the bi-scan as two calls, the fused bi-scan (once
-    per ``--fused-segments`` count; only 'fused' reads the count)."""
-    variants = [('-', None, '', 0)] * ('uni' in args.op_rows)
+    """(scan, bi kernel, name tag, fused segments, fused form) of each op row of ``family``
+    that ``--op-rows`` asks for: one direction, the bi-scan as two calls, the fused bi-scan
+    (once per ``--fused-forms`` form and ``--fused-segments`` count; only 'fused' reads
+    them, and the count only the sweep form)."""
+    variants = [('-', None, '', 0, None)] * ('uni' in args.op_rows)
     if 'bi' in args.scans and FAMILIES[family].get('causal', True):
-        variants += [('bi', 'two_call', ' two-call', 0)] * ('two_call' in args.op_rows)
+        variants += [('bi', 'two_call', ' two-call', 0, None)] * ('two_call' in args.op_rows)
         if family in ops.BI_FUSED_FAMILIES and 'fused' in args.op_rows:
-            variants += [('bi', 'fused', ' fused' + (
-                f" {n} segment{'s' * (n > 1)}" if n else ''), n) for n in args.fused_segments]
+            for form in args.fused_forms or [None]:
+                counts = [0] if form == 'chunked' else args.fused_segments
+                variants += [('bi', 'fused', ' fused' + (f' {form}' if form else '') + (
+                    f" {n} segment{'s' * (n > 1)}" if n else ''), n, form) for n in counts]
     return variants
 
 
@@ -203,11 +209,11 @@ def _op_group_cases(families, args, common, group, H, d, cfgs, tag=''):
     for f in families:
         if f == BASELINE_FAMILY:
             continue
-        for scan, bi, name_tag, n in op_variants(f, args):
+        for scan, bi, name_tag, n, form in op_variants(f, args):
             cases.append(Case(dict(common, level='op', name=f'ops.{f}{name_tag}' + tag,
                                    family=f, scan=scan),
                               op_setup(f, B, L, H, d, mode, args.device, dtype, cfgs[f], bi, n,
-                                       args.fused_bi), group))
+                                       args.fused_bi, form), group))
     return cases
 
 
