@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from fla_mm.layers.mixer import TokenMixer
 from fla_mm.ops.fused_bi import FusedBiConfig, naive_bi_decay_attn
-from fla_mm.ops.fused_bi.launch import _segments
+from fla_mm.ops.fused_bi.launch import _chunked, _segments
 from fla_mm.ops.reference import chunk_decay_attn_ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -391,7 +391,8 @@ def test_config_crosses_the_op_boundary_as_ints():
     back equal; the schema holds no object and mutates nothing."""
     from fla_mm.ops.fused_bi import op  # noqa: F401  (registers the ops)
     for config in (FusedBiConfig(), FusedBiConfig(segments=3, long_tokens=128, bwd_warps=8),
-                   FusedBiConfig(form='chunked')):
+                   FusedBiConfig(form='chunked'), FusedBiConfig(form='sweep'),
+                   FusedBiConfig(chunked_max_heads=6, chunked_min_tokens=1024)):
         segments, counts = config.to_op_args()
         assert segments is config.segments and all(type(c) is int for c in counts)
         assert FusedBiConfig.from_op_args(segments, counts) == config
@@ -468,6 +469,32 @@ def test_sweeps_are_cut_into_segments_from_4096_tokens():
     assert [_segments(300, 64, per_channel, backward, short) for per_channel, backward in
             ((False, False), (False, True), (True, False), (True, True))] == [
         (3, 2), (3, 2), (2, 3), (1, 5)]
+
+
+def test_auto_form_runs_chunked_where_the_sweep_has_few_programs():
+    """form='auto' (the default) runs a pass in the chunked form for per-key-channel decay at
+    up to chunked_max_heads (batch x heads) and from chunked_min_tokens tokens, as FLAPyramid-T
+    at B=2 has in its stride-4 and stride-8 stages, and the sweep elsewhere: scalar decay, many
+    heads, short sequences, or a forced segment count; 'sweep' and 'chunked' are what they
+    say at every shape."""
+    def runs_chunked(config, B, T, H, per_channel, K=32):
+        q = torch.empty(B, T, H, K)
+        g = torch.empty(2, B, T, H, *((K,) if per_channel else ()))
+        return _chunked(FusedBiConfig.coerce(config), q, g)
+    default = FusedBiConfig()
+    assert (default.form, default.chunked_max_heads, default.chunked_min_tokens) == (
+        'auto', 12, 4096)
+    assert runs_chunked(None, 2, 65536, 3, True) and runs_chunked(None, 2, 16384, 3, True)
+    assert runs_chunked(None, 2, 4096, 6, True) and runs_chunked(None, 1, 4096, 12, True)
+    assert not runs_chunked(None, 2, 4095, 6, True)          # short
+    assert not runs_chunked(None, 2, 16384, 12, True)        # 24 sequences
+    assert not runs_chunked(None, 8, 16384, 3, True)
+    assert not runs_chunked(None, 2, 65536, 3, False)        # scalar decay
+    assert not runs_chunked(dict(segments=2), 2, 65536, 3, True)
+    assert runs_chunked(dict(chunked_max_heads=24), 2, 16384, 12, True)
+    for B, T, H, per_channel in ((2, 65536, 3, True), (8, 64, 6, False), (1, 1, 1, True)):
+        assert runs_chunked(dict(form='chunked'), B, T, H, per_channel)
+        assert not runs_chunked(dict(form='sweep'), B, T, H, per_channel)
 
 
 def test_config_is_frozen_and_checked():

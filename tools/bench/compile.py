@@ -77,7 +77,8 @@ def _compile_times(args):
 
 def _variants(meta, per_channel, config):
     """[(segmented, [(name, kernel, constexprs, backward)])]: every kernel variant the passes
-    launch in ``config``'s form. The sweep: forward and backward with one segment, and with
+    launch in ``config``'s form. The sweep (also for 'auto', whose chunked kernels a
+    ``form='chunked'`` config lists): forward and backward with one segment, and with
     segments also the two segment-state kernels; the chunked form: each pass's chunk-state
     kernel, the pass over the states (the same kernel in both passes) and its main kernel."""
     if config.form == 'chunked':

@@ -29,10 +29,17 @@ class FusedBiConfig:
             of the forward / backward launches (fixed, nothing is autotuned: a cold machine
             compiles one variant). Head dims above 64 take at least 8 warps.
         form: 'sweep' (one program per (batch x head, direction, segment) sweeps its chunks
-            with the state in registers) or 'chunked' (``chunked.py``: the chunks' own parts
+            with the state in registers), 'chunked' (``chunked.py``: the chunks' own parts
             and local states in parallel over (chunk, batch x head, direction), a short
             sequential pass over the chunk states, then the states' contribution in
-            parallel), for every decay family. The segment fields apply to the sweep only.
+            parallel), for every decay family, or 'auto': by shape, as
+            :meth:`runs_chunked` says (the sweep where ``segments`` is forced). The segment
+            fields apply to the sweep only.
+        chunked_max_heads, chunked_min_tokens: 'auto' runs the chunked form for
+            per-key-channel decay (GLA) at batch x heads up to ``chunked_max_heads`` and
+            sequences of ``chunked_min_tokens`` or more, where the sweep has too few programs
+            to fill the GPU; the sweep everywhere else (scalar decay, many heads, short
+            sequences), where it measured as fast or faster.
     """
     segments: Optional[int] = None
     long_tokens: int = 4096
@@ -42,7 +49,9 @@ class FusedBiConfig:
     fwd_stages: int = 3
     bwd_warps: int = 4
     bwd_stages: int = 2
-    form: str = 'sweep'
+    form: str = 'auto'
+    chunked_max_heads: int = 12
+    chunked_min_tokens: int = 4096
 
     def __post_init__(self):
         if self.form not in FORMS:
@@ -59,6 +68,16 @@ class FusedBiConfig:
             value = getattr(self, name)
             if value & (value - 1):
                 raise ValueError(f'FusedBiConfig.{name} must be a power of 2 (got {value})')
+
+    def runs_chunked(self, per_channel, heads, tokens):
+        """Whether a call on ``heads`` (batch x heads) sequences of ``tokens`` tokens, with
+        per-key-channel decay or not, runs the chunked form."""
+        if self.form != 'auto':
+            return self.form == 'chunked'
+        if self.segments is not None:      # a forced segment count is the sweep's
+            return False
+        return (per_channel and heads <= self.chunked_max_heads
+                and tokens >= self.chunked_min_tokens)
 
     @classmethod
     def from_dict(cls, options):
@@ -99,7 +118,7 @@ class FusedBiConfig:
 
 
 # the kernel forms, by their index in the custom ops' int list
-FORMS = ('sweep', 'chunked')
+FORMS = ('sweep', 'chunked', 'auto')
 
 
 DEFAULT_CONFIG = FusedBiConfig()

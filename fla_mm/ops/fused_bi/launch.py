@@ -97,7 +97,7 @@ def run_forward(q, k, v, g, scale, config):
     B, T, H, _ = q.shape
     per_channel = g.dim() == 5
     meta = _meta(q, v, per_channel)
-    if _chunked(config):
+    if _chunked(config, q, g):
         return _chunked_forward(q, k, v, g, scale, meta, _launch_options(meta, False, config))
     o2 = _output_pair(q, v)
     nseg, cps = _segments(T, meta['BT'], per_channel, config=config)
@@ -178,7 +178,7 @@ def run_backward(q, k, v, g, do, scale, config, need_dg):
     per_channel = g.dim() == 5
     meta = _meta(q, v, per_channel)
     do = do.contiguous()
-    if _chunked(config):
+    if _chunked(config, q, g):
         return _chunked_backward(q, k, v, g, do, scale, meta,
                                  _launch_options(meta, True, config), need_dg)
     buffers = _backward_buffers(q, k, v, g, need_dg)
@@ -202,7 +202,7 @@ def run_backward(q, k, v, g, do, scale, config, need_dg):
 def fake_backward(q, k, v, g, config, need_dg):
     """What :func:`run_backward` returns (shapes, dtypes, strides), without running kernels."""
     q, k, v, g = _prepared(q, k, v, g)
-    if _chunked(config):
+    if _chunked(config, q, g):
         buffers = _chunked_backward_buffers(q, k, v, g, need_dg)
         return _chunked_backward_results(need_dg, *buffers)
     nseg, _ = _segments(q.shape[1], CHUNK, g.dim() == 5, backward=True, config=config)
@@ -221,9 +221,11 @@ def _segment_buffers(q, BH, nseg, meta):
 
 # --- the chunked form (``chunked.py``) -------------------------------------------------------
 
-def _chunked(config):
-    """Whether a pass runs the chunk-parallel kernels (``chunked.py``) or the sweep."""
-    return config.form == 'chunked'
+def _chunked(config, q, g):
+    """Whether a pass on q [B, T, H, K] and g runs the chunk-parallel kernels (``chunked.py``)
+    or the sweep (:meth:`FusedBiConfig.runs_chunked`)."""
+    B, T, H, _ = q.shape
+    return config.runs_chunked(g.dim() == 5, B * H, T)
 
 
 def _chunked_kernels(meta, per_channel, backward, f32):
