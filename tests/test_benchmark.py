@@ -313,6 +313,15 @@ def test_backbone_ways_of_running_against_the_fastest_swin(tmp_path):
         r = rows[key]
         assert r['kernel_ms'] > 0 and r['kernels'] >= 10 and r['launches'] == r['kernels']
         assert r['kernel_ms'] < 3 * r['median_ms']
+        # the breakdown adds up to the kernel time; on CPU the leaf ATen ops are grouped
+        assert sum(r['kernel_groups'].values()) == pytest.approx(r['kernel_ms'])
+        assert set(r['kernel_groups']) <= {g for g, _ in bench('timing').KERNEL_GROUPS} | {
+            'fused bi-scan (fla_mm)', 'other'}
+        assert 'ATen elementwise / reduction / copy' in r['kernel_groups']
+        assert len(r['top_kernels']) == 12
+        assert sum(n for _, _, n in r['top_kernels']) <= r['kernels']
+        assert [ms for _, ms, _ in r['top_kernels']] == sorted(
+            (ms for _, ms, _ in r['top_kernels']), reverse=True)
         assert r['vs_swin'] > 0 and r.get('vs_convnext') is None
         if key[2].startswith('compile'):
             assert r['compile_s'] * 1e3 == pytest.approx(r['first_call_ms'])
@@ -334,6 +343,9 @@ def test_backbone_ways_of_running_against_the_fastest_swin(tmp_path):
                 '/ fastest Swin', 'compile s (first call)'):
         assert f' {col} |' in header
     assert len([line for line in best.splitlines() if line.startswith('| ')]) == len(rows) + 1
+    where = md.split('## Where the kernel time goes')[1]
+    assert len([line for line in where.splitlines() if line.startswith('- ')]) == len(ran)
+    assert 'ATen elementwise' in where and where.count('  - `') == 5 * len(ran)
     assert 'PyTorch profiler' in md and 'torch._dynamo.reset()' not in md   # method in json
     assert 'torch._dynamo.reset()' in result['method']['compile']['note']
 
@@ -469,7 +481,12 @@ def test_trace_counts_read_kernels_and_launches_as_the_cuda_profiler_writes_them
         dict(ph='f', cat='ac2g', name='flow', ts=1, id=1),
     ]
     counts = bench('timing').trace_counts(events, 'cuda', steps=1)
+    groups, top = counts.pop('kernel_groups'), counts.pop('top_kernels')
     assert counts == dict(kernel_ms=0.11, kernels=5, launches=3)
+    # by name: fla_mm's fused kernel exactly, the library's GEMM, the rest 'other'
+    assert groups == {'fused bi-scan (fla_mm)': 0.05, 'GEMM': 0.03,
+                      'other': pytest.approx(0.03)}
+    assert top[:2] == [['_bi_gla_fwd_kernel', 0.05, 1], ['gemm', 0.03, 1]] and len(top) == 5
     for e in events:                 # without correlation ids: the launch calls are counted
         e.get('args', {}).pop('correlation', None)
     assert bench('timing').trace_counts(events, 'cuda', steps=2)['launches'] == 1.5

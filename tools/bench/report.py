@@ -11,7 +11,7 @@ import torch
 
 from fla_mm.ops import fla_available
 
-from .timing import MODES
+from .timing import MODES, TOP_KERNELS
 
 
 CPU_LABEL = 'CPU (reference path)'
@@ -293,7 +293,36 @@ def to_markdown(method, rows):
         if len(commands) < 2:
             cols = [(k, h) for k, h in cols if k != 'run']
         lines += _table(cols, best)
+    lines += _breakdown_lines(rows)
     return '\n'.join(lines) + '\n'
+
+
+def _breakdown_lines(rows):
+    """A section on where each profiled row's kernel time goes: ms per step by kernel group,
+    then its costliest kernels (of the whole-step CUDA graph's profile where there is one,
+    the row's fastest)."""
+    lines = []
+    for r in rows:
+        prefix = 'graph_' if r.get('graph_kernel_groups') else ''
+        groups, top = r.get(prefix + 'kernel_groups'), r.get(prefix + 'top_kernels')
+        if not groups:
+            continue
+        how = (r.get('variant') or 'eager') + (' + whole-step CUDA graph' if prefix else '')
+        what = ' '.join(str(r[k]) for k in ('name', 'family', 'scan', 'shape', 'size')
+                        if r.get(k) not in (None, '-'))
+        lines.append(f"- {what}, B={r.get('batch')}, {r.get('dtype')} {r.get('mode')}, {how} "
+                     f"({fmt(r.get(prefix + 'kernel_ms'))} ms/step): " + ', '.join(
+                         f'{g} {fmt(ms)}' for g, ms in groups.items()))
+        lines += [f'  - `{name[:90]}`: {fmt(ms)} ms, {n:.3g}x' for name, ms, n in top[:5]]
+    if lines:
+        lines = ['', '## Where the kernel time goes', '',
+                 'Per profiled row, kernel ms per step by group (fla_mm\'s fused bi-scan kernels '
+                 'by name, Inductor\'s by their triton_ prefix, libraries by their naming; '
+                 'other Triton kernels, FLA\'s among them, under other; on CPU the leaf ATen '
+                 'ops), then its five costliest '
+                 'kernels with ms and runs per step; results.json holds the top '
+                 f'{TOP_KERNELS}.', ''] + lines
+    return lines
 
 
 TRAFFIC_NOTE = ('minimal traffic = the bytes a call must move at least once: every input '

@@ -140,7 +140,59 @@ def trace_counts(events, device, steps):
         kernels = _leaf_ops([e for e in events if e.get('cat') == 'cpu_op'])
         launches = len(kernels)
     return dict(kernel_ms=sum(e.get('dur', 0) for e in kernels) / 1e3 / steps,
-                kernels=len(kernels) / steps, launches=launches / steps)
+                kernels=len(kernels) / steps, launches=launches / steps,
+                **kernel_breakdown(kernels, steps))
+
+
+# Where a step's kernel time goes, by kernel name (lower case; the first group whose
+# substring a name holds); fla_mm's own kernels are named exactly (FUSED_BI_KERNELS).
+# CUDA kernels carry the library's naming (cuBLAS 'nvjet' / 'xmma' / 'gemm', cuDNN, ATen's
+# 'at::native'); on CPU the leaf ATen ops do ('aten::mm', ...). Triton kernels that are
+# neither fla_mm's nor Inductor's ('triton_' prefix), FLA's among them, are 'other'.
+KERNEL_GROUPS = (
+    ('Inductor (fused glue)', ('triton_',)),
+    ('convolution', ('conv', 'cudnn', 'fprop', 'dgrad', 'wgrad', 'winograd')),
+    ('GEMM', ('gemm', 'nvjet', 'xmma', 'cutlass', 'cublas', 'aten::mm', 'aten::addmm',
+              'aten::bmm', 'aten::linear', 'aten::matmul')),
+    ('softmax attention', ('flash', 'fmha', 'attention')),
+    ('norm', ('norm',)),
+    ('ATen elementwise / reduction / copy', ('at::native', 'aten::', 'elementwise', 'reduce')),
+)
+TOP_KERNELS = 12
+
+
+def _fused_bi_kernels():
+    from fla_mm.ops.fused_bi import launch
+    return frozenset(n for n in dir(launch) if n.endswith('_kernel'))
+
+
+def kernel_group(name, fused_bi_kernels):
+    """The group of a kernel (or leaf op) name: fla_mm's fused bi-scan, a
+    :data:`KERNEL_GROUPS` group, or 'other'."""
+    if name in fused_bi_kernels:
+        return 'fused bi-scan (fla_mm)'
+    low = name.lower()
+    for group, keys in KERNEL_GROUPS:
+        if any(k in low for k in keys):
+            return group
+    return 'other'
+
+
+def kernel_breakdown(kernels, steps):
+    """``kernel_groups``: ms per step of each group that ran (largest first);
+    ``top_kernels``: the :data:`TOP_KERNELS` costliest names as [name, ms/step, runs/step]."""
+    fused = _fused_bi_kernels()
+    by_name = {}
+    for e in kernels:
+        ms, n = by_name.get(e['name'], (0.0, 0))
+        by_name[e['name']] = (ms + e.get('dur', 0) / 1e3, n + 1)
+    groups = {}
+    for name, (ms, _) in by_name.items():
+        group = kernel_group(name, fused)
+        groups[group] = groups.get(group, 0.0) + ms / steps
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:TOP_KERNELS]
+    return dict(kernel_groups=dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+                top_kernels=[[name, ms / steps, n / steps] for name, (ms, n) in top])
 
 
 def _leaf_ops(ops):
