@@ -275,14 +275,43 @@ def test_compile_modes_that_need_cuda_are_rows_that_say_so():
          '--device', 'cpu', '--mode', 'fwdbwd'])
     cases = bench('level_backbone').backbone_cases(args)
     skips = {(c.meta['family'], c.meta['variant']): c.skip for c in cases}
+    modes = ('default', 'max-autotune-no-cudagraphs', 'reduce-overhead')
     assert set(skips) == {(f, v) for f in ('transformer', 'gla') for v in (
-        'eager', 'compile default', 'compile max-autotune-no-cudagraphs',
-        'compile reduce-overhead', 'cuda_graph=True')}
+        'eager', 'cuda_graph=True', *(f'compile {m}' for m in modes),
+        *(f'cuda_graph=True + compile {m}' for m in modes))}
     assert skips[('gla', 'eager')] is None and skips[('gla', 'compile default')] is None
     assert 'needs CUDA' in skips[('gla', 'compile max-autotune-no-cudagraphs')]
     assert 'CUDA graphs' in skips[('gla', 'compile reduce-overhead')]
-    assert 'only in training on CUDA' in skips[('gla', 'cuda_graph=True')]
-    assert [c.capture for c in cases if c.meta['variant'] == 'cuda_graph=True'] == [False] * 2
+    assert all('only in training on CUDA' in skip for (f, v), skip in skips.items()
+               if v.startswith('cuda_graph=True'))
+    assert [c.capture for c in cases if c.meta['variant'].startswith('cuda_graph=True')
+            ] == [False] * 8
+    # on CUDA (cases only: nothing runs): a mode with CUDA graphs of its own is refused inside
+    # cuda_graph=True; the others are the backbone's compile option, not a wrapper
+    args.device, args.no_twin = 'cuda', True
+    skips = {c.meta['variant']: c.skip for c in bench('level_backbone').backbone_cases(args)}
+    assert 'captures CUDA graphs itself' in skips['cuda_graph=True + compile reduce-overhead']
+    assert skips['cuda_graph=True + compile default'] is None
+    assert skips['cuda_graph=True'] is None and skips['compile reduce-overhead'] is None
+
+
+def test_backbone_compile_option_row_compiles_the_backbone_itself():
+    """A 'cuda_graph=True + compile default' row builds the backbone with its compile option
+    (here on CPU, where the graph is not used, its forward compiles through Dynamo) and no
+    torch.compile wrapper around it."""
+    from torch._dynamo.utils import counters
+    args = bench('cli').parse_args(
+        ['backbone', '--backbones', 'FLAPyramid', '--arch', json.dumps(PYRAMID),
+         '--resolutions', '32', '--baselines', '--compile', 'default', '--compile-backend',
+         'aot_eager', '--backbone-cuda-graph', '--device', 'cpu', '--mode', 'fwdbwd',
+         '--no-twin', '--batch-size', '1'])
+    case = next(c for c in bench('level_backbone').backbone_cases(args)
+                if c.meta['variant'] == 'cuda_graph=True + compile default (aot_eager)')
+    counters.clear()
+    step = case.setup()
+    step()
+    assert counters['stats']['unique_graphs'] >= 1
+    assert not any('OptimizedModule' in type(v).__name__ for v in vars(step).values())
 
 
 def test_backbone_ways_of_running_against_the_fastest_swin(tmp_path):
@@ -304,7 +333,7 @@ def test_backbone_ways_of_running_against_the_fastest_swin(tmp_path):
     # cheap ways first, the baseline first within each: a cut-off run keeps what ratios need
     assert [(r['name'] == swin, r['variant']) for r in result['rows']][:4] == [
         (True, 'eager'), (False, 'eager'), (False, 'eager'), (False, 'cuda_graph=True')]
-    assert result['rows'][-1]['variant'].startswith('compile max-autotune')
+    assert 'compile max-autotune' in result['rows'][-1]['variant']
     ran = [k for k, r in rows.items() if r['status'] == 'ok']
     assert sorted(ran) == sorted([(n, f, v) for n, f in (('FLAPyramid', 'transformer'),
                                                          ('FLAPyramid', 'gla'), (swin, '-'))
@@ -332,7 +361,8 @@ def test_backbone_ways_of_running_against_the_fastest_swin(tmp_path):
     assert min(rows[(swin, '-', v)]['vs_swin'] for v in ('eager', 'compile default (aot_eager)')
                ) == pytest.approx(1.0)
     skipped = {k: r['status'] for k, r in rows.items() if k not in ran}
-    assert len(skipped) == 2 * 2 + 1        # max-autotune (3 models), cuda_graph=True (2)
+    # max-autotune (3 models); cuda_graph=True alone and with each compile mode (2 x 3)
+    assert len(skipped) == 3 + 2 * 3
     assert all(s.startswith('skipped: ') for s in skipped.values())
     with open(os.path.join(out, 'results.md')) as f:
         md = f.read()

@@ -83,3 +83,54 @@ def test_compiled_pyramid_equals_eager():
     assert all(g is not None for g in dp_e)
     for name, a, b in zip(names, dp_c, dp_e):
         torch.testing.assert_close(a, b, **tol, msg=name)
+
+
+def test_backbone_compile_option():
+    """compile=dict(...) on the backbone: its forward runs through torch.compile (one Dynamo
+    frame per backbone, compiled at the first call), with the eager backbone's maps and
+    gradients and the same state_dict; a deep copy (an EMA model) compiles its own forward
+    on its own parameters; bad arguments and a mode that captures CUDA graphs beside
+    cuda_graph=True are refused, naming what is valid."""
+    import copy
+
+    from torch._dynamo.utils import counters
+    torch.manual_seed(0)
+    eager = FLAPlain(arch=PLAIN, mixer='gla', scan='bi', drop_path_rate=0.0,
+                     pretrain_img_size=64)
+    compiled = FLAPlain(arch=PLAIN, mixer='gla', scan='bi', drop_path_rate=0.0,
+                        pretrain_img_size=64, compile=dict(backend=BACKEND, fullgraph=True))
+    compiled.load_state_dict(eager.state_dict())
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+    assert compiled.compile == dict(backend=BACKEND, fullgraph=True)
+    counters.clear()
+    runs = []
+    for model in (eager, compiled):
+        x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1),
+                        requires_grad=True)
+        outs = model(x)
+        sum(o.square().mean() for o in outs).backward()
+        runs.append((outs, x.grad, [p.grad for p in model.parameters()]))
+    assert counters['stats']['unique_graphs'] == 1 and list(compiled._compiled) == ['forward']
+    tol = dict(rtol=1e-5, atol=1e-6) if BACKEND == 'aot_eager' else dict(rtol=1e-4, atol=1e-5)
+    flat = [[*outs, dx, *dp] for outs, dx, dp in runs]
+    assert all(t is not None for t in flat[0])
+    for a, b in zip(flat[1], flat[0]):
+        torch.testing.assert_close(a, b, **tol)
+    twin = copy.deepcopy(compiled)
+    assert twin._compiled == {} and twin.compile == compiled.compile
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(0.5)
+        x = torch.randn(1, 3, 64, 64)
+        y_twin, y_orig = twin(x)[0], compiled(x)[0]
+    assert not torch.allclose(y_twin, y_orig)
+    assert list(twin._compiled) == ['forward'] and twin._compiled['forward'] is not (
+        compiled._compiled['forward'])
+    with pytest.raises(ValueError, match='unknown torch.compile argument.*mdoe; valid: backend'):
+        FLAPyramid(arch=PYR, compile=dict(mdoe='default'))
+    with pytest.raises(TypeError, match='bool or a dict'):
+        FLAPyramid(arch=PYR, compile='default')
+    with pytest.raises(ValueError, match="'reduce-overhead' captures CUDA graphs itself"):
+        FLAPyramid(arch=PYR, cuda_graph=True, compile=dict(mode='reduce-overhead'))
+    assert FLAPyramid(arch=PYR, compile=True).compile == {}
+    assert FLAPyramid(arch=PYR).compile is None

@@ -3,7 +3,8 @@
 Argument checks whose errors name the bad value and the valid choices, freezing and
 ``norm_eval`` that survive ``.train()``, ``init_weights`` with ``Pretrained`` through
 :func:`fla_mm.checkpoint.load_pretrained`, ``reparameterize()``, the layer ids that the
-layer-wise lr-decay optimizer constructor reads, and ``cuda_graph`` training steps.
+layer-wise lr-decay optimizer constructor reads, ``cuda_graph`` training steps and the
+``compile`` option.
 """
 import copy
 import inspect
@@ -85,6 +86,8 @@ def pretrained_grid(init_cfg):
 
 
 MAX_CUDA_GRAPHS = 4    # input shapes captured per backbone; others run eagerly
+COMPILE_ARGS = ('backend', 'mode', 'fullgraph', 'dynamic', 'options')   # of torch.compile
+GRAPHING_COMPILE_MODES = ('reduce-overhead', 'max-autotune')   # Inductor's own CUDA graphs
 
 
 class _EagerForward(nn.Module):
@@ -138,6 +141,52 @@ class FLABackboneBase(BaseModule):
             raise TypeError(f'{type(self).__name__} got unknown argument(s) '
                             f'{", ".join(sorted(unknown))}; valid arguments: {", ".join(valid)}')
         self.cuda_graph, self._graphs = False, {}
+        self.compile, self._compiled = None, {}
+
+    def __deepcopy__(self, memo):
+        """A copy (an EMA model, ...) starts without CUDA graphs and compiled functions: the
+        original's replay and trace the original's parameters."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for name, value in self.__dict__.items():
+            new.__dict__[name] = {} if name in ('_graphs', '_compiled') else copy.deepcopy(
+                value, memo)
+        return new
+
+    def _setup_compile(self, compile):
+        """``compile``: False, True or a dict of ``torch.compile`` arguments (``backend``,
+        ``mode``, ``fullgraph``, ``dynamic``, ``options``): the backbone's forward (and, with
+        ``cuda_graph=True``, the function each CUDA graph captures) runs through
+        ``torch.compile`` with them, compiled at its first call, so Inductor fuses the glue
+        between the mixers' kernels (the fused bi-scan is a custom op it sees through). This
+        compiles the backbone alone, where MMEngine's ``compile=`` compiles the whole
+        ``train_step`` (losses, head and optimizer step with it). With ``cuda_graph=True``
+        the mode must not be one that captures CUDA graphs itself ('reduce-overhead',
+        'max-autotune'). Call after :meth:`_setup_cuda_graph`."""
+        if compile is False or compile is None:
+            return
+        options = {} if compile is True else compile
+        if not isinstance(options, dict):
+            raise TypeError(f'compile must be a bool or a dict of torch.compile arguments, '
+                            f'got {type(compile).__name__}')
+        unknown = sorted(set(options) - set(COMPILE_ARGS))
+        if unknown:
+            raise ValueError(f'compile: unknown torch.compile argument(s) {", ".join(unknown)}; '
+                             f'valid: {", ".join(COMPILE_ARGS)}')
+        if self.cuda_graph and options.get('mode') in GRAPHING_COMPILE_MODES:
+            raise ValueError(f"compile mode {options['mode']!r} captures CUDA graphs itself; "
+                             f"with cuda_graph=True use mode 'default' or "
+                             f"'max-autotune-no-cudagraphs'")
+        self.compile = dict(options)
+
+    def _through_compile(self, key, fn):
+        """``fn``, or its ``torch.compile`` wrapper (one per key, made at first use) where
+        ``compile`` is set."""
+        if self.compile is None:
+            return fn
+        if key not in self._compiled:
+            self._compiled[key] = torch.compile(fn, **self.compile)
+        return self._compiled[key]
 
     def _setup_cuda_graph(self, cuda_graph, with_cp):
         """``cuda_graph=True``: in training on CUDA, forward and backward of the backbone
@@ -168,7 +217,7 @@ class FLABackboneBase(BaseModule):
             graphed = self._graphed(x)
             if graphed is not None:
                 return graphed(x, *self.parameters())
-        return self._forward(x)
+        return self._through_compile('forward', self._forward)(x)
 
     def _graphed(self, x):
         amp = torch.is_autocast_enabled('cuda')
@@ -184,7 +233,8 @@ class FLABackboneBase(BaseModule):
             sample = (x.detach().clone().requires_grad_(x.requires_grad), *fn.aliases())
             with torch.autocast('cuda', dtype=amp_dtype, enabled=amp, cache_enabled=False):
                 self._graphs[key] = torch.cuda.make_graphed_callables(
-                    fn, sample, allow_unused_input=True)
+                    self._through_compile(('graph',) + key, fn), sample,
+                    allow_unused_input=True)
         return self._graphs[key]
 
     def _forward(self, x):

@@ -87,6 +87,9 @@ class FLAPlain(FLABackboneBase):
             2-D grid: no 'cross' scan, no locality and no vig_gla.
         cuda_graph: in training on CUDA, replay forward and backward from a CUDA graph
             per input shape (see ``FLABackboneBase._setup_cuda_graph``).
+        compile: False, True or a dict of ``torch.compile`` arguments: the forward (with
+            ``cuda_graph``, what each graph captures) through ``torch.compile``
+            (``FLABackboneBase._setup_compile``).
         init_cfg: e.g. dict(type='Pretrained', checkpoint=PATH, prefix='backbone.').
     """
 
@@ -102,7 +105,7 @@ class FLAPlain(FLABackboneBase):
                  drop_path_rate=0.1, layer_scale=None, in_channels=3,
                  out_indices=(-1,), out_scales=SFP_SCALES, frozen_stages=-1, norm_eval=False,
                  with_cp=False, pretrain_img_size=None, interpolate_mode='bicubic', cls_token=False,
-                 cuda_graph=False, init_cfg=None, **unknown):
+                 cuda_graph=False, compile=False, init_cfg=None, **unknown):
         super().__init__(init_cfg=init_cfg, unknown=unknown)
         arch = resolve_arch(arch, ARCHS)
         dim, depth, heads = arch['embed_dims'], arch['depth'], arch['num_heads']
@@ -175,6 +178,7 @@ class FLAPlain(FLABackboneBase):
         self.num_features = list(self.out_channels)
         self._freeze_stages()
         self._setup_cuda_graph(cuda_graph, with_cp)
+        self._setup_compile(compile)
 
     def _frozen_parts(self):
         if self.frozen_stages < 0:

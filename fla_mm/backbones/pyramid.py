@@ -87,6 +87,9 @@ class FLAPyramid(FLABackboneBase):
             symmetry).
         cuda_graph: in training on CUDA, replay forward and backward from a CUDA graph
             per input shape (see ``FLABackboneBase._setup_cuda_graph``).
+        compile: False, True or a dict of ``torch.compile`` arguments: the forward (with
+            ``cuda_graph``, what each graph captures) through ``torch.compile``
+            (``FLABackboneBase._setup_compile``).
         init_cfg: e.g. dict(type='Pretrained', checkpoint=PATH, prefix='backbone.').
     """
 
@@ -103,7 +106,7 @@ class FLAPyramid(FLABackboneBase):
                  mlp_multiple_of=1, norm_eps=None, out_norm='ln', stem='conv_bn',
                  drop_path_rate=0.1, layer_scale=None, in_channels=3, out_indices=(0, 1, 2, 3),
                  frozen_stages=-1, norm_eval=False, with_cp=False, pretrain_img_size=224,
-                 cuda_graph=False, init_cfg=None, **unknown):
+                 cuda_graph=False, compile=False, init_cfg=None, **unknown):
         super().__init__(init_cfg=init_cfg, unknown=unknown)
         arch = resolve_arch(arch, ARCHS)
         dims, depths, heads = arch['embed_dims'], arch['depths'], arch['num_heads']
@@ -158,6 +161,7 @@ class FLAPyramid(FLABackboneBase):
         self.out_strides = [4 * 2 ** i for i in self.out_indices]
         self._freeze_stages()
         self._setup_cuda_graph(cuda_graph, with_cp)
+        self._setup_compile(compile)
 
     def _frozen_parts(self):
         parts = []

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 import fla_mm
+from fla_mm.backbones.base import GRAPHING_COMPILE_MODES
 from fla_mm.layers import FAMILIES
 
 from .level_mixer import bi_config_for, with_bi_config
@@ -127,19 +128,22 @@ class _Features(nn.Module):
 
 
 def variant_name(compile_mode, backend='inductor', cuda_graph=False):
-    """How a row ran: 'eager', 'compile MODE' (with a non-Inductor backend named), or
-    'cuda_graph=True' (the fla_mm backbone's own graph of forward and backward)."""
+    """How a row ran: 'eager', 'compile MODE' (with a non-Inductor backend named),
+    'cuda_graph=True' (the fla_mm backbone's own graph of forward and backward) or
+    'cuda_graph=True + compile MODE' (the backbone's ``compile`` option inside its graphs)."""
+    compiled = f'compile {compile_mode}' + ('' if backend == 'inductor' else f' ({backend})')
     if cuda_graph:
-        return 'cuda_graph=True'
-    if compile_mode == 'none':
-        return 'eager'
-    return f'compile {compile_mode}' + ('' if backend == 'inductor' else f' ({backend})')
+        return 'cuda_graph=True' + ('' if compile_mode == 'none' else ' + ' + compiled)
+    return 'eager' if compile_mode == 'none' else compiled
 
 
-def compile_skip(mode, backend, device):
-    """Why ``torch.compile`` in ``mode`` cannot run here, or None."""
+def compile_skip(mode, backend, device, cuda_graph=False):
+    """Why ``torch.compile`` in ``mode`` cannot run here (or, with ``cuda_graph``, inside
+    the backbone's own CUDA graphs), or None."""
     if mode == 'none':
         return None
+    if cuda_graph and mode in GRAPHING_COMPILE_MODES:
+        return f'mode {mode!r} captures CUDA graphs itself, which cuda_graph=True refuses'
     if backend != 'inductor' and mode != 'default':
         return f"mode {mode!r} is an Inductor mode; backend {backend!r} runs only 'default'"
     if device != 'cuda' and mode in CUDA_ONLY_MODES:
@@ -148,11 +152,17 @@ def compile_skip(mode, backend, device):
     return None
 
 
+def compile_options(compile_mode, backend='inductor'):
+    """The ``torch.compile`` arguments of a ``--compile`` mode."""
+    return dict(backend=backend, mode=None if compile_mode == 'default' else compile_mode)
+
+
 def backbone_setup(build, res, B, mode, device, dtype, compile_mode='none',
-                   backend='inductor'):
+                   backend='inductor', wrap=True):
     """The step of one backbone row: built, initialised, and with ``compile_mode`` other
-    than 'none' wrapped in ``torch.compile`` after a Dynamo reset (each case compiles its own
-    graphs, so no case runs on another's cache entry or hits the recompile limit)."""
+    than 'none' a Dynamo reset (each case compiles its own graphs, so no case runs on
+    another's cache entry or hits the recompile limit) and, with ``wrap``, the model wrapped
+    in ``torch.compile`` (without: the model compiles itself, fla_mm's ``compile`` option)."""
     def setup():
         model = build().to(device)
         if hasattr(model, 'init_weights'):
@@ -161,8 +171,8 @@ def backbone_setup(build, res, B, mode, device, dtype, compile_mode='none',
         run = model
         if compile_mode != 'none':
             torch._dynamo.reset()
-            run = torch.compile(model, backend=backend,
-                                mode=None if compile_mode == 'default' else compile_mode)
+        if compile_mode != 'none' and wrap:
+            run = torch.compile(model, **compile_options(compile_mode, backend))
         return make_step(lambda: run(x), grad_leaves(model) if mode == 'fwdbwd' else [], mode,
                          device, dtype, train_module=model)
     return setup
@@ -198,16 +208,18 @@ def backbone_cases(args):
         else:
             others.append((kind, *built))
 
-    def fla_build(cls, n, family, scan, cuda_graph=False):
+    def fla_build(cls, n, family, scan, cuda_graph=False, compile_mode='none'):
         kwargs = dict(extra, cuda_graph=cuda_graph) if cuda_graph else dict(extra)
+        if cuda_graph and compile_mode != 'none':
+            kwargs['compile'] = compile_options(compile_mode, backend)
         config = bi_config_for(family, args.fused_bi)
         if config is not None:
             kwargs['mixer_cfg'] = with_bi_config(kwargs.get('mixer_cfg'), config)
         return lambda: cls(arch=archs[n], mixer=family, scan=scan, drop_path_rate=0.0, **kwargs)
 
     backend, device = args.compile_backend, args.device
-    fla_ways = [(c, False) for c in args.fla_compile] + [('none', True)] * bool(
-        args.backbone_cuda_graph)
+    fla_ways = [(c, graphed) for graphed in (False, True)[:1 + args.backbone_cuda_graph]
+                for c in args.fla_compile]
     other_ways = [(c, False) for c in args.compile]
     cases = []
     for dtype in args.dtype:
@@ -219,15 +231,15 @@ def backbone_cases(args):
 
                     def add(meta, build, group, ways, **kw):
                         for comp, graphed in ways:
-                            skip = compile_skip(comp, backend, device)
+                            skip = compile_skip(comp, backend, device, graphed)
                             if graphed and (device != 'cuda' or mode != 'fwdbwd'):
                                 skip = ('cuda_graph=True replays only in training on CUDA '
                                         '(here it would be the eager row)')
                             variant = variant_name(comp, backend, graphed)
                             block.append(Case(
                                 dict(common, **meta, variant=variant, compile=comp),
-                                backbone_setup(build(graphed), res, B, mode, device, dtype,
-                                               comp, backend),
+                                backbone_setup(build(graphed, comp), res, B, mode, device,
+                                               dtype, comp, backend, wrap=not graphed),
                                 group + (variant,), images=B, skip=skip,
                                 capture=not graphed, **kw))
 
@@ -240,12 +252,13 @@ def backbone_cases(args):
                             variants.insert(0, (BASELINE_FAMILY, 'uni'))
                         for f, s in variants:
                             add(dict(meta, family=f, scan='-' if f == BASELINE_FAMILY else s),
-                                lambda graphed, f=f, s=s: fla_build(cls, n, f, s, graphed),
+                                lambda graphed, comp, f=f, s=s: fla_build(cls, n, f, s,
+                                                                          graphed, comp),
                                 group, fla_ways, baseline=f == BASELINE_FAMILY)
                     for kind, other, build in others:
                         add(dict(name=other, arch=label.get(ref), family='-', scan='-',
                                  reference=kind),
-                            lambda graphed, build=build: build,
+                            lambda graphed, comp, build=build: build,
                             ('backbone', ref, res, B, dtype, mode), other_ways)
                     block.sort(key=run_order)
                     cases += block
