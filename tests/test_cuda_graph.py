@@ -55,6 +55,25 @@ def test_capture_function_runs_on_parameter_aliases():
         torch.testing.assert_close(fa, fb)
 
 
+def test_capture_function_compiles_as_one_graph():
+    """With compile= and cuda_graph=True, what each graph captures is the aliased forward
+    through torch.compile: Dynamo traces it (functional_call over the aliases) as one graph,
+    with the eager function's outputs, and gradients reach the aliases."""
+    from fla_mm.backbones.base import _AliasedForward
+    torch.manual_seed(0)
+    m = FLAPyramid(arch=TINY, mixer='gla', scan='bi', drop_path_rate=0.0)
+    fn, x = _AliasedForward(m), torch.randn(2, 3, 64, 96)
+    aliases = fn.aliases()
+    explained = torch._dynamo.explain(fn)(x, *aliases)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+    torch._dynamo.reset()
+    got = torch.compile(fn, backend='aot_eager', fullgraph=True)(x, *aliases)
+    for a, b in zip(got, fn(x, *aliases)):
+        torch.testing.assert_close(a, b)
+    sum(f.sum() for f in got).backward()
+    assert all(a.grad is not None for a in aliases)
+
+
 def test_cuda_graph_refuses_what_capture_cannot_replay():
     with pytest.raises(ValueError, match='with_cp'):
         FLAPyramid(arch=TINY, cuda_graph=True, with_cp=True)
@@ -123,3 +142,33 @@ def test_graphed_backbone_trains_under_ddp(tmp_path):
         assert worst < 1e-4, worst
     finally:
         dist.destroy_process_group()
+
+
+@cuda
+@pytest.mark.parametrize('amp', [False, True], ids=['fp32', 'bf16-autocast'])
+def test_compiled_graphed_training_steps_match_eager(amp):
+    """compile=True inside cuda_graph=True (Inductor's kernels captured in the backbone's
+    graph): three SGD steps end with the eager backbone's weights, within the float
+    reordering of Inductor's fusions (bf16: the tolerance of the graphed test)."""
+    torch.manual_seed(0)
+    a = FLAPyramid(arch=TINY, mixer='gla', scan='bi', drop_path_rate=0.0).cuda().train()
+    b = FLAPyramid(arch=TINY, mixer='gla', scan='bi', drop_path_rate=0.0, cuda_graph=True,
+                   compile=True).cuda().train()
+    b.load_state_dict(a.state_dict())
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (a, b)]
+    gen = torch.Generator(device='cuda').manual_seed(0)
+    proj = None
+    for _ in range(3):
+        x = torch.randn(2, 3, 64, 96, device='cuda', generator=gen)
+        for m, opt in zip((a, b), opts):
+            with torch.autocast('cuda', torch.bfloat16, enabled=amp):
+                feats = [f.float() for f in m(x)]
+            if proj is None:
+                proj = [torch.randn(f.shape, device='cuda', generator=gen) for f in feats]
+            sum((f * r).sum() for f, r in zip(feats, proj)).backward()
+            opt.step()
+            opt.zero_grad()
+    assert len(b._graphs) == 1 and list(b._compiled) == [('graph',) + next(iter(b._graphs))]
+    worst = max(((p - q).abs().max() / p.abs().max().clamp_min(1e-6)).item()
+                for p, q in zip(a.parameters(), b.parameters()))
+    assert worst < (1e-2 if amp else 1e-3), worst
