@@ -81,6 +81,28 @@ def test_cuda_graph_refuses_what_capture_cannot_replay():
         FLAPlain(arch=dict(embed_dims=32, depth=2, num_heads=2), scan='random', cuda_graph=True)
 
 
+def _sgd_steps(a, b, amp, steps=3):
+    """``steps`` SGD steps of backbones ``a`` and ``b`` on the same new input each step (one
+    shape; fp32, or under bf16 autocast as AMP runs it) and a fixed random projection of the
+    maps as loss; returns the last input and the worst relative weight difference."""
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (a, b)]
+    gen = torch.Generator(device='cuda').manual_seed(0)
+    proj = None
+    for _ in range(steps):
+        x = torch.randn(2, 3, 64, 96, device='cuda', generator=gen)
+        for m, opt in zip((a, b), opts):
+            with torch.autocast('cuda', torch.bfloat16, enabled=amp):
+                feats = [f.float() for f in m(x)]
+            if proj is None:
+                proj = [torch.randn(f.shape, device='cuda', generator=gen) for f in feats]
+            sum((f * r).sum() for f, r in zip(feats, proj)).backward()
+            opt.step()
+            opt.zero_grad()
+    worst = max(((p - q).abs().max() / p.abs().max().clamp_min(1e-6)).item()
+                for p, q in zip(a.parameters(), b.parameters()))
+    return x, worst
+
+
 @cuda
 @pytest.mark.parametrize('amp', [False, True], ids=['fp32', 'bf16-autocast'])
 @pytest.mark.parametrize('mixer', ['gla', 'simple_gla', 'gla-two_call'])
@@ -92,22 +114,8 @@ def test_graphed_training_steps_match_eager(mixer, amp):
     mixer, _, bi_kernel = mixer.partition('-')
     kw = dict(mixer_cfg=dict(bi_kernel=bi_kernel)) if bi_kernel else {}
     a, b = (m.cuda().train() for m in _pair(mixer=mixer, scan='bi', **kw))
-    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (a, b)]
-    gen = torch.Generator(device='cuda').manual_seed(0)
-    proj = None
-    for _ in range(3):
-        x = torch.randn(2, 3, 64, 96, device='cuda', generator=gen)
-        for m, opt in zip((a, b), opts):
-            with torch.autocast('cuda', torch.bfloat16, enabled=amp):
-                feats = [f.float() for f in m(x)]
-            if proj is None:
-                proj = [torch.randn(f.shape, device='cuda', generator=gen) for f in feats]
-            sum((f * r).sum() for f, r in zip(feats, proj)).backward()
-            opt.step()
-            opt.zero_grad()
+    x, worst = _sgd_steps(a, b, amp)
     assert len(b._graphs) == 1
-    worst = max(((p - q).abs().max() / p.abs().max().clamp_min(1e-6)).item()
-                for p, q in zip(a.parameters(), b.parameters()))
     assert worst < (1e-2 if amp else 1e-4), worst
     b.eval()            # eager: no new graph (its BatchNorm statistics saw 3 extra warm-ups)
     with torch.no_grad():
@@ -155,20 +163,6 @@ def test_compiled_graphed_training_steps_match_eager(amp):
     b = FLAPyramid(arch=TINY, mixer='gla', scan='bi', drop_path_rate=0.0, cuda_graph=True,
                    compile=True).cuda().train()
     b.load_state_dict(a.state_dict())
-    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (a, b)]
-    gen = torch.Generator(device='cuda').manual_seed(0)
-    proj = None
-    for _ in range(3):
-        x = torch.randn(2, 3, 64, 96, device='cuda', generator=gen)
-        for m, opt in zip((a, b), opts):
-            with torch.autocast('cuda', torch.bfloat16, enabled=amp):
-                feats = [f.float() for f in m(x)]
-            if proj is None:
-                proj = [torch.randn(f.shape, device='cuda', generator=gen) for f in feats]
-            sum((f * r).sum() for f, r in zip(feats, proj)).backward()
-            opt.step()
-            opt.zero_grad()
+    _, worst = _sgd_steps(a, b, amp)
     assert len(b._graphs) == 1 and list(b._compiled) == [('graph',) + next(iter(b._graphs))]
-    worst = max(((p - q).abs().max() / p.abs().max().clamp_min(1e-6)).item()
-                for p, q in zip(a.parameters(), b.parameters()))
     assert worst < (1e-2 if amp else 1e-3), worst

@@ -145,7 +145,7 @@ def trace_counts(events, device, steps):
 
 
 # Where a step's kernel time goes, by kernel name (lower case; the first group whose
-# substring a name holds); fla_mm's own kernels are named exactly (FUSED_BI_KERNELS).
+# substring a name holds); fla_mm's own kernels are named exactly (_fused_bi_kernels).
 # CUDA kernels carry the library's naming (cuBLAS 'nvjet' / 'xmma' / 'gemm', cuDNN, ATen's
 # 'at::native'); on CPU the leaf ATen ops do ('aten::mm', ...). Triton kernels that are
 # neither fla_mm's nor Inductor's ('triton_' prefix), FLA's among them, are 'other'.
