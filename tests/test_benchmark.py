@@ -297,8 +297,8 @@ def test_compile_modes_that_need_cuda_are_rows_that_say_so():
 
 def test_backbone_compile_option_row_compiles_the_backbone_itself():
     """A 'cuda_graph=True + compile default' row builds the backbone with its compile option
-    (here on CPU, where the graph is not used, its forward compiles through Dynamo) and no
-    torch.compile wrapper around it."""
+    and no torch.compile wrapper around it (here on CPU, where no graph is captured, the
+    backbone runs eagerly: its compile option serves the graphs only)."""
     from torch._dynamo.utils import counters
     args = bench('cli').parse_args(
         ['backbone', '--backbones', 'FLAPyramid', '--arch', json.dumps(PYRAMID),
@@ -310,7 +310,7 @@ def test_backbone_compile_option_row_compiles_the_backbone_itself():
     counters.clear()
     step = case.setup()
     step()
-    assert counters['stats']['unique_graphs'] >= 1
+    assert counters['stats']['unique_graphs'] == 0
     assert not any('OptimizedModule' in type(v).__name__ for v in vars(step).values())
 
 

@@ -134,3 +134,20 @@ def test_backbone_compile_option():
         FLAPyramid(arch=PYR, cuda_graph=True, compile=dict(mode='reduce-overhead'))
     assert FLAPyramid(arch=PYR, compile=True).compile == {}
     assert FLAPyramid(arch=PYR).compile is None
+
+
+def test_fast_path_is_eager_on_cpu():
+    """cuda_graph=True with compile=True (the GPU configs' fast path) compiles only what the
+    CUDA graphs capture: on CPU, in training and evaluation, the backbone runs its eager
+    forward, compiles nothing and computes what a backbone without the switch does."""
+    torch.manual_seed(0)
+    plain = FLAPyramid(arch=PYR, mixer='gla', scan='bi', drop_path_rate=0.0)
+    fast = FLAPyramid(arch=PYR, mixer='gla', scan='bi', drop_path_rate=0.0, cuda_graph=True,
+                      compile=True)
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    for train in (True, False):
+        plain.train(train), fast.train(train)
+        for a, b in zip(fast(x), plain(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert fast._compiled == {} and fast._graphs == {}

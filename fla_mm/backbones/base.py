@@ -161,8 +161,11 @@ class FLABackboneBase(BaseModule):
         between the mixers' kernels (the fused bi-scan is a custom op it sees through). This
         compiles the backbone alone, where MMEngine's ``compile=`` compiles the whole
         ``train_step`` (losses, head and optimizer step with it). With ``cuda_graph=True``
-        the mode must not be one that captures CUDA graphs itself ('reduce-overhead',
-        'max-autotune'). Call after :meth:`_setup_cuda_graph`."""
+        only the function each graph captures is compiled: evaluation, CPU and the shapes
+        past MAX_CUDA_GRAPHS run eagerly, so images of many sizes (whole-image inference) never
+        recompile, and a config that sets both trains its GPU steps compiled and stays eager
+        on CPU. The mode must then not be one that captures CUDA graphs itself
+        ('reduce-overhead', 'max-autotune'). Call after :meth:`_setup_cuda_graph`."""
         if compile is False or compile is None:
             return
         options = {} if compile is True else compile
@@ -217,6 +220,8 @@ class FLABackboneBase(BaseModule):
             graphed = self._graphed(x)
             if graphed is not None:
                 return graphed(x, *self.parameters())
+        if self.cuda_graph:      # compile= serves the graphs; the rest runs eagerly (below)
+            return self._forward(x)
         return self._through_compile('forward', self._forward)(x)
 
     def _graphed(self, x):

@@ -88,7 +88,8 @@ class FLAPlain(FLABackboneBase):
         cuda_graph: in training on CUDA, replay forward and backward from a CUDA graph
             per input shape (see ``FLABackboneBase._setup_cuda_graph``).
         compile: False, True or a dict of ``torch.compile`` arguments: the forward (with
-            ``cuda_graph``, what each graph captures) through ``torch.compile``
+            ``cuda_graph``, only what each graph captures: the fast path for training on
+            GPUs, eager elsewhere) through ``torch.compile``
             (``FLABackboneBase._setup_compile``).
         init_cfg: e.g. dict(type='Pretrained', checkpoint=PATH, prefix='backbone.').
     """
