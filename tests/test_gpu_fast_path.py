@@ -32,8 +32,8 @@ RUNS = {
 
 
 def _train(data_root, work, extra):
-    flags = [a for a in extra if a.startswith('--')]
-    opts = [a for a in extra if not a.startswith('--')] + [
+    flags = [a for a in extra if a in AMP]
+    opts = [a for a in extra if a not in AMP] + [
         f'{k}.dataset.data_root={data_root}' for k in
         ('train_dataloader', 'val_dataloader', 'test_dataloader')] + [
         f'train_cfg.max_iters={ITERS}', f'train_cfg.val_interval={ITERS}',

@@ -2,10 +2,15 @@
 # generated ADE20K-layout data at a GPU-sized crop, for the GPU runs docs/benchmarks.md
 # reports (mixed precision, multi-GPU throughput). Data:
 #   python tools/make_toy_data.py ade20k data/gen_ade20k --num-train 400 --num-val 40 --size 320 320
+# The backbone trains on the fast path: each training step's forward and backward replay a
+# CUDA graph of the torch.compile'd forward (cuda_graph=True with compile=True); evaluation and
+# CPU runs stay eager. It trains as eager does (tests/test_gpu_fast_path.py); eager again:
+#   --cfg-options model.backbone.cuda_graph=False model.backbone.compile=False
 _base_ = ['../upernet_gla_ade20k.py']
 data_root = 'data/gen_ade20k'
 crop_size = (256, 256)
-model = dict(data_preprocessor=dict(size=crop_size))
+model = dict(data_preprocessor=dict(size=crop_size),
+             backbone=dict(cuda_graph=True, compile=True))
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='NameFileOnError',
