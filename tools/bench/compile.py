@@ -86,7 +86,7 @@ def _variants(meta, per_channel, config):
         for backward in (False, True):
             name = 'backward' if backward else 'forward'
             (state, state_meta), (scan, scan_meta), (main, main_meta) = fb._chunked_kernels(
-                meta, per_channel, backward, f32=backward)
+                meta, per_channel, backward, f32=backward, config=config)
             variants += [(f'chunk states, {name}', state, state_meta, backward)]
             variants += [] if backward else [('chunk state pass', scan, scan_meta, False)]
             variants += [(name, main, main_meta, backward)]

@@ -138,6 +138,61 @@ def _chunk_scan_kernel(S, G, NT, ROWS, SIZE: tl.constexpr, BLOCK: tl.constexpr,
 
 
 @triton.jit
+def _decay_then_add(a1, b1, a2, b2):
+    """Two steps of the recurrence x -> a x + b, (a1, b1) first: x -> a2 (a1 x + b1) + b2."""
+    return a1 * a2, b1 * a2 + b2
+
+
+@triton.jit
+def _scan_tile(S, G, base, row, n, rev, NT, offs, SIZE: tl.constexpr, CHANNELS: tl.constexpr,
+               BV: tl.constexpr, GROUP: tl.constexpr, BLOCK: tl.constexpr):
+    """Pointers, local states and decays of the chunks at positions ``n`` (in the kind's
+    order) of one row, as [GROUP, BLOCK] tiles; positions past the row are the identity step
+    (decay 1, state 0)."""
+    valid = (n >= 0) & (n < NT)
+    i = n + rev * (NT - 1 - 2 * n)           # chunk index, in the kind's order
+    ptrs = base[None, :] + i[:, None] * SIZE
+    local = tl.load(ptrs, mask=valid[:, None], other=0.)
+    if CHANNELS > 0:
+        decay = tl.exp(tl.load(G + (row * NT + i)[:, None] * CHANNELS + (offs // BV)[None, :],
+                               mask=valid[:, None], other=0.))
+    else:
+        decay = tl.exp(tl.load(G + row * NT + i, mask=valid, other=0.))[:, None] + \
+            tl.zeros([GROUP, BLOCK], dtype=tl.float32)
+    return ptrs, valid, local, decay
+
+
+@triton.jit
+def _chunk_scan_parallel_kernel(S, G, NT, ROWS, SIZE: tl.constexpr, BLOCK: tl.constexpr,
+                                GROUP: tl.constexpr, CHANNELS: tl.constexpr, BV: tl.constexpr):
+    """:func:`_chunk_scan_kernel` (same arguments, same result) with each group of GROUP
+    chunks as a parallel scan (``tl.associative_scan`` of the steps x -> decay x + local,
+    which keeps their order), log2(GROUP) levels deep instead of GROUP passes over the tile:
+    the state entering chunk n of a group is the scan of the group's steps shifted by one
+    chunk, applied to the state entering the group (``FusedBiConfig.state_pass='parallel'``;
+    its GROUP can then be larger, for fewer round trips to memory per row)."""
+    row, i_blk, rev = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs = i_blk * BLOCK + tl.arange(0, BLOCK)
+    base = S + ((rev * ROWS + row) * NT).to(tl.int64) * SIZE + offs
+    rows = tl.arange(0, GROUP)
+    carry = tl.zeros([BLOCK], dtype=tl.float32)
+    for n0 in range(0, NT, GROUP):
+        n = n0 + rows
+        ptrs, valid, local, decay = _scan_tile(S, G, base, row, n, rev, NT, offs, SIZE,
+                                               CHANNELS, BV, GROUP, BLOCK)
+        # the steps of chunks n - 1 (the group's first row: the identity)
+        prev = tl.where(rows > 0, n - 1, -1)
+        _, _, prev_local, prev_decay = _scan_tile(S, G, base, row, prev, rev, NT, offs, SIZE,
+                                                  CHANNELS, BV, GROUP, BLOCK)
+        a, b = tl.associative_scan((prev_decay, prev_local), 0, _decay_then_add)
+        entering = a * carry[None, :] + b
+        tl.store(ptrs, entering, mask=valid[:, None])
+        # the state leaving the group: its last row's step (a sum picks the row, so no
+        # reduction needs the steps' order)
+        carry = tl.sum(tl.where(rows[:, None] == GROUP - 1, decay * entering + local, 0.), 0)
+
+
+@triton.jit
 def _chunk_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr,
                       V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       PRECISION: tl.constexpr):

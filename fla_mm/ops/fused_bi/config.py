@@ -35,6 +35,12 @@ class FusedBiConfig:
             parallel), for every decay family, or 'auto': by shape, as
             :meth:`runs_chunked` says (the sweep where ``segments`` is forced). The segment
             fields apply to the sweep only.
+        state_pass: the chunked form's pass over the chunk states: 'sequential' (each
+            group of ``scan_group`` chunks walked one chunk at a time in registers) or
+            'parallel' (each group as a parallel scan, ``chunked._chunk_scan_parallel_kernel``).
+            Same result; 'parallel' awaits its GPU timing, so 'sequential' stays the default.
+        scan_group, scan_block: chunks per load group and state elements per program of that
+            pass.
         chunked_max_heads, chunked_min_tokens: 'auto' runs the chunked form for
             per-key-channel decay (GLA) at batch x heads up to ``chunked_max_heads`` and
             sequences of ``chunked_min_tokens`` or more, where the sweep has too few programs
@@ -52,19 +58,25 @@ class FusedBiConfig:
     form: str = 'auto'
     chunked_max_heads: int = 12
     chunked_min_tokens: int = 4096
+    state_pass: str = 'sequential'
+    scan_group: int = 8
+    scan_block: int = 128
 
     def __post_init__(self):
         if self.form not in FORMS:
             raise ValueError(f'FusedBiConfig.form must be one of {", ".join(FORMS)} '
                              f'(got {self.form!r})')
+        if self.state_pass not in STATE_PASSES:
+            raise ValueError(f'FusedBiConfig.state_pass must be one of '
+                             f'{", ".join(STATE_PASSES)} (got {self.state_pass!r})')
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == 'form' or f.name == 'segments' and value is None:
+            if f.name in CHOICE_FIELDS or f.name == 'segments' and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f'FusedBiConfig.{f.name} must be an int >= 1'
                                  f'{" or None" if f.name == "segments" else ""} (got {value!r})')
-        for name in ('fwd_warps', 'bwd_warps'):
+        for name in ('fwd_warps', 'bwd_warps', 'scan_group', 'scan_block'):
             value = getattr(self, name)
             if value & (value - 1):
                 raise ValueError(f'FusedBiConfig.{name} must be a power of 2 (got {value})')
@@ -106,24 +118,30 @@ class FusedBiConfig:
     def to_op_args(self):
         """The config as the custom ops (``op.py``) take it, in types a schema has:
         ``segments`` (an int or None) and the other fields as an int list
-        (:data:`OP_COUNT_FIELDS` order; ``form`` as its index in :data:`FORMS`).
-        :meth:`from_op_args` is the inverse."""
-        return self.segments, [FORMS.index(self.form) if name == 'form' else
-                               getattr(self, name) for name in OP_COUNT_FIELDS]
+        (:data:`OP_COUNT_FIELDS` order; ``form`` and ``state_pass`` as their index in
+        :data:`CHOICE_FIELDS`' tuples). :meth:`from_op_args` is the inverse."""
+        return self.segments, [CHOICE_FIELDS[name].index(getattr(self, name))
+                               if name in CHOICE_FIELDS else getattr(self, name)
+                               for name in OP_COUNT_FIELDS]
 
     @classmethod
     def from_op_args(cls, segments, counts):
         fields = dict(zip(OP_COUNT_FIELDS, counts, strict=True))
-        return cls(segments=segments, **dict(fields, form=FORMS[fields['form']]))
+        for name, choices in CHOICE_FIELDS.items():
+            fields[name] = choices[fields[name]]
+        return cls(segments=segments, **fields)
 
 
-# the kernel forms, by their index in the custom ops' int list
+# the kernel forms and the chunked form's state passes, by their index in the custom ops' int
+# list
 FORMS = ('sweep', 'chunked', 'auto')
+STATE_PASSES = ('sequential', 'parallel')
+CHOICE_FIELDS = dict(form=FORMS, state_pass=STATE_PASSES)
 
 
 DEFAULT_CONFIG = FusedBiConfig()
 # (module constants, not dataclasses.fields calls, where torch.compile traces: a dict config
 # inside a compiled region is read without a graph break)
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(FusedBiConfig))
-# the fields after ``segments`` (ints >= 1, and ``form`` by index): FusedBiConfig.to_op_args
+# the fields after ``segments`` (ints >= 1, the choices by index): FusedBiConfig.to_op_args
 OP_COUNT_FIELDS = tuple(name for name in FIELD_NAMES if name != 'segments')

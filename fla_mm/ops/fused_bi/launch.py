@@ -6,7 +6,8 @@ import torch
 import triton
 
 from .chunked import (_chunk_bwd_kernel, _chunk_fwd_kernel, _chunk_gla_bwd_kernel,
-                      _chunk_gla_fwd_kernel, _chunk_scan_kernel, _chunk_state_kernel)
+                      _chunk_gla_fwd_kernel, _chunk_scan_kernel, _chunk_scan_parallel_kernel,
+                      _chunk_state_kernel)
 from .config import DEFAULT_CONFIG
 from .gla import _bi_gla_bwd_kernel, _bi_gla_fwd_kernel, _bi_gla_seg_state_kernel
 from .scalar import _bi_bwd_kernel, _bi_fwd_kernel, _bi_seg_state_kernel
@@ -14,8 +15,6 @@ from .scalar import _bi_bwd_kernel, _bi_fwd_kernel, _bi_seg_state_kernel
 CHUNK = 64        # tokens per chunk
 GLA_STEP = 16     # per-key-channel decay, exact fallback: tokens per [BC, BC, BK] step
 GLA_SAFE = 60.0   # ... taken by chunks that decay by more than exp(-GLA_SAFE) in a channel
-SCAN_BLOCK = 128  # chunked form, the pass over chunk states: state elements per program,
-SCAN_GROUP = 8    # ... and chunks per load
 
 
 def _meta(q, v, per_channel):
@@ -98,7 +97,8 @@ def run_forward(q, k, v, g, scale, config):
     per_channel = g.dim() == 5
     meta = _meta(q, v, per_channel)
     if _chunked(config, q, g):
-        return _chunked_forward(q, k, v, g, scale, meta, _launch_options(meta, False, config))
+        return _chunked_forward(q, k, v, g, scale, meta, _launch_options(meta, False, config),
+                                config)
     o2 = _output_pair(q, v)
     nseg, cps = _segments(T, meta['BT'], per_channel, config=config)
     seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
@@ -180,7 +180,7 @@ def run_backward(q, k, v, g, do, scale, config, need_dg):
     do = do.contiguous()
     if _chunked(config, q, g):
         return _chunked_backward(q, k, v, g, do, scale, meta,
-                                 _launch_options(meta, True, config), need_dg)
+                                 _launch_options(meta, True, config), need_dg, config)
     buffers = _backward_buffers(q, k, v, g, need_dg)
     dq2, dk2, dv2, dg, dg_tot = buffers
     state_kernel, seg_meta, kernel, programs = _kernels(meta, per_channel, True)
@@ -228,15 +228,17 @@ def _chunked(config, q, g):
     return config.runs_chunked(g.dim() == 5, B * H, T)
 
 
-def _chunked_kernels(meta, per_channel, backward, f32):
+def _chunked_kernels(meta, per_channel, backward, f32, config=DEFAULT_CONFIG):
     """What a chunked pass launches, each kernel with its constexprs: the chunk-state kernel
     (``f32``: fp32 operands for the keys' states, which the gate gradient needs), the pass
-    over the states, and the output (forward) or gradient (backward) kernel. Used by the
-    passes and by ``tools/benchmark.py compile``."""
+    over the states (``config.state_pass``, ``scan_group``, ``scan_block``), and the output
+    (forward) or gradient (backward) kernel. Used by the passes and by
+    ``tools/benchmark.py compile``."""
     BK, BV = meta['BK'], meta['BV']
     state_meta = {n: meta[n] for n in ('K', 'V', 'BT', 'BK', 'BV', 'PRECISION')}
-    scan_meta = dict(SIZE=BK * BV, BLOCK=min(SCAN_BLOCK, BK * BV), GROUP=SCAN_GROUP,
-                     CHANNELS=BK if per_channel else 0, BV=BV)
+    scan_meta = dict(SIZE=BK * BV, BLOCK=min(config.scan_block, BK * BV),
+                     GROUP=config.scan_group, CHANNELS=BK if per_channel else 0, BV=BV)
+    scan = _chunk_scan_parallel_kernel if config.state_pass == 'parallel' else _chunk_scan_kernel
     if backward:
         main = _chunk_gla_bwd_kernel if per_channel else _chunk_bwd_kernel
         main_meta = dict(meta, NEED_DG=f32)
@@ -244,7 +246,7 @@ def _chunked_kernels(meta, per_channel, backward, f32):
         main, main_meta = (_chunk_gla_fwd_kernel if per_channel else _chunk_fwd_kernel), meta
     return [(_chunk_state_kernel, dict(state_meta, F32=f32, BACKWARD=backward,
                                        PER_CHANNEL=per_channel)),
-            (_chunk_scan_kernel, scan_meta), (main, main_meta)]
+            (scan, scan_meta), (main, main_meta)]
 
 
 def _chunk_states(q, k, v, g, do, kernels, options, backward):
@@ -267,11 +269,11 @@ def _chunk_states(q, k, v, g, do, kernels, options, backward):
     return S
 
 
-def _chunked_forward(q, k, v, g, scale, meta, options):
+def _chunked_forward(q, k, v, g, scale, meta, options, config):
     """:func:`run_forward` in the chunked form: the chunk states, then both directions'
     outputs on every chunk (summed as the sweep's are)."""
     B, T, H, _ = q.shape
-    kernels = _chunked_kernels(meta, g.dim() == 5, backward=False, f32=False)
+    kernels = _chunked_kernels(meta, g.dim() == 5, backward=False, f32=False, config=config)
     S = _chunk_states(q, k, v, g, q, kernels, options, backward=False)
     o2 = _output_pair(q, v)
     kernel, kernel_meta = kernels[2]
@@ -294,11 +296,11 @@ def _chunked_backward_results(need_dg, dq2, dk2, dv2, dgt):
     return _summed_grads(dq2, dk2, dv2) + ([_gate_grad_of_tokens(dgt)] if need_dg else [])
 
 
-def _chunked_backward(q, k, v, g, do, scale, meta, options, need_dg):
+def _chunked_backward(q, k, v, g, do, scale, meta, options, need_dg, config):
     """:func:`run_backward` in the chunked form: the chunk states and adjoint states, then
     every chunk's gradient pieces of both scan directions."""
     B, T, H, _ = q.shape
-    kernels = _chunked_kernels(meta, g.dim() == 5, backward=True, f32=need_dg)
+    kernels = _chunked_kernels(meta, g.dim() == 5, backward=True, f32=need_dg, config=config)
     S = _chunk_states(q, k, v, g, do, kernels, options, backward=True)
     dq2, dk2, dv2, dgt = _chunked_backward_buffers(q, k, v, g, need_dg)
     kernel, kernel_meta = kernels[2]
