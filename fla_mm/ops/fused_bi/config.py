@@ -63,12 +63,10 @@ class FusedBiConfig:
     scan_block: int = 128
 
     def __post_init__(self):
-        if self.form not in FORMS:
-            raise ValueError(f'FusedBiConfig.form must be one of {", ".join(FORMS)} '
-                             f'(got {self.form!r})')
-        if self.state_pass not in STATE_PASSES:
-            raise ValueError(f'FusedBiConfig.state_pass must be one of '
-                             f'{", ".join(STATE_PASSES)} (got {self.state_pass!r})')
+        for name, choices in CHOICE_FIELDS.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f'FusedBiConfig.{name} must be one of {", ".join(choices)} '
+                                 f'(got {getattr(self, name)!r})')
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name in CHOICE_FIELDS or f.name == 'segments' and value is None:
