@@ -18,8 +18,9 @@ The files:
 - ``scalar.py``: the kernels for a scalar decay per head (simple_gla, RetNet).
 - ``gla.py``: the kernels for a decay per key channel (GLA).
 - ``chunked.py``: the chunk-parallel form of both families (``FusedBiConfig.form='chunked'``):
-  per-chunk parts and states in parallel over (chunk, batch*head, direction), a short
-  sequential pass over the chunk states, then the states' contribution in parallel.
+  per-chunk parts and states in parallel over (chunk, batch*head, direction), a short pass
+  over the chunk states (groups of chunks as parallel scans), then the states' contribution
+  in parallel.
 - ``launch.py``: block sizes, launch options, segments per sweep, and the forward and
   backward passes that launch the kernels (with fake twins: same allocations, no kernels).
 - ``op.py``: the passes as custom ops ``fla_mm::fused_bi_fwd`` / ``fla_mm::fused_bi_bwd``

@@ -35,12 +35,9 @@ class FusedBiConfig:
             parallel), for every decay family, or 'auto': by shape, as
             :meth:`runs_chunked` says (the sweep where ``segments`` is forced). The segment
             fields apply to the sweep only.
-        state_pass: the chunked form's pass over the chunk states: 'sequential' (each
-            group of ``scan_group`` chunks walked one chunk at a time in registers) or
-            'parallel' (each group as a parallel scan, ``chunked._chunk_scan_parallel_kernel``).
-            Same result; 'parallel' awaits its GPU timing, so 'sequential' stays the default.
-        scan_group, scan_block: chunks per load group and state elements per program of that
-            pass.
+        scan_group, scan_block: the chunked form's pass over the chunk states
+            (``chunked._chunk_scan_kernel``): chunks per load group (each group one parallel
+            scan) and state elements per program.
         chunked_max_heads, chunked_min_tokens: 'auto' runs the chunked form for
             per-key-channel decay (GLA) at batch x heads up to ``chunked_max_heads`` and
             sequences of ``chunked_min_tokens`` or more, where the sweep has too few programs
@@ -58,9 +55,8 @@ class FusedBiConfig:
     form: str = 'auto'
     chunked_max_heads: int = 12
     chunked_min_tokens: int = 4096
-    state_pass: str = 'sequential'
-    scan_group: int = 8
-    scan_block: int = 128
+    scan_group: int = 16
+    scan_block: int = 64
 
     def __post_init__(self):
         for name, choices in CHOICE_FIELDS.items():
@@ -116,8 +112,7 @@ class FusedBiConfig:
     def to_op_args(self):
         """The config as the custom ops (``op.py``) take it, in types a schema has:
         ``segments`` (an int or None) and the other fields as an int list
-        (:data:`OP_COUNT_FIELDS` order; ``form`` and ``state_pass`` as their index in
-        :data:`CHOICE_FIELDS`' tuples). :meth:`from_op_args` is the inverse."""
+        (:data:`OP_COUNT_FIELDS` order; ``form`` as its index in :data:`FORMS`). :meth:`from_op_args` is the inverse."""
         return self.segments, [CHOICE_FIELDS[name].index(getattr(self, name))
                                if name in CHOICE_FIELDS else getattr(self, name)
                                for name in OP_COUNT_FIELDS]
@@ -130,11 +125,9 @@ class FusedBiConfig:
         return cls(segments=segments, **fields)
 
 
-# the kernel forms and the chunked form's state passes, by their index in the custom ops' int
-# list
+# the kernel forms, by their index in the custom ops' int list
 FORMS = ('sweep', 'chunked', 'auto')
-STATE_PASSES = ('sequential', 'parallel')
-CHOICE_FIELDS = dict(form=FORMS, state_pass=STATE_PASSES)
+CHOICE_FIELDS = dict(form=FORMS)
 
 
 DEFAULT_CONFIG = FusedBiConfig()

@@ -6,8 +6,7 @@ import torch
 import triton
 
 from .chunked import (_chunk_bwd_kernel, _chunk_fwd_kernel, _chunk_gla_bwd_kernel,
-                      _chunk_gla_fwd_kernel, _chunk_scan_kernel, _chunk_scan_parallel_kernel,
-                      _chunk_state_kernel)
+                      _chunk_gla_fwd_kernel, _chunk_scan_kernel, _chunk_state_kernel)
 from .config import DEFAULT_CONFIG
 from .gla import _bi_gla_bwd_kernel, _bi_gla_fwd_kernel, _bi_gla_seg_state_kernel
 from .scalar import _bi_bwd_kernel, _bi_fwd_kernel, _bi_seg_state_kernel
@@ -231,14 +230,13 @@ def _chunked(config, q, g):
 def _chunked_kernels(meta, per_channel, backward, f32, config=DEFAULT_CONFIG):
     """What a chunked pass launches, each kernel with its constexprs: the chunk-state kernel
     (``f32``: fp32 operands for the keys' states, which the gate gradient needs), the pass
-    over the states (``config.state_pass``, ``scan_group``, ``scan_block``), and the output
+    over the states (``config.scan_group``, ``scan_block``), and the output
     (forward) or gradient (backward) kernel. Used by the passes and by
     ``tools/benchmark.py compile``."""
     BK, BV = meta['BK'], meta['BV']
     state_meta = {n: meta[n] for n in ('K', 'V', 'BT', 'BK', 'BV', 'PRECISION')}
     scan_meta = dict(SIZE=BK * BV, BLOCK=min(config.scan_block, BK * BV),
                      GROUP=config.scan_group, CHANNELS=BK if per_channel else 0, BV=BV)
-    scan = _chunk_scan_parallel_kernel if config.state_pass == 'parallel' else _chunk_scan_kernel
     if backward:
         main = _chunk_gla_bwd_kernel if per_channel else _chunk_bwd_kernel
         main_meta = dict(meta, NEED_DG=f32)
@@ -246,7 +244,7 @@ def _chunked_kernels(meta, per_channel, backward, f32, config=DEFAULT_CONFIG):
         main, main_meta = (_chunk_gla_fwd_kernel if per_channel else _chunk_fwd_kernel), meta
     return [(_chunk_state_kernel, dict(state_meta, F32=f32, BACKWARD=backward,
                                        PER_CHANNEL=per_channel)),
-            (scan, scan_meta), (main, main_meta)]
+            (_chunk_scan_kernel, scan_meta), (main, main_meta)]
 
 
 def _chunk_states(q, k, v, g, do, kernels, options, backward):
