@@ -112,7 +112,8 @@ class FusedBiConfig:
     def to_op_args(self):
         """The config as the custom ops (``op.py``) take it, in types a schema has:
         ``segments`` (an int or None) and the other fields as an int list
-        (:data:`OP_COUNT_FIELDS` order; ``form`` as its index in :data:`FORMS`). :meth:`from_op_args` is the inverse."""
+        (:data:`OP_COUNT_FIELDS` order; ``form`` as its index in :data:`FORMS`).
+        :meth:`from_op_args` is the inverse."""
         return self.segments, [CHOICE_FIELDS[name].index(getattr(self, name))
                                if name in CHOICE_FIELDS else getattr(self, name)
                                for name in OP_COUNT_FIELDS]
