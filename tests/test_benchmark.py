@@ -238,7 +238,7 @@ def test_new_options_parse():
     args = parse(['backbone', '--compile', 'none', 'default', 'max-autotune-no-cudagraphs',
                   '--backbone-cuda-graph', '--device', 'cpu'])
     assert args.compile == ['none', 'default', 'max-autotune-no-cudagraphs']
-    assert args.fla_compile == args.compile and args.backbone_cuda_graph
+    assert args.fla_compile == args.compile and args.backbone_cuda_graph == 'also'
     assert args.profile_steps == 3 and args.compile_backend == 'inductor' and not args.no_twin
     args = parse(['backbone', '--compile', 'default', '--fla-compile', 'none', '--device', 'cpu'])
     assert (args.compile, args.fla_compile) == (['default'], ['none'])
@@ -293,6 +293,10 @@ def test_compile_modes_that_need_cuda_are_rows_that_say_so():
     assert 'captures CUDA graphs itself' in skips['cuda_graph=True + compile reduce-overhead']
     assert skips['cuda_graph=True + compile default'] is None
     assert skips['cuda_graph=True'] is None and skips['compile reduce-overhead'] is None
+    # 'only': the fla_mm backbone runs with cuda_graph=True alone
+    args.backbone_cuda_graph = 'only'
+    assert {c.meta['variant'] for c in bench('level_backbone').backbone_cases(args)} == {
+        'cuda_graph=True', *(f'cuda_graph=True + compile {m}' for m in modes)}
 
 
 def test_backbone_compile_option_row_compiles_the_backbone_itself():

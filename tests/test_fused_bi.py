@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from fla_mm.layers.mixer import TokenMixer
 from fla_mm.ops.fused_bi import FusedBiConfig, naive_bi_decay_attn
-from fla_mm.ops.fused_bi.launch import _chunked, _segments
+from fla_mm.ops.fused_bi.launch import _chunked, _gate_grad_of_tokens, _segments
 from fla_mm.ops.reference import chunk_decay_attn_ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -209,6 +209,18 @@ def test_chunked_form_matches_naive_and_sweep_in_triton_interpreter(gates):
                         **({1100: several} if gates == 'shared' else {})}, res.stdout
     worst = [float(x) for line in lines if line.startswith('WORST') for x in line.split()[1:]]
     assert len(worst) == 2 and max(worst) < 1e-5, res.stdout
+
+
+@pytest.mark.parametrize('T', [1, 63, 64, 130, 1100])
+@pytest.mark.parametrize('channels', [(), (4,)])
+def test_gate_gradient_of_tokens_is_a_suffix_and_a_prefix_sum(T, channels):
+    """launch._gate_grad_of_tokens (both forms' last step of the gate gradient) against its
+    definition in float64: direction 0 sums every later token, direction 1 every earlier."""
+    d = torch.randn(2, 2, T, 3, *channels)
+    want = torch.stack([d[0].double().flip(1).cumsum(1).flip(1), d[1].double().cumsum(1)])
+    got = _gate_grad_of_tokens(d)
+    assert got.shape == d.shape and got.dtype == d.dtype
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
 
 # The chunked form's pass over chunk states (chunked._chunk_scan_kernel) against a loop over
@@ -475,29 +487,27 @@ def test_sweeps_are_cut_into_segments_from_4096_tokens():
 
 
 def test_auto_form_runs_chunked_where_the_sweep_has_few_programs():
-    """form='auto' (the default) runs a pass in the chunked form for per-key-channel decay at
-    up to chunked_max_heads (batch x heads) and from chunked_min_tokens tokens, as FLAPyramid-T
-    at B=2 has in its stride-4 and stride-8 stages, and the sweep elsewhere: scalar decay, many
-    heads, short sequences, or a forced segment count; 'sweep' and 'chunked' are what they
-    say at every shape."""
-    def runs_chunked(config, B, T, H, per_channel, K=32):
-        q = torch.empty(B, T, H, K)
-        g = torch.empty(2, B, T, H, *((K,) if per_channel else ()))
-        return _chunked(FusedBiConfig.coerce(config), q, g)
+    """form='auto' (the default) runs a pass in the chunked form, for both decay kinds, at up
+    to chunked_max_heads (batch x heads) and from chunked_min_tokens tokens, as every stage of
+    FLAPyramid-T at B=2 has from 1024 tokens, and the sweep elsewhere: many sequences, short
+    ones, or a forced segment count; 'sweep' and 'chunked' are what they say at every shape."""
+    def runs_chunked(config, B, T, H, K=32):
+        return _chunked(FusedBiConfig.coerce(config), torch.empty(B, T, H, K))
     default = FusedBiConfig()
     assert (default.form, default.chunked_max_heads, default.chunked_min_tokens) == (
-        'auto', 12, 4096)
-    assert runs_chunked(None, 2, 65536, 3, True) and runs_chunked(None, 2, 16384, 3, True)
-    assert runs_chunked(None, 2, 4096, 6, True) and runs_chunked(None, 1, 4096, 12, True)
-    assert not runs_chunked(None, 2, 4095, 6, True)          # short
-    assert not runs_chunked(None, 2, 16384, 12, True)        # 24 sequences
-    assert not runs_chunked(None, 8, 16384, 3, True)
-    assert not runs_chunked(None, 2, 65536, 3, False)        # scalar decay
-    assert not runs_chunked(dict(segments=2), 2, 65536, 3, True)
-    assert runs_chunked(dict(chunked_max_heads=24), 2, 16384, 12, True)
-    for B, T, H, per_channel in ((2, 65536, 3, True), (8, 64, 6, False), (1, 1, 1, True)):
-        assert runs_chunked(dict(form='chunked'), B, T, H, per_channel)
-        assert not runs_chunked(dict(form='sweep'), B, T, H, per_channel)
+        'auto', 48, 1024)
+    # FLAPyramid-T at B=2: 512² stages 0-2 and 1024² stages 0-3 (3, 6, 12, 24 heads)
+    for T, H in ((16384, 3), (4096, 6), (1024, 12), (65536, 3), (16384, 6), (4096, 12),
+                 (1024, 24)):
+        assert runs_chunked(None, 2, T, H), (T, H)
+    assert not runs_chunked(None, 2, 256, 24)       # 512², stage 3: 4 chunks a sequence
+    assert not runs_chunked(None, 2, 1023, 3)       # short
+    assert not runs_chunked(None, 8, 1024, 12)      # 96 sequences
+    assert not runs_chunked(dict(segments=2), 2, 65536, 3)
+    assert runs_chunked(dict(chunked_max_heads=96), 8, 1024, 12)
+    for B, T, H in ((2, 65536, 3), (8, 64, 6), (1, 1, 1)):
+        assert runs_chunked(dict(form='chunked'), B, T, H)
+        assert not runs_chunked(dict(form='sweep'), B, T, H)
 
 
 def test_config_is_frozen_and_checked():

@@ -11,6 +11,10 @@ The files:
 - ``families.py``: the public ops (:data:`OPS` maps a mixer family to its op), backend choice,
   errors that name the family and the kernel that failed, and the fallbacks where FLA 0.6.0
   cannot train a case.
+- ``fla_calls.py``: FLA's kernel calls by name, run directly in eager and, under
+  ``torch.compile``, through one opaque custom op (``fla_mm::fla_forward``, with a backward
+  that recomputes the call), so that a block traces without the graph breaks of FLA's
+  compiler-disabled ops.
 - ``reference.py``: the chunked references (a Python loop over chunks, batched matmuls inside)
   and token-by-token forms they are tested against.
 - ``fused_bi/``: fla_mm's own kernel, both scans of the decay families (GLA, simple GLA,

@@ -5,7 +5,9 @@ Each op takes the inputs after the family's projections, feature maps and gate a
 recurrence: FLA's ``chunk_*`` kernel where it has one, else the chunked reference of
 :mod:`.reference`. Where FLA 0.6.0 cannot train a case (see :func:`triton_bwd_broken`,
 fp32 delta rule) an op takes FLA's ``fused_recurrent_*`` form if that has a backward, or the
-reference on the GPU, with a one-time warning.
+reference on the GPU, with a one-time warning. Every FLA call goes through
+:func:`.fla_calls.call`: directly in eager, as one opaque custom op under ``torch.compile``
+(FLA's own ops are compiler-disabled: a graph break per call).
 """
 import functools
 import os
@@ -15,11 +17,11 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from .fla_calls import RWKV7_LOG_DECAY_MIN  # noqa: F401  (the mixers read it here)
+from .fla_calls import call as _fla_call
 from .fla_configs import use_shipped_configs
 from .reference import (abc_slots, chunk_decay_attn_ref, chunk_delta_rule_ref, chunk_dplr_ref,
                         chunk_hgrn_ref, chunk_linear_ref, chunk_slot_attn_ref)
-
-RWKV7_LOG_DECAY_MIN = -0.6065306597126334
 
 
 @torch.compiler.assume_constant_result
@@ -141,6 +143,13 @@ def _warn_once(message):
     warnings.warn(message)
 
 
+@torch.compiler.assume_constant_result
+def _warn(message):
+    """:func:`_warn_once`, which ``torch.compile`` runs while tracing instead of tracing
+    ``warnings.warn`` (a graph break)."""
+    _warn_once(message)
+
+
 def _needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
@@ -153,16 +162,15 @@ def _chunk_bwd_refused(*tensors):
 def _needs_recurrent(name, *tensors):
     if not _chunk_bwd_refused(*tensors):
         return False
-    _warn_once(f'fla_mm: FLA refuses the backward of chunk_{name} on Hopper with this Triton '
-               f'(>= 3.4, < 3.7.1); using fused_recurrent_{name} instead (slower, same math).')
+    _warn(f'fla_mm: FLA refuses the backward of chunk_{name} on Hopper with this Triton '
+          f'(>= 3.4, < 3.7.1); using fused_recurrent_{name} instead (slower, same math).')
     return True
 
 
 def gla(q, k, v, g, scale=None):
     """Gated linear attention, per-key-channel log decay ``g`` [B, T, H, K]."""
     if _use_kernel(q):
-        from fla.ops.gla import chunk_gla
-        return chunk_gla(q, k, v, g, scale=scale)[0]
+        return _fla_call('chunk_gla', (q, k, v, g), scale)
     return chunk_decay_attn_ref(q, k, v, g, scale)
 
 
@@ -170,10 +178,8 @@ def simple_gla(q, k, v, g, scale=None):
     """Scalar-decay linear attention (Mamba2/SSD form), log decay ``g`` [B, T, H]."""
     if _use_kernel(q):
         if _needs_recurrent('simple_gla', q, k, v, g):
-            from fla.ops.simple_gla import fused_recurrent_simple_gla
-            return fused_recurrent_simple_gla(q, k, v, g, scale=scale)[0]
-        from fla.ops.simple_gla import chunk_simple_gla
-        return chunk_simple_gla(q, k, v, g, scale=scale)[0]
+            return _fla_call('fused_recurrent_simple_gla', (q, k, v, g), scale)
+        return _fla_call('chunk_simple_gla', (q, k, v, g), scale)
     return chunk_decay_attn_ref(q, k, v, g, scale)
 
 
@@ -187,8 +193,7 @@ def retnet(q, k, v, scale=None):
     """Retention: simple_gla with a fixed per-head decay."""
     B, T, H, _ = q.shape
     if _use_kernel(q):
-        from fla.ops.retention import chunk_retention
-        return chunk_retention(q, k, v, scale=scale)[0]
+        return _fla_call('chunk_retention', (q, k, v), scale)
     g = retnet_decay(H, q.device).expand(B, T, H)
     return chunk_decay_attn_ref(q, k, v, g, scale)
 
@@ -232,8 +237,7 @@ def bi_decay_attn(q, k, v, gf, gb=None, scale=None, kernel='fused', stacked=Fals
 def linear_attn(q, k, v, scale=None):
     """Linear attention without decay or normaliser."""
     if _use_kernel(q):
-        from fla.ops.linear_attn import chunk_linear_attn
-        return chunk_linear_attn(q, k, v, scale=scale, normalize=False)[0]
+        return _fla_call('chunk_linear_attn', (q, k, v), scale)
     return chunk_decay_attn_ref(q, k, v, None, scale)
 
 
@@ -252,12 +256,11 @@ def l2norm(x, eps=1e-6):
 def delta_rule(q, k, v, beta, scale=None, qk_l2norm=True):
     """DeltaNet: S_t = (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T, ``beta`` [B, T, H]."""
     if _use_kernel(q) and q.dtype != torch.float32:
-        from fla.ops.delta_rule import chunk_delta_rule
-        return chunk_delta_rule(q, k, v, beta, scale=scale, use_qk_l2norm_in_kernel=qk_l2norm)[0]
+        return _fla_call('chunk_delta_rule', (q, k, v, beta), scale, qk_l2norm)
     if _use_kernel(q):
-        _warn_once('fla_mm: FLA 0.6.0\'s chunk_delta_rule refuses float32 inputs; delta_net runs '
-                   'the PyTorch chunked reference on the GPU in float32 (use bf16/fp16 autocast '
-                   'for the Triton kernel).')
+        _warn('fla_mm: FLA 0.6.0\'s chunk_delta_rule refuses float32 inputs; delta_net runs '
+              'the PyTorch chunked reference on the GPU in float32 (use bf16/fp16 autocast '
+              'for the Triton kernel).')
     if qk_l2norm:
         q, k = l2norm(q), l2norm(k)
     return chunk_delta_rule_ref(q, k, v, beta, None, scale)
@@ -267,14 +270,12 @@ def gated_delta_rule(q, k, v, g, beta, scale=None, qk_l2norm=True):
     """Gated DeltaNet: the delta rule with a scalar log decay ``g`` [B, T, H] (fp32)."""
     if _use_kernel(q):
         if not _chunk_bwd_refused(q, k, v, g, beta):
-            from fla.ops.gated_delta_rule import chunk_gated_delta_rule
-            return chunk_gated_delta_rule(q, k, v, g=g, beta=beta, scale=scale,
-                                          use_qk_l2norm_in_kernel=qk_l2norm)[0]
+            return _fla_call('chunk_gated_delta_rule', (q, k, v, g, beta), scale, qk_l2norm)
         # FLA 0.6.0's fused_recurrent_gated_delta_rule has no backward, so it cannot stand in
-        _warn_once('fla_mm: FLA refuses the backward of chunk_gated_delta_rule on Hopper with '
-                   'Triton >= 3.4, < 3.7.1 and its fused_recurrent form has no backward; '
-                   'gated_delta_net trains through the PyTorch chunked reference on the GPU '
-                   '(slower, same math). Install Triton >= 3.7.1 for the kernel.')
+        _warn('fla_mm: FLA refuses the backward of chunk_gated_delta_rule on Hopper with '
+              'Triton >= 3.4, < 3.7.1 and its fused_recurrent form has no backward; '
+              'gated_delta_net trains through the PyTorch chunked reference on the GPU '
+              '(slower, same math). Install Triton >= 3.7.1 for the kernel.')
     if qk_l2norm:
         q, k = l2norm(q), l2norm(k)
     return chunk_delta_rule_ref(q, k, v, beta, g, scale)
@@ -283,16 +284,14 @@ def gated_delta_rule(q, k, v, g, beta, scale=None, qk_l2norm=True):
 def hgrn(x, g):
     """HGRN: element-wise h_t = exp(g_t) h_{t-1} + x_t over [B, T, D]."""
     if _use_kernel(x):
-        from fla.ops.hgrn import chunk_hgrn
-        return chunk_hgrn(x, g)[0]
+        return _fla_call('chunk_hgrn', (x, g))
     return chunk_hgrn_ref(x, g)
 
 
 def rwkv6(r, k, v, w, u, scale=1.0):
     """RWKV6: GLA over s < t with the current token through the bonus ``u`` [H, K]."""
     if _use_kernel(r):
-        from fla.ops.rwkv6 import chunk_rwkv6
-        return chunk_rwkv6(r, k, v, w, u, scale=scale)[0]
+        return _fla_call('chunk_rwkv6', (r, k, v, w, u), scale)
     return chunk_linear_ref(r, k, v, gk=w, scale=scale, bonus=u)
 
 
@@ -303,25 +302,21 @@ def rwkv7(r, w, k, v, a, b, scale=1.0):
     the same ``safe_gate`` / ``lower_bound`` / ``chunk_size`` hints as that layer passes.
     """
     if _use_kernel(r):
-        from fla.ops.rwkv7 import chunk_rwkv7
-        return chunk_rwkv7(r=r, w=w, k=k, v=v, a=a, b=b, scale=scale, safe_gate=True,
-                           lower_bound=RWKV7_LOG_DECAY_MIN, chunk_size=64)[0]
+        return _fla_call('chunk_rwkv7', (r, w, k, v, a, b), scale)
     return chunk_dplr_ref(r, k, v, a, b, w, scale)
 
 
 def gsa(q, k, v, s, g, scale=1.0):
     """Gated slot attention: two GLA passes through M slots (``s``, ``g`` [B, T, H, M])."""
     if _use_kernel(q):
-        from fla.ops.gsa import chunk_gsa
-        return chunk_gsa(q, k, v, s, g, scale=scale)[0]
+        return _fla_call('chunk_gsa', (q, k, v, s, g), scale)
     return chunk_slot_attn_ref(q, k, v, s, g, scale)
 
 
 def abc(q, k, v, s):
     """ABC: slot attention whose slot writes and decays are a running softmax of ``s``."""
     if _use_kernel(q):
-        from fla.ops.abc import chunk_abc
-        return chunk_abc(q, k, v, s)[0]
+        return _fla_call('chunk_abc', (q, k, v, s))
     s_w, g = abc_slots(s)
     return chunk_slot_attn_ref(q, k, v, s_w, g)
 

@@ -149,9 +149,12 @@ def parse_args(argv=None):
     p.add_argument('--compile-backend', default='inductor',
                    help="torch.compile backend; 'aot_eager' traces (Dynamo + AOT autograd) "
                         "without generating code, for quick CPU checks (mode 'default' only)")
-    p.add_argument('--backbone-cuda-graph', action='store_true',
-                   help='also run each fla_mm backbone with cuda_graph=True (its own CUDA '
-                        'graph of forward and backward; CUDA, mode fwdbwd)')
+    p.add_argument('--backbone-cuda-graph', nargs='?', const='also', default=None,
+                   choices=['also', 'only'],
+                   help="also run each fla_mm backbone with cuda_graph=True (its own CUDA "
+                        "graph of forward and backward; CUDA, mode fwdbwd); 'only': the "
+                        "fla_mm backbones run that way alone (e.g. the fast path, "
+                        "cuda_graph=True with --fla-compile default, without its slower rows)")
     p.add_argument('--no-twin', action='store_true',
                    help="skip each fla_mm backbone's softmax twin (mixer='transformer')")
     _add_common(p, [8], profile_steps=3)

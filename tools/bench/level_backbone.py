@@ -218,7 +218,8 @@ def backbone_cases(args):
         return lambda: cls(arch=archs[n], mixer=family, scan=scan, drop_path_rate=0.0, **kwargs)
 
     backend, device = args.compile_backend, args.device
-    fla_ways = [(c, graphed) for graphed in (False, True)[:1 + args.backbone_cuda_graph]
+    graphed_ways = {None: (False,), 'also': (False, True), 'only': (True,)}
+    fla_ways = [(c, graphed) for graphed in graphed_ways[args.backbone_cuda_graph]
                 for c in args.fla_compile]
     other_ways = [(c, False) for c in args.compile]
     cases = []

@@ -29,10 +29,10 @@ The files:
 - ``config.py``: :class:`FusedBiConfig`, the kernel variant (segment counts, warps, stages)
   passed in by the caller; every variant computes the same function.
 
-Which form runs is the config's ``form``: by default ('auto') the chunked form for
-per-key-channel decay at few (batch x head) sequences of 4096 tokens or more, where the sweep
-has too few programs to fill the GPU (FLAPyramid-T's stride-4 and stride-8 stages at batch 2),
-and the sweep everywhere else (:meth:`FusedBiConfig.runs_chunked`).
+Which form runs is the config's ``form``: by default ('auto') the chunked form, for both decay
+kinds, at up to 48 (batch x head) sequences of 1024 tokens or more, where the sweep has too
+few programs to fill the GPU (every stage of FLAPyramid-T at batch 2 but the last at 512²),
+and the sweep elsewhere (:meth:`FusedBiConfig.runs_chunked`).
 
 The sweep form: one program per (batch*head, direction) sweeps the chunks of its direction with the [K, V]
 state in registers: q, k, v and g are read once per direction, no state is stored, no flip is

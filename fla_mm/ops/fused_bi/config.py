@@ -38,11 +38,11 @@ class FusedBiConfig:
         scan_group, scan_block: the chunked form's pass over the chunk states
             (``chunked._chunk_scan_kernel``): chunks per load group (each group one parallel
             scan) and state elements per program.
-        chunked_max_heads, chunked_min_tokens: 'auto' runs the chunked form for
-            per-key-channel decay (GLA) at batch x heads up to ``chunked_max_heads`` and
-            sequences of ``chunked_min_tokens`` or more, where the sweep has too few programs
-            to fill the GPU; the sweep everywhere else (scalar decay, many heads, short
-            sequences), where it measured as fast or faster.
+        chunked_max_heads, chunked_min_tokens: 'auto' runs the chunked form, for both decay
+            kinds, at batch x heads up to ``chunked_max_heads`` and sequences of
+            ``chunked_min_tokens`` or more, where the sweep has too few programs to fill the
+            GPU (every stage of FLAPyramid-T at B=2 from 1024 tokens measured faster so,
+            docs/benchmarks.md); the sweep elsewhere (many sequences, a few chunks each).
     """
     segments: Optional[int] = None
     long_tokens: int = 4096
@@ -53,8 +53,8 @@ class FusedBiConfig:
     bwd_warps: int = 4
     bwd_stages: int = 2
     form: str = 'auto'
-    chunked_max_heads: int = 12
-    chunked_min_tokens: int = 4096
+    chunked_max_heads: int = 48
+    chunked_min_tokens: int = 1024
     scan_group: int = 16
     scan_block: int = 64
 
@@ -75,15 +75,14 @@ class FusedBiConfig:
             if value & (value - 1):
                 raise ValueError(f'FusedBiConfig.{name} must be a power of 2 (got {value})')
 
-    def runs_chunked(self, per_channel, heads, tokens):
-        """Whether a call on ``heads`` (batch x heads) sequences of ``tokens`` tokens, with
-        per-key-channel decay or not, runs the chunked form."""
+    def runs_chunked(self, heads, tokens):
+        """Whether a call on ``heads`` (batch x heads) sequences of ``tokens`` tokens runs the
+        chunked form."""
         if self.form != 'auto':
             return self.form == 'chunked'
         if self.segments is not None:      # a forced segment count is the sweep's
             return False
-        return (per_channel and heads <= self.chunked_max_heads
-                and tokens >= self.chunked_min_tokens)
+        return heads <= self.chunked_max_heads and tokens >= self.chunked_min_tokens
 
     @classmethod
     def from_dict(cls, options):

@@ -95,7 +95,7 @@ def run_forward(q, k, v, g, scale, config):
     B, T, H, _ = q.shape
     per_channel = g.dim() == 5
     meta = _meta(q, v, per_channel)
-    if _chunked(config, q, g):
+    if _chunked(config, q):
         return _chunked_forward(q, k, v, g, scale, meta, _launch_options(meta, False, config),
                                 config)
     o2 = _output_pair(q, v)
@@ -177,7 +177,7 @@ def run_backward(q, k, v, g, do, scale, config, need_dg):
     per_channel = g.dim() == 5
     meta = _meta(q, v, per_channel)
     do = do.contiguous()
-    if _chunked(config, q, g):
+    if _chunked(config, q):
         return _chunked_backward(q, k, v, g, do, scale, meta,
                                  _launch_options(meta, True, config), need_dg, config)
     buffers = _backward_buffers(q, k, v, g, need_dg)
@@ -201,7 +201,7 @@ def run_backward(q, k, v, g, do, scale, config, need_dg):
 def fake_backward(q, k, v, g, config, need_dg):
     """What :func:`run_backward` returns (shapes, dtypes, strides), without running kernels."""
     q, k, v, g = _prepared(q, k, v, g)
-    if _chunked(config, q, g):
+    if _chunked(config, q):
         buffers = _chunked_backward_buffers(q, k, v, g, need_dg)
         return _chunked_backward_results(need_dg, *buffers)
     nseg, _ = _segments(q.shape[1], CHUNK, g.dim() == 5, backward=True, config=config)
@@ -220,11 +220,11 @@ def _segment_buffers(q, BH, nseg, meta):
 
 # --- the chunked form (``chunked.py``) -------------------------------------------------------
 
-def _chunked(config, q, g):
-    """Whether a pass on q [B, T, H, K] and g runs the chunk-parallel kernels (``chunked.py``)
+def _chunked(config, q):
+    """Whether a pass on q [B, T, H, K] runs the chunk-parallel kernels (``chunked.py``)
     or the sweep (:meth:`FusedBiConfig.runs_chunked`)."""
     B, T, H, _ = q.shape
-    return config.runs_chunked(g.dim() == 5, B * H, T)
+    return config.runs_chunked(B * H, T)
 
 
 def _chunked_kernels(meta, per_channel, backward, f32, config=DEFAULT_CONFIG):
