@@ -8,28 +8,15 @@ import json
 import torch
 import torch.nn as nn
 
-import fla_mm
 from fla_mm.backbones.base import GRAPHING_COMPILE_MODES
 from fla_mm.layers import FAMILIES
 
-from .level_mixer import bi_config_for, with_bi_config
+from .models import bi_config_for, fla_backbones, with_bi_config
 from .timing import BASELINE_FAMILY, Case, grad_leaves, make_step, ordered
 
 COMPILE_MODES = ('none', 'default', 'reduce-overhead', 'max-autotune',
                  'max-autotune-no-cudagraphs')     # --compile: 'none' = eager
 CUDA_ONLY_MODES = ('reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
-
-
-def fla_backbones():
-    """Backbone classes fla_mm exports (FLAPyramid, FLAPlain, ...)."""
-    names = getattr(fla_mm, '__all__', dir(fla_mm))
-    found = {}
-    for n in names:
-        obj = getattr(fla_mm, n, None)
-        if (isinstance(obj, type) and issubclass(obj, nn.Module)
-                and obj.__module__.startswith('fla_mm.backbones')):
-            found[n] = obj
-    return found
 
 
 def parse_arch(text, names):
@@ -43,32 +30,6 @@ def parse_arch(text, names):
             raise SystemExit(f'--arch names backbones {sorted(arch)} but not {missing}')
         return arch
     return {n: arch for n in names}
-
-
-def backbone_stages(cls, arch, family, res, mixer_cfg=None):
-    """The token-mixing stages of backbone ``cls`` (size ``arch``, mixers of ``family``) on a
-    ``res`` x ``res`` image, each a dict: stage, stride, hw (token grid), L, mixer (its first
-    block's TokenMixer: dim, num_heads, head_k_dim, head_v_dim, cfg).
-
-    Read off the model the class builds from its own arch table, on the meta device (no
-    memory, no init): FLAPyramid's stage i runs at stride ``patch_size * 2**i`` (the stem,
-    then a stride-2 downsampling into each later stage), FLAPlain's blocks all at its
-    ``patch_size``; grids round up as the layouts do (``out_hw``). Conv stages (RepMixer)
-    have no mixer and are left out.
-    """
-    with torch.device('meta'):
-        model = cls(arch=arch, mixer=family, scan='bi', mixer_cfg=mixer_cfg, drop_path_rate=0.0)
-    if hasattr(model, 'stages'):
-        blocks = [(i, model.patch_size * 2 ** i, st.blocks[0]) for i, st in enumerate(model.stages)]
-    else:
-        blocks = [(0, model.patch_size, model.blocks[0])]
-    stages = []
-    for i, stride, block in blocks:
-        mixer = getattr(block, 'attn', None)
-        if mixer is not None:
-            hw = model.out_hw((res, res), stride)
-            stages.append(dict(stage=i, stride=stride, hw=hw, L=hw[0] * hw[1], mixer=mixer))
-    return stages
 
 
 def swin_builder(arch):

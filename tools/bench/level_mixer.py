@@ -15,6 +15,7 @@ from fla_mm.layers import FAMILIES, TokenMixer
 from fla_mm.layers.scan import SCANS
 from fla_mm.ops.fused_bi import FusedBiConfig
 
+from .models import backbone_stages, bi_config_for, fla_backbones, with_bi_config
 from .timing import BASELINE_FAMILY, Case, autocast, grad_leaves, make_step, ordered, torch_dtype
 
 
@@ -158,22 +159,6 @@ def op_setup(family, B, L, H, d, mode, device, dtype, mixer_cfg=None, bi=None, s
     return setup
 
 
-def with_bi_config(mixer_cfg, config):
-    """Mixer options (None, a dict, or one dict per stage or block, as backbones take them)
-    with ``bi_config`` set to ``config`` (a FusedBiConfig) in each; unchanged for None."""
-    if config is None:
-        return mixer_cfg
-    if isinstance(mixer_cfg, (list, tuple)):
-        return [dict(c or {}, bi_config=config.to_dict()) for c in mixer_cfg]
-    return dict(mixer_cfg or {}, bi_config=config.to_dict())
-
-
-def bi_config_for(family, config):
-    """``config`` for a family whose bi-scan the fused kernel computes, else None."""
-    families = [family] if isinstance(family, str) else list(family)
-    return config if any(f in ops.BI_FUSED_FAMILIES for f in families) else None
-
-
 def mixer_setup(family, scan, B, L, H, d, mode, device, dtype, mixer_cfg):
     def setup():
         m = TokenMixer(H * d, H, family=family, scan=scan, **(mixer_cfg or {})).to(device)
@@ -219,7 +204,6 @@ def _op_group_cases(families, args, common, group, H, d, cfgs, tag=''):
 
 def parse_backbone_spec(spec):
     """'CLASS:ARCH' (or 'CLASS', its default arch) -> (class, arch)."""
-    from .level_backbone import fla_backbones      # (level_backbone imports this module)
     name, _, arch = spec.partition(':')
     available = fla_backbones()
     if name not in available:
@@ -236,7 +220,6 @@ def backbone_op_groups(args, families):
     L, H, the SDPA head width C/H, and per family the stage's TokenMixer options (what
     :func:`capture_op_inputs` builds the same mixer from) and how the backbone runs its
     bi-scan ('fused' or 'two_call')."""
-    from .level_backbone import backbone_stages
     groups = []
     for spec in args.op_backbones:
         name, cls, arch = parse_backbone_spec(spec)

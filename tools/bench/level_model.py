@@ -11,7 +11,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import MODELS, init_default_scope
 from mmengine.structures import InstanceData, PixelData
 
-from .level_mixer import bi_config_for, with_bi_config
+from .models import bi_config_for, with_bi_config
 from .timing import BASELINE_FAMILY, Case, grad_leaves, make_step, ordered
 
 
