@@ -134,6 +134,7 @@ class Counted:      # a kernel whose launches are noted in ``launched`` by name
 
 for name in ('_chunk_state_kernel', '_chunk_scan_kernel', '_chunk_fwd_kernel',
              '_chunk_bwd_kernel', '_chunk_gla_fwd_kernel', '_chunk_gla_bwd_kernel',
+             '_chunk_gate_grad_kernel',
              '_bi_fwd_kernel', '_bi_bwd_kernel', '_bi_gla_fwd_kernel', '_bi_gla_bwd_kernel'):
     setattr(launch, name, Counted(name))
 gates = sys.argv[1]
@@ -202,7 +203,9 @@ def test_chunked_form_matches_naive_and_sweep_in_triton_interpreter(gates):
     gla = gates.endswith('gla')
     states = ['_chunk_scan_kernel', '_chunk_state_kernel']
     fwd = ['_chunk_gla_fwd_kernel' if gla else '_chunk_fwd_kernel']
-    bwd = ['_chunk_gla_bwd_kernel' if gla else '_chunk_bwd_kernel']
+    # per key channel with a gate gradient, its pieces are summed by one more kernel
+    bwd = (['_chunk_gate_grad_kernel', '_chunk_gla_bwd_kernel'] if gla else
+           ['_chunk_bwd_kernel'])
     one = [fwd, bwd]                                    # one chunk: no states to pass on
     several = [sorted(fwd + states), sorted(bwd + states)]
     assert launched == {1: one, 49: one, 64: one, 100: several, 130: several,
@@ -214,8 +217,9 @@ def test_chunked_form_matches_naive_and_sweep_in_triton_interpreter(gates):
 @pytest.mark.parametrize('T', [1, 63, 64, 130, 1100])
 @pytest.mark.parametrize('channels', [(), (4,)])
 def test_gate_gradient_of_tokens_is_a_suffix_and_a_prefix_sum(T, channels):
-    """launch._gate_grad_of_tokens (both forms' last step of the gate gradient) against its
-    definition in float64: direction 0 sums every later token, direction 1 every earlier."""
+    """launch._gate_grad_of_tokens (the segmented sweep's last step of the gate gradient)
+    against its definition in float64: direction 0 sums every later token, direction 1 every
+    earlier."""
     d = torch.randn(2, 2, T, 3, *channels)
     want = torch.stack([d[0].double().flip(1).cumsum(1).flip(1), d[1].double().cumsum(1)])
     got = _gate_grad_of_tokens(d)

@@ -34,7 +34,8 @@ def _compile_times(args):
     config = FusedBiConfig.coerce(args.fused_bi)
     dtype = torch_dtype(args.dtype)
     data = {torch.bfloat16: '*bf16', torch.float16: '*fp16', torch.float32: '*fp32'}[dtype]
-    fp32_buffers = {'g', 'dg', 'dg_tot', 'seg_S', 'seg_G', 'seg_dH', 'seg_E', 'S', 'G', 'dgt'}
+    fp32_buffers = {'g', 'dg', 'dg_tot', 'seg_S', 'seg_G', 'seg_dH', 'seg_E', 'S', 'G', 'Cq',
+                    'out'}
     ints = {'T', 'H', 'sg_d', 'sg_b', 'sg_t', 'sg_h', 'CPS', 'NSEG', 'NT', 'ROWS'}
     d = args.head_dim
     target = GPUTarget('cuda', args.arch, 32)
@@ -80,7 +81,8 @@ def _variants(meta, per_channel, config):
     launch in ``config``'s form. The sweep (also for 'auto', whose chunked kernels a
     ``form='chunked'`` config lists): forward and backward with one segment, and with
     segments also the two segment-state kernels; the chunked form: each pass's chunk-state
-    kernel, the pass over the states (the same kernel in both passes) and its main kernel."""
+    kernel, the pass over the states (the same kernel in both passes) and its main kernel,
+    and per key channel the sum of the gate gradient's pieces."""
     if config.form == 'chunked':
         variants = []
         for backward in (False, True):
@@ -90,6 +92,9 @@ def _variants(meta, per_channel, config):
             variants += [(f'chunk states, {name}', state, state_meta, backward)]
             variants += [] if backward else [('chunk state pass', scan, scan_meta, False)]
             variants += [(name, main, main_meta, backward)]
+        if per_channel:
+            variants += [('gate gradient sum', fb._chunk_gate_grad_kernel,
+                          {n: meta[n] for n in ('K', 'BT', 'BK')}, True)]
         return [(False, variants)]
     state, state_meta, fwd, _ = fb._kernels(meta, per_channel, backward=False)
     _, _, bwd, _ = fb._kernels(meta, per_channel, backward=True)

@@ -18,8 +18,10 @@ pass is three launches, the first and last parallel over (chunk, batch x head, d
    chunk order.
 3. :func:`_chunk_fwd_kernel` / :func:`_chunk_bwd_kernel`: the chunk's own causal part (in
    sweep order) plus the incoming state's contribution, o += exp(C_t) q_t S_in; the
-   backward's dq from S_in, its dk, dv from the adjoint state, and the per-token gate-gradient
-   term q.dq - k.dk of the program's scan direction.
+   backward's dq from S_in, its dk, dv from the adjoint state, and the gate gradient of the
+   program's scan direction on the chunk: suffix sums of q.dq - k.dk over its own tokens plus
+   the share of all later tokens, one product of two states (:func:`_gate_grad_after`), so no
+   scan over the whole sequence follows.
 
 Per key channel the state update is diag(exp(C_last)) S + K~^T V (the pass decays each state
 row by its channel's total), and the chunk's own part is the sweep's: the tensor-core form
@@ -164,6 +166,24 @@ def _chunk_scan_kernel(S, G, NT, ROWS, SIZE: tl.constexpr, BLOCK: tl.constexpr,
 
 
 @triton.jit
+def _gate_grad_after(S, row, i, dH_in, BK: tl.constexpr, BV: tl.constexpr):
+    """The gate gradient's share from beyond chunk i of a sweep, per key channel [BK] (to be
+    summed over channels for a scalar decay, and times ``scale``).
+
+    The gradient of a log decay g_t is the sum of q_u.dq_u - k_u.dk_u over the tokens u from t
+    to the sweep's end: pairs (key s, query u) with s before t <= u are the ones g_t decays.
+    For the tokens past the chunk that sum is the product of the state leaving the chunk
+    (S[0] of chunk i + 1) and the adjoint state entering it from those tokens (``dH_in``,
+    S[1] of chunk i): sum over elements of S_out * dH_in, one row per key channel. So each
+    chunk's gate gradient is this plus a suffix sum over its own tokens, with no pass over the
+    whole sequence. The sweep's last chunk has nothing past it: zero."""
+    NT = tl.num_programs(0)
+    m = (tl.zeros([BK, BV], dtype=tl.int32) + i + 1) < NT
+    S_out = tl.load(_kv_tile(S + (row + 1) * BK * BV, BK, BV), mask=m, other=0.)
+    return tl.sum(S_out * dH_in, 1)
+
+
+@triton.jit
 def _chunk_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr,
                       V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       PRECISION: tl.constexpr):
@@ -186,15 +206,16 @@ def _chunk_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h, K: 
 
 
 @triton.jit
-def _chunk_bwd_kernel(q, k, v, g, do, dq, dk, dv, dgt, S, scale, T, H, sg_d, sg_b, sg_t, sg_h,
+def _chunk_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, S, scale, T, H, sg_d, sg_b, sg_t, sg_h,
                       K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, PRECISION: tl.constexpr, NEED_DG: tl.constexpr):
     """Program (chunk i, bh, direction d): the gradients of direction d's scan on the chunk,
-    dq, dk, dv into [d] of their [2, B, T, H, *] buffers and, with NEED_DG, the per-token
-    q.dq - k.dk into dgt[d] (fp32; the gate gradient is its suffix sum in sweep order). The
-    state entering the chunk (S[0]) gives dq, the adjoint state entering it from the chunks
-    after it in the sweep (S[1]) gives dk and dv. As in the sweep, the dots behind dq and dk
-    take fp32 operands (TF32 for 16-bit inputs): they cancel in q.dq - k.dk."""
+    dq, dk, dv into [d] of their [2, B, T, H, *] buffers and, with NEED_DG, the gradient of
+    direction d's log decays on the chunk into dg[d] ([2, B, T, H] fp32), whole: see
+    :func:`_gate_grad_after`. The state entering the chunk (S[0]) gives dq, the adjoint state
+    entering it from the chunks after it in the sweep (S[1]) gives dk and dv. As in the sweep,
+    the dots behind dq and dk take fp32 operands (TF32 for 16-bit inputs): they cancel in
+    q.dq - k.dk."""
     i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows = 2 * tl.num_programs(1) * tl.num_programs(0).to(tl.int64)
     row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
@@ -229,8 +250,10 @@ def _chunk_bwd_kernel(q, k, v, g, do, dq, dk, dv, dgt, S, scale, T, H, sg_d, sg_
     tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_k)
     tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
     if NEED_DG:
-        tl.store(dgt + i_dir * B * T * H + (i_b * T + pos) * H + i_h,
-                 tl.sum(qf * b_dq, 1) - tl.sum(kf * b_dk, 1), mask=(pos >= 0) & (pos < T))
+        x = tl.sum(qf * b_dq, 1) - tl.sum(kf * b_dk, 1)       # q.dq - k.dk, sweep order
+        after = tl.sum(_gate_grad_after(S, row, i, dH_in, BK, BV), 0) * scale
+        tl.store(dg + i_dir * B * T * H + (i_b * T + pos) * H + i_h,
+                 after + tl.sum(x, 0) - tl.cumsum(x, 0) + x, mask=(pos >= 0) & (pos < T))
 
 
 @triton.jit
@@ -268,8 +291,8 @@ def _chunk_gla_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h,
 
 
 @triton.jit
-def _chunk_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, S, scale, T, H, sg_d, sg_b, sg_t,
-                          sg_h, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+def _chunk_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, Cq, S, scale, T, H, sg_d, sg_b,
+                          sg_t, sg_h, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                           BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                           PRECISION: tl.constexpr, NEED_DG: tl.constexpr, SAFE: tl.constexpr):
     """:func:`_chunk_bwd_kernel` with per-key-channel decays (GLA), split as the sweep's
@@ -277,9 +300,14 @@ def _chunk_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, S, scale, T, H, sg_d, 
     2 * part + d. Part 0 gives dq of scan d on chunk i from the state entering it (S[0]);
     part 1 gives dk, dv of scan d from the adjoint state entering it from the later chunks
     (S[1]), walking the chunk in the opposite sweep's token order, which is the sweep's 'other
-    scan' of direction 1 - d. dg [2, 2, B, T, H, K] takes the raw per-token q.dq (slot 2d) and
-    k.dk (slot 2d + 1). Chunks decaying past exp(-SAFE) go in the sweep's exact BC-token steps;
-    elsewhere the diagonal s = t is added outside the factorised dots, as in the sweep."""
+    scan' of direction 1 - d. Chunks decaying past exp(-SAFE) go in the sweep's exact BC-token
+    steps; elsewhere the diagonal s = t is added outside the factorised dots, as in the sweep.
+
+    The gate gradient of scan d on the chunk, after[i] (:func:`_gate_grad_after`) plus suffix
+    sums of q.dq - k.dk over the chunk's tokens, leaves in three pieces, as each part can sum
+    in its own walking order: part 0 the exclusive prefix sums of q.dq (dg slot 2d, [2, 2, B,
+    T, H, K] fp32) and their total (Cq[d, bh, i, :]), part 1 the suffix sums of k.dk less
+    after[i] (slot 2d + 1); :func:`_chunk_gate_grad_kernel` adds them up."""
     i, i_bh, i_pd = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_part, i_dir = i_pd // 2, i_pd % 2
     i_b, i_h = i_bh // H, i_bh % H
@@ -291,7 +319,7 @@ def _chunk_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, S, scale, T, H, sg_d, 
     ar = tl.arange(0, BT)
     ck = tl.arange(0, BK)
     diag = ar[:, None] == ar[None, :]
-    run = tl.zeros([BK], dtype=tl.float32)        # (the exact steps' running sums, unused)
+    run = tl.zeros([BK], dtype=tl.float32)        # the gate gradient's running sums
     if i_part == 0:
         S_in = tl.load(_kv_tile(S + row * BK * BV, BK, BV))
         pos = _sweep_pos(i, i_dir, NT, BT)
@@ -309,17 +337,23 @@ def _chunk_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, S, scale, T, H, sg_d, 
             p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
             tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
             if NEED_DG:
-                _dg_piece(dg, b_q.to(tl.float32) * b_dq, run, 2 * i_dir, pos, m_k, i_b, i_h, B,
-                          T, H, K, BK, True, True)
+                a = b_q.to(tl.float32) * b_dq
+                _dg_piece(dg, a, run, 2 * i_dir, pos, m_k, i_b, i_h, B, T, H, K, BK, True,
+                          False)
+                run += tl.sum(a, 0)
         else:
             for j in range(NS):
                 S_in, run = _gla_bwd_own_step_exact(
                     q, k, v, g, do, dq, dg, S_in, run, scale,
                     _sweep_pos(i * NS + j, i_dir, NT * NS, BC), i_b, i_h, i_dir, B, T, H, sg_d,
-                    sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION, NEED_DG, True)
+                    sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION, NEED_DG, False)
+        if NEED_DG:
+            tl.store(Cq + row * BK + ck, run)
     else:
         i_opp = 1 - i_dir                        # the chunk's tokens in the opposite order
         dH_in = tl.load(_kv_tile(S + (rows + row) * BK * BV, BK, BV))
+        if NEED_DG:
+            run -= _gate_grad_after(S, row, i, dH_in, BK, BV) * scale
         pos = _sweep_pos(NT - 1 - i, i_opp, NT, BT)
         b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
         p_g = g + i_dir * sg_d + i_b * sg_b + pos[:, None] * sg_t + i_h * sg_h + ck[None, :]
@@ -344,10 +378,28 @@ def _chunk_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, S, scale, T, H, sg_d, 
             tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
             if NEED_DG:
                 _dg_piece(dg, b_k.to(tl.float32) * b_dk, run, 2 * i_dir + 1, pos, m_k, i_b, i_h,
-                          B, T, H, K, BK, False, True)
+                          B, T, H, K, BK, False, False)
         else:
             for j in range(NS):
                 dH_in, run = _gla_bwd_other_step_exact(
                     q, k, v, g, do, dk, dv, dg, dH_in, run, scale,
                     _sweep_pos((NT - 1 - i) * NS + j, i_opp, NT * NS, BC), i_b, i_h, i_opp, B,
-                    T, H, sg_d, sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION, NEED_DG, True)
+                    T, H, sg_d, sg_b, sg_t, sg_h, K, V, BC, BK, BV, PRECISION, NEED_DG, False)
+
+
+@triton.jit
+def _chunk_gate_grad_kernel(dg, Cq, out, T, H, K: tl.constexpr, BT: tl.constexpr,
+                            BK: tl.constexpr):
+    """Program (chunk i, bh, direction d): the gate gradient of scan d on the chunk,
+    Cq[d, bh, i] - dg[d, 0] - dg[d, 1] on its tokens (the pieces of
+    :func:`_chunk_gla_bwd_kernel`), into out[d] ([2, B, T, H, K] fp32)."""
+    i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    B = tl.num_programs(1) // H
+    row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
+    pos = _sweep_pos(i, i_dir, tl.num_programs(0), BT)
+    total = tl.load(Cq + row * BK + tl.arange(0, BK))
+    prefix_q, m_k = _load_tile(dg + 2 * i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+    suffix_k, _ = _load_tile(dg + (2 * i_dir + 1) * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+    p_out, _ = _chunk_ptrs(out + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+    tl.store(p_out, total[None, :] - prefix_q - suffix_k, mask=m_k)

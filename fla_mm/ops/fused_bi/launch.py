@@ -5,8 +5,9 @@ pass, and the two passes that run them on real tensors (:func:`run_forward`,
 import torch
 import triton
 
-from .chunked import (_chunk_bwd_kernel, _chunk_fwd_kernel, _chunk_gla_bwd_kernel,
-                      _chunk_gla_fwd_kernel, _chunk_scan_kernel, _chunk_state_kernel)
+from .chunked import (_chunk_bwd_kernel, _chunk_fwd_kernel, _chunk_gate_grad_kernel,
+                      _chunk_gla_bwd_kernel, _chunk_gla_fwd_kernel, _chunk_scan_kernel,
+                      _chunk_state_kernel)
 from .config import DEFAULT_CONFIG
 from .gla import _bi_gla_bwd_kernel, _bi_gla_fwd_kernel, _bi_gla_seg_state_kernel
 from .scalar import _bi_bwd_kernel, _bi_fwd_kernel, _bi_seg_state_kernel
@@ -162,7 +163,8 @@ def _summed_grads(dq2, dk2, dv2):
 def _gate_grad_of_tokens(d):
     """The gate gradient [2, B, T, H(, K)] from the per-token dG = q.dq - k.dk of each scan
     direction (``d``, the same shape, fp32): forward gates reach every later t (suffix sum),
-    backward gates every earlier t (prefix sum); scanned along a contiguous T axis."""
+    backward gates every earlier t (prefix sum); scanned along a contiguous T axis. The
+    segmented sweep's last step (the chunked form sums within its kernels)."""
     d = d.movedim(2, -1).contiguous()
     pre = d.cumsum(-1)
     return torch.stack([pre[0][..., -1:] - pre[0] + d[0], pre[1]]).movedim(-1, 2)
@@ -281,17 +283,17 @@ def _chunked_forward(q, k, v, g, scale, meta, options, config):
 
 
 def _chunked_backward_buffers(q, k, v, g, need_dg):
-    """Both scan directions' dq, dk, dv [2, ...] and, with ``need_dg``, their per-token gate
-    terms [2, B, T, H(, K)] (fp32)."""
+    """Both scan directions' dq, dk, dv [2, ...] and, with ``need_dg``, the gate gradient
+    [2, B, T, H(, K)] (fp32)."""
     dq2, dk2, dv2 = _grad_pairs(q, k, v)
-    dgt = q.new_empty(2, *g.shape[1:], dtype=torch.float32) if need_dg else q.new_empty(1)
-    return dq2, dk2, dv2, dgt
+    dg = q.new_empty(2, *g.shape[1:], dtype=torch.float32) if need_dg else q.new_empty(1)
+    return dq2, dk2, dv2, dg
 
 
-def _chunked_backward_results(need_dg, dq2, dk2, dv2, dgt):
+def _chunked_backward_results(need_dg, dq2, dk2, dv2, dg):
     """[dq, dk, dv] (+ the gate gradient) from the buffers of
     :func:`_chunked_backward_buffers`; :func:`fake_backward` runs it on empty ones."""
-    return _summed_grads(dq2, dk2, dv2) + ([_gate_grad_of_tokens(dgt)] if need_dg else [])
+    return _summed_grads(dq2, dk2, dv2) + ([dg] if need_dg else [])
 
 
 def _chunked_backward(q, k, v, g, do, scale, meta, options, need_dg, config):
@@ -300,16 +302,20 @@ def _chunked_backward(q, k, v, g, do, scale, meta, options, need_dg, config):
     B, T, H, _ = q.shape
     kernels = _chunked_kernels(meta, g.dim() == 5, backward=True, f32=need_dg, config=config)
     S = _chunk_states(q, k, v, g, do, kernels, options, backward=True)
-    dq2, dk2, dv2, dgt = _chunked_backward_buffers(q, k, v, g, need_dg)
+    dq2, dk2, dv2, dg = _chunked_backward_buffers(q, k, v, g, need_dg)
     kernel, kernel_meta = kernels[2]
     NT = triton.cdiv(T, CHUNK)
     if g.dim() == 4:
-        kernel[(NT, B * H, 2)](q, k, v, g, do, dq2, dk2, dv2, dgt, S, scale, T, H,
+        kernel[(NT, B * H, 2)](q, k, v, g, do, dq2, dk2, dv2, dg, S, scale, T, H,
                                *g.stride()[:4], **kernel_meta, **options)
-    else:       # per key channel: q.dq and k.dk apart ([2, 2, ...]), parts in programs apart
-        dg = q.new_empty(2, 2, *g.shape[1:], dtype=torch.float32) if need_dg else dgt
-        kernel[(NT, B * H, 4)](q, k, v, g, do, dq2, dk2, dv2, dg, S, scale, T, H,
+    else:       # per key channel: the two parts' gate-gradient pieces, then their sum
+        pieces, totals = dg, dg
+        if need_dg:
+            pieces = q.new_empty(2, 2, *g.shape[1:], dtype=torch.float32)
+            totals = q.new_empty(2, B * H, NT, meta['BK'], dtype=torch.float32)
+        kernel[(NT, B * H, 4)](q, k, v, g, do, dq2, dk2, dv2, pieces, totals, S, scale, T, H,
                                *g.stride()[:4], **kernel_meta, **options)
         if need_dg:
-            dgt = torch.sub(dg[:, 0], dg[:, 1], out=dgt)
-    return _chunked_backward_results(need_dg, dq2, dk2, dv2, dgt)
+            _chunk_gate_grad_kernel[(NT, B * H, 2)](pieces, totals, dg, T, H, K=meta['K'],
+                                                    BT=CHUNK, BK=meta['BK'], **options)
+    return _chunked_backward_results(need_dg, dq2, dk2, dv2, dg)
