@@ -493,22 +493,25 @@ def test_sweeps_are_cut_into_segments_from_4096_tokens():
 def test_auto_form_runs_chunked_where_the_sweep_has_few_programs():
     """form='auto' (the default) runs a pass in the chunked form, for both decay kinds, at up
     to chunked_max_heads (batch x heads) and from chunked_min_tokens tokens, as every stage of
-    FLAPyramid-T at B=2 has from 1024 tokens, and the sweep elsewhere: many sequences, short
-    ones, or a forced segment count; 'sweep' and 'chunked' are what they say at every shape."""
+    FLAPyramid-T at B=2 and B=8 has from 1024 tokens up to 96 sequences, and the sweep
+    elsewhere: many sequences, short ones, or a forced segment count; 'sweep' and 'chunked'
+    are what they say at every shape."""
     def runs_chunked(config, B, T, H, K=32):
         return _chunked(FusedBiConfig.coerce(config), torch.empty(B, T, H, K))
     default = FusedBiConfig()
     assert (default.form, default.chunked_max_heads, default.chunked_min_tokens) == (
-        'auto', 48, 1024)
-    # FLAPyramid-T at B=2: 512² stages 0-2 and 1024² stages 0-3 (3, 6, 12, 24 heads)
-    for T, H in ((16384, 3), (4096, 6), (1024, 12), (65536, 3), (16384, 6), (4096, 12),
-                 (1024, 24)):
-        assert runs_chunked(None, 2, T, H), (T, H)
+        'auto', 96, 1024)
+    # FLAPyramid-T at B=2: 512² stages 0-2 and 1024² stages 0-3 (3, 6, 12, 24 heads); at B=8
+    # 512² stages 0-2 and 1024² stages 0-2
+    for B in (2, 8):
+        for T, H in ((16384, 3), (4096, 6), (1024, 12), (65536, 3), (16384, 6), (4096, 12)):
+            assert runs_chunked(None, B, T, H), (B, T, H)
+    assert runs_chunked(None, 2, 1024, 24)
     assert not runs_chunked(None, 2, 256, 24)       # 512², stage 3: 4 chunks a sequence
     assert not runs_chunked(None, 2, 1023, 3)       # short
-    assert not runs_chunked(None, 8, 1024, 12)      # 96 sequences
+    assert not runs_chunked(None, 8, 1024, 24)      # 192 sequences
     assert not runs_chunked(dict(segments=2), 2, 65536, 3)
-    assert runs_chunked(dict(chunked_max_heads=96), 8, 1024, 12)
+    assert runs_chunked(dict(chunked_max_heads=192), 8, 1024, 24)
     for B, T, H in ((2, 65536, 3), (8, 64, 6), (1, 1, 1)):
         assert runs_chunked(dict(form='chunked'), B, T, H)
         assert not runs_chunked(dict(form='sweep'), B, T, H)

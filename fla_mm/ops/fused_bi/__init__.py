@@ -30,9 +30,10 @@ The files:
   passed in by the caller; every variant computes the same function.
 
 Which form runs is the config's ``form``: by default ('auto') the chunked form, for both decay
-kinds, at up to 48 (batch x head) sequences of 1024 tokens or more, where the sweep has too
-few programs to fill the GPU (every stage of FLAPyramid-T at batch 2 but the last at 512²),
-and the sweep elsewhere (:meth:`FusedBiConfig.runs_chunked`).
+kinds, at up to 96 (batch x head) sequences of 1024 tokens or more, where the sweep has too
+few programs to fill the GPU (every stage of FLAPyramid-T at batch 2 and 8 but the last at
+512², and at batch 8 the last at 1024²), and the sweep elsewhere
+(:meth:`FusedBiConfig.runs_chunked`).
 
 The sweep form: one program per (batch*head, direction) sweeps the chunks of its direction with the [K, V]
 state in registers: q, k, v and g are read once per direction, no state is stored, no flip is

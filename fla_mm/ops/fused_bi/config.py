@@ -41,8 +41,9 @@ class FusedBiConfig:
         chunked_max_heads, chunked_min_tokens: 'auto' runs the chunked form, for both decay
             kinds, at batch x heads up to ``chunked_max_heads`` and sequences of
             ``chunked_min_tokens`` or more, where the sweep has too few programs to fill the
-            GPU (every stage of FLAPyramid-T at B=2 from 1024 tokens measured faster so,
-            docs/benchmarks.md); the sweep elsewhere (many sequences, a few chunks each).
+            GPU (every stage of FLAPyramid-T at B=2 and B=8 from 1024 tokens and up to 96
+            sequences measured faster so, docs/benchmarks.md); the sweep elsewhere (many
+            sequences, a few chunks each).
     """
     segments: Optional[int] = None
     long_tokens: int = 4096
@@ -53,7 +54,7 @@ class FusedBiConfig:
     bwd_warps: int = 4
     bwd_stages: int = 2
     form: str = 'auto'
-    chunked_max_heads: int = 48
+    chunked_max_heads: int = 96
     chunked_min_tokens: int = 1024
     scan_group: int = 16
     scan_block: int = 64
