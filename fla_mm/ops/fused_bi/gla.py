@@ -140,8 +140,10 @@ def _bi_gla_fwd_kernel(q, k, v, g, o, seg_S, seg_G, scale, T, H, sg_d, sg_b, sg_
 def _dg_piece(dg, x, run, slot, pos, m_k, i_b, i_h, B, T, H, K: tl.constexpr,
               BK: tl.constexpr, EXCLUSIVE: tl.constexpr, SEGMENTED: tl.constexpr):
     """A chunk's per-token q.dq (slot 2 * direction, EXCLUSIVE running sums) or k.dk (slot
-    2 * direction + 1, inclusive) pieces of the gate gradient; raw with segments."""
-    p, _ = _chunk_ptrs(dg + slot * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+    2 * direction + 1, inclusive) pieces of the gate gradient; raw with segments. The slot's
+    offset is 64-bit: four slots of [B, T, H, K] pass 2^31 elements at B*H = 96, 65536 tokens
+    and d = 128."""
+    p, _ = _chunk_ptrs(dg + slot.to(tl.int64) * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
     if SEGMENTED:
         tl.store(p, x, mask=m_k)
     elif EXCLUSIVE:
