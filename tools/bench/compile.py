@@ -87,14 +87,12 @@ def _variants(meta, per_channel, config):
         variants = []
         for backward in (False, True):
             name = 'backward' if backward else 'forward'
-            (state, state_meta), (scan, scan_meta), (main, main_meta) = fb._chunked_kernels(
-                meta, per_channel, backward, f32=backward, config=config)
+            (state, state_meta), (scan, scan_meta), (main, main_meta), *gate = \
+                fb._chunked_kernels(meta, per_channel, backward, f32=backward, config=config)
             variants += [(f'chunk states, {name}', state, state_meta, backward)]
             variants += [] if backward else [('chunk state pass', scan, scan_meta, False)]
             variants += [(name, main, main_meta, backward)]
-        if per_channel:
-            variants += [('gate gradient sum', fb._chunk_gate_grad_kernel,
-                          {n: meta[n] for n in ('K', 'BT', 'BK')}, True)]
+            variants += [('gate gradient sum', *kernel, True) for kernel in gate]
         return [(False, variants)]
     state, state_meta, fwd, _ = fb._kernels(meta, per_channel, backward=False)
     _, _, bwd, _ = fb._kernels(meta, per_channel, backward=True)

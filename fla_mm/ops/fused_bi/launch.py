@@ -233,8 +233,9 @@ def _chunked_kernels(meta, per_channel, backward, f32, config=DEFAULT_CONFIG):
     """What a chunked pass launches, each kernel with its constexprs: the chunk-state kernel
     (``f32``: fp32 operands for the keys' states, which the gate gradient needs), the pass
     over the states (``config.scan_group``, ``scan_block``), and the output
-    (forward) or gradient (backward) kernel. Used by the passes and by
-    ``tools/benchmark.py compile``."""
+    (forward) or gradient (backward) kernel; per key channel with ``f32`` (the gate gradient
+    asked for), the backward also the kernel that sums the gate gradient's pieces. Used by the
+    passes and by ``tools/benchmark.py compile``."""
     BK, BV = meta['BK'], meta['BV']
     state_meta = {n: meta[n] for n in ('K', 'V', 'BT', 'BK', 'BV', 'PRECISION')}
     scan_meta = dict(SIZE=BK * BV, BLOCK=min(config.scan_block, BK * BV),
@@ -244,16 +245,19 @@ def _chunked_kernels(meta, per_channel, backward, f32, config=DEFAULT_CONFIG):
         main_meta = dict(meta, NEED_DG=f32)
     else:
         main, main_meta = (_chunk_gla_fwd_kernel if per_channel else _chunk_fwd_kernel), meta
-    return [(_chunk_state_kernel, dict(state_meta, F32=f32, BACKWARD=backward,
-                                       PER_CHANNEL=per_channel)),
-            (_chunk_scan_kernel, scan_meta), (main, main_meta)]
+    kernels = [(_chunk_state_kernel, dict(state_meta, F32=f32, BACKWARD=backward,
+                                          PER_CHANNEL=per_channel)),
+               (_chunk_scan_kernel, scan_meta), (main, main_meta)]
+    if backward and per_channel and f32:
+        kernels.append((_chunk_gate_grad_kernel, {n: meta[n] for n in ('K', 'BT', 'BK')}))
+    return kernels
 
 
 def _chunk_states(q, k, v, g, do, kernels, options, backward):
     """The state entering every chunk of both directions' sweeps, [1 or 2, 2, B*H, NT, BK,
     BV] fp32 (the keys' states; with ``backward`` also the queries' adjoint states): local
     states in parallel over chunks, then the pass over them. One chunk: zeros, no launch."""
-    (state, state_meta), (scan, scan_meta), _ = kernels
+    (state, state_meta), (scan, scan_meta) = kernels[:2]
     B, T, H, _ = q.shape
     NT = triton.cdiv(T, CHUNK)
     kinds = 2 if backward else 1
@@ -316,6 +320,6 @@ def _chunked_backward(q, k, v, g, do, scale, meta, options, need_dg, config):
         kernel[(NT, B * H, 4)](q, k, v, g, do, dq2, dk2, dv2, pieces, totals, S, scale, T, H,
                                *g.stride()[:4], **kernel_meta, **options)
         if need_dg:
-            _chunk_gate_grad_kernel[(NT, B * H, 2)](pieces, totals, dg, T, H, K=meta['K'],
-                                                    BT=CHUNK, BK=meta['BK'], **options)
+            gate_kernel, gate_meta = kernels[3]
+            gate_kernel[(NT, B * H, 2)](pieces, totals, dg, T, H, **gate_meta, **options)
     return _chunked_backward_results(need_dg, dq2, dk2, dv2, dg)
