@@ -119,7 +119,9 @@ def test_fused_kernel_matches_two_call_in_triton_interpreter():
 
 # The chunk-parallel form (fused_bi/chunked.py, FusedBiConfig(form='chunked')) against the
 # token loop and against the sweep form: output and every gradient, fp32 with IEEE dots.
-# Each run notes which kernels ran: the chunked ones, no sweep.
+# Each run notes which kernels ran: the chunked ones, no sweep. Gates ending in '-qkb': the
+# backward scan has its own q and k (qb, kb: the form='auto' call, chunked at every shape, as
+# the sweep cannot read them), against the token loop only.
 CHUNKED = PRELUDE + r"""
 import sys
 launched = []
@@ -138,6 +140,8 @@ for name in ('_chunk_state_kernel', '_chunk_scan_kernel', '_chunk_fwd_kernel',
              '_bi_fwd_kernel', '_bi_bwd_kernel', '_bi_gla_fwd_kernel', '_bi_gla_bwd_kernel'):
     setattr(launch, name, Counted(name))
 gates = sys.argv[1]
+per_direction = gates.endswith('-qkb')
+gates = gates.removesuffix('-qkb')
 torch.manual_seed(0)
 worst = {'naive': 0.0, 'sweep': 0.0}
 # (1,100 tokens: 18 chunks, more than a load group of the pass over chunk states, 16)
@@ -146,6 +150,7 @@ for T, B, H in [(T, B, H) for T in (1, 49, 64, 100, 130)
         [(1100, 1, 1)] if gates == 'shared' else []):
     K, V = 16, 32
     x = [torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)]
+    qkb = [torch.randn(B, T, H, K), torch.randn(B, T, H, K)] if per_direction else []
     shape = (B, T, H, K) if gates.endswith('gla') else (B, T, H)
     gf = F.logsigmoid(torch.randn(*shape) + 2) / 2
     gb = F.logsigmoid(torch.randn(*shape) + 2) / 2 if gates.startswith('separate') else None
@@ -156,14 +161,18 @@ for T, B, H in [(T, B, H) for T in (1, 49, 64, 100, 130)
         gf = torch.log1p(-2.0 ** (-5.0 - torch.arange(H))).expand(B, T, H)
     do = torch.randn(B, T, H, V)
     runs = {}
-    for form in ('chunked', 'sweep', 'naive'):
+    refs = ('naive',) if per_direction else ('naive', 'sweep')
+    for form in ('chunked',) + refs:
         leaves = [t.clone().requires_grad_() for t in x]
         leaves += [t.clone().requires_grad_(gates != 'constant') for t in (gf, gb)
                    if t is not None]
+        own = dict(zip(('qb', 'kb'), [t.clone().requires_grad_() for t in qkb]))
         launched.clear()
-        config = dict(form=form)
+        config = dict(form='auto' if per_direction else form)
         if form == 'naive':
-            o = naive_bi_decay_attn(*leaves[:3], *leaves[3:], scale=0.3)
+            o = naive_bi_decay_attn(*leaves[:3], *leaves[3:], scale=0.3, **own)
+        elif per_direction:
+            o = fused_bi_decay_attn(*leaves[:3], *leaves[3:], scale=0.3, config=config, **own)
         elif gates.startswith('separate') and T == 100:  # one [B, T, 2, H(, K)] view
             o = fused_bi_decay_attn(*leaves[:3], torch.stack(leaves[3:], 2), scale=0.3,
                                     stacked=True, config=config)
@@ -172,27 +181,30 @@ for T, B, H in [(T, B, H) for T in (1, 49, 64, 100, 130)
         forward = sorted(set(launched))
         launched.clear()
         o.backward(do)
-        runs[form] = [o] + [t.grad for t in leaves if t.requires_grad]
+        runs[form] = [o] + [t.grad for t in leaves + list(own.values()) if t.requires_grad]
         if form == 'chunked':
             print('LAUNCHED', T, ','.join(forward), ','.join(sorted(set(launched))))
-    for ref in ('naive', 'sweep'):
+    for ref in refs:
         # (at T=1 the gate gradient is exactly 0 and ours is q.dq - k.dk ~ 1e-7: floor 1)
         errs = [((a - b).abs().max() / b.abs().max().clamp_min(1.0 if i > 3 else 0)).item()
                 for i, (a, b) in enumerate(zip(runs['chunked'], runs[ref]))]
         print(T, B, H, gates, ref, ' '.join('%.1e' % e for e in errs))
         worst[ref] = max(worst[ref], max(errs))
-print('WORST', worst['naive'], worst['sweep'])
+print('WORST', *(worst[ref] for ref in refs))
 """
 
 
 @pytest.mark.parametrize('gates', ['shared', 'separate', 'constant', 'shared-gla',
-                                   'separate-strong-gla'])
+                                   'separate-strong-gla', 'constant-qkb',
+                                   'separate-strong-gla-qkb'])
 def test_chunked_form_matches_naive_and_sweep_in_triton_interpreter(gates):
     """form='chunked': lengths of one chunk, a partial chunk, and 2-3 chunks with a partial
     last one (the pass over chunk states, both ways), B*H 1 and 3, shared, separate (also as
     one stacked view) and RetNet's constant gates (no gate gradient); per key channel (GLA)
     also with a chunk that takes the exact steps: the output and every gradient within 1e-5
-    of the token loop and of the sweep form."""
+    of the token loop and of the sweep form. '-qkb': each direction its own q and k (RetNet's
+    rotary), which form='auto' runs chunked at every length, against the token loop (q, k,
+    qb, kb and their gradients)."""
     env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
     res = subprocess.run([sys.executable, '-c', CHUNKED, gates], env=env,
                          capture_output=True, text=True, timeout=600)
@@ -200,7 +212,7 @@ def test_chunked_form_matches_naive_and_sweep_in_triton_interpreter(gates):
     lines = res.stdout.splitlines()
     launched = {int(line.split()[1]): [names.split(',') for names in line.split()[2:]]
                 for line in lines if line.startswith('LAUNCHED')}
-    gla = gates.endswith('gla')
+    gla = gates.removesuffix('-qkb').endswith('gla')
     states = ['_chunk_scan_kernel', '_chunk_state_kernel']
     fwd = ['_chunk_gla_fwd_kernel' if gla else '_chunk_fwd_kernel']
     # per key channel with a gate gradient, its pieces are summed by one more kernel
@@ -211,7 +223,8 @@ def test_chunked_form_matches_naive_and_sweep_in_triton_interpreter(gates):
     assert launched == {1: one, 49: one, 64: one, 100: several, 130: several,
                         **({1100: several} if gates == 'shared' else {})}, res.stdout
     worst = [float(x) for line in lines if line.startswith('WORST') for x in line.split()[1:]]
-    assert len(worst) == 2 and max(worst) < 1e-5, res.stdout
+    assert len(worst) == (1 if gates.endswith('-qkb') else 2), res.stdout
+    assert max(worst) < 1e-5, res.stdout
 
 
 @pytest.mark.parametrize('T', [1, 63, 64, 130, 1100])
@@ -339,50 +352,56 @@ from fla_mm.ops.fused_bi import op
 
 torch.manual_seed(0)
 B, H, K, V = 1, 2, 16, 16
-def inputs(T, per_channel, gates):
-    q, k, v = torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)
+def inputs(T, per_channel, gates, per_direction=False):
+    qk = (2, B, T, H, K) if per_direction else (B, T, H, K)   # each direction its own q, k
+    q, k, v = torch.randn(qk), torch.randn(qk), torch.randn(B, T, H, V)
     shape = (H, K) if per_channel else (H,)
     if gates == 'stacked':      # the layout fused_bi_decay_attn hands over for stacked=True
         g = (F.logsigmoid(torch.randn(B, T, 2, *shape) + 2) / 2).movedim(2, 0)
     else:                       # one tensor for both directions, read through stride 0
         g = (F.logsigmoid(torch.randn(B, T, *shape) + 2) / 2).expand(2, B, T, *shape)
     return q, k, v, g
-for T, per_channel, gates, segments, need_dg, form in [
-        (70, False, 'stacked', 2, True, 'sweep'), (70, False, 'shared', None, False, 'sweep'),
-        (70, True, 'stacked', None, True, 'sweep'), (70, True, 'shared', 2, True, 'sweep'),
-        (20, True, 'stacked', None, False, 'sweep'),
-        (70, False, 'stacked', None, True, 'chunked'),
-        (70, False, 'shared', None, False, 'chunked'),
-        (70, True, 'stacked', None, True, 'chunked')]:
-    q, k, v, g = inputs(T, per_channel, gates)
+for T, per_channel, gates, segments, need_dg, form, own in [
+        (70, False, 'stacked', 2, True, 'sweep', False),
+        (70, False, 'shared', None, False, 'sweep', False),
+        (70, True, 'stacked', None, True, 'sweep', False),
+        (70, True, 'shared', 2, True, 'sweep', False),
+        (20, True, 'stacked', None, False, 'sweep', False),
+        (70, False, 'stacked', None, True, 'chunked', False),
+        (70, False, 'shared', None, False, 'chunked', False),
+        (70, True, 'stacked', None, True, 'chunked', False),
+        (70, False, 'shared', None, False, 'auto', True),
+        (20, True, 'stacked', None, True, 'auto', True)]:
+    q, k, v, g = inputs(T, per_channel, gates, own)
     cfg = FusedBiConfig(segments=segments, form=form).to_op_args()
     torch.library.opcheck(op.fused_bi_fwd, (q, k, v, g, 0.3, *cfg))
     torch.library.opcheck(op.fused_bi_bwd, (q, k, v, g, torch.randn(B, T, H, V), 0.3, *cfg,
                                            need_dg))
     print('OPCHECK', T, per_channel, gates, segments, need_dg)
 
-def loss(q, k, v, gf, gb, config):
-    # glue on both sides of the op, as in a mixer: Dynamo must trace through it in one graph
-    return fused_bi_decay_attn(q * 2, k, v, -F.softplus(gf), gb, scale=0.3,
-                               config=config).square().sum()
-for per_channel, separate, config in [(True, True, dict(segments=2)),
-                                      (False, False, FusedBiConfig()),
-                                      (False, True, dict(form='chunked')),
-                                      (True, True, dict(form='chunked'))]:
+def loss(q, k, v, gf, gb, config, own, fn=fused_bi_decay_attn):
+    # glue on both sides of the op, as in a mixer: Dynamo must trace through it in one graph;
+    # ``own``: the backward scan has its own q, k (made from q, k, as rotary would)
+    qkb = dict(qb=q.cos(), kb=k.flip(1)) if own else {}
+    kw = {} if fn is naive_bi_decay_attn else dict(config=config)
+    return fn(q * 2, k, v, -F.softplus(gf), gb, scale=0.3, **qkb, **kw).square().sum()
+for per_channel, separate, config, own in [(True, True, dict(segments=2), False),
+                                           (False, False, FusedBiConfig(), False),
+                                           (False, True, dict(form='chunked'), False),
+                                           (True, True, dict(form='chunked'), False),
+                                           (True, True, None, True)]:
     T = 70
     q, k, v, _ = inputs(T, per_channel, 'shared')
     gshape = (B, T, H, K) if per_channel else (B, T, H)
     gf, gb = torch.randn(gshape), (-F.softplus(torch.randn(gshape)) if separate else None)
     leaves = [t.requires_grad_() for t in (q, k, v, gf) + ((gb,) if separate else ())]
-    explained = torch._dynamo.explain(loss)(q, k, v, gf, gb, config)
+    explained = torch._dynamo.explain(loss)(q, k, v, gf, gb, config, own)
     print('GRAPHS', explained.graph_count, explained.graph_break_count)
     compiled = torch.compile(loss, backend='aot_eager', fullgraph=True)
-    got = torch.autograd.grad(compiled(q, k, v, gf, gb, config), leaves)
-    want = torch.autograd.grad(loss(q, k, v, gf, gb, config), leaves)
+    got = torch.autograd.grad(compiled(q, k, v, gf, gb, config, own), leaves)
+    want = torch.autograd.grad(loss(q, k, v, gf, gb, config, own), leaves)
     print('EQUAL', all(torch.equal(a, b) for a, b in zip(got, want)))
-    naive = lambda q, k, v, gf, gb: naive_bi_decay_attn(q * 2, k, v, -F.softplus(gf), gb,
-                                                        scale=0.3).square().sum()
-    ref = torch.autograd.grad(naive(q, k, v, gf, gb), leaves)
+    ref = torch.autograd.grad(loss(q, k, v, gf, gb, config, own, naive_bi_decay_attn), leaves)
     print('NAIVE', max(((a - b).abs().max() / b.abs().max()).item()
                        for a, b in zip(got, ref)))
 """
@@ -393,15 +412,16 @@ def test_custom_ops_pass_opcheck_and_compile_in_one_graph():
     fused_bi_bwd: opcheck passes for both (scalar and per-channel gates, stacked and stride-0
     gates, one and two segments, with and without the gate gradient), and the entry with glue
     on both sides traces as one graph whose compiled gradients equal eager's exactly and the
-    token loop's within float error; the same for the chunked form."""
+    token loop's within float error; the same for the chunked form, and for per-direction
+    q, k ([2, B, T, H, K], which the default config runs chunked)."""
     env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
     res = subprocess.run([sys.executable, '-c', OPCHECKED], env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     lines = res.stdout.splitlines()
-    assert sum(line.startswith('OPCHECK') for line in lines) == 8, res.stdout
+    assert sum(line.startswith('OPCHECK') for line in lines) == 10, res.stdout
     assert [line for line in lines if line.startswith(('GRAPHS', 'EQUAL'))] == [
-        'GRAPHS 1 0', 'EQUAL True'] * 4, res.stdout
+        'GRAPHS 1 0', 'EQUAL True'] * 5, res.stdout
     assert max(float(line.split()[1]) for line in lines if line.startswith('NAIVE')) < 1e-4
 
 
@@ -423,7 +443,7 @@ def test_config_crosses_the_op_boundary_as_ints():
 
 @pytest.mark.parametrize('family,options', [
     ('simple_gla', {}), ('simple_gla', dict(direction_gates=True)),
-    ('retnet', dict(rotary=False)), ('simple_gla', dict(feature_map='relu')),
+    ('retnet', dict(rotary=False)), ('retnet', {}), ('simple_gla', dict(feature_map='relu')),
     ('gla', {}), ('gla', dict(direction_gates=True))])
 def test_mixer_fused_path_is_the_two_call_function(family, options):
     """bi_kernel='fused' feeds q, k, v and the per-direction gates to ops.bi_decay_attn in
@@ -451,9 +471,10 @@ def test_unknown_bi_kernel_lists_the_valid_ones():
 
 
 def test_default_fuses_the_decay_families():
-    """The default bi_kernel ('fused') takes the fused path for simple_gla, RetNet and GLA;
-    short conv, rotary, other scans and 'two_call' never do. 'auto', the old default, still
-    builds the fused mixer, with a FutureWarning."""
+    """The default bi_kernel ('fused') takes the fused path for simple_gla, RetNet and GLA,
+    RetNet with its rotary embeddings too (each direction's own q, k) unless its bi_config
+    forces the sweep; short conv, other scans and 'two_call' never do. 'auto', the old
+    default, still builds the fused mixer, with a FutureWarning."""
     def fused_bi(family, scan='bi', **kw):
         return TokenMixer(32, 2, family=family, scan=scan, **kw).fused_bi()
     fused = {f: fused_bi(f, **o)
@@ -462,7 +483,11 @@ def test_default_fuses_the_decay_families():
     with pytest.warns(FutureWarning, match="'auto' is read as 'fused'"):
         assert fused_bi('gla', bi_kernel='auto')
     assert not fused_bi('gla', use_short_conv=True)
-    assert not fused_bi('retnet')      # rotary default
+    assert fused_bi('retnet')          # rotary default: per-direction q, k
+    assert fused_bi('retnet', bi_config=dict(form='chunked'))
+    assert not fused_bi('retnet', bi_config=dict(form='sweep'))
+    assert not fused_bi('retnet', bi_config=dict(segments=2))
+    assert fused_bi('retnet', rotary=False, bi_config=dict(form='sweep'))
     assert not fused_bi('simple_gla', scan='cross')
     assert not fused_bi('simple_gla', bi_kernel='two_call')
 
@@ -515,6 +540,18 @@ def test_auto_form_runs_chunked_where_the_sweep_has_few_programs():
     for B, T, H in ((2, 65536, 3), (8, 64, 6), (1, 1, 1)):
         assert runs_chunked(dict(form='chunked'), B, T, H)
         assert not runs_chunked(dict(form='sweep'), B, T, H)
+
+
+def test_per_direction_q_k_run_chunked_and_refuse_a_forced_sweep():
+    """q, k [2, B, T, H, K] (each direction its own, qb / kb) run the chunked form at every
+    shape, the sweep's too (its programs read both directions' q, k); a config that forces
+    the sweep is an error that says so."""
+    q = torch.empty(2, 8, 256, 24, 32)
+    assert not _chunked(FusedBiConfig(), q[0])
+    assert _chunked(FusedBiConfig(), q) and _chunked(FusedBiConfig(form='chunked'), q)
+    for forced in (dict(form='sweep'), dict(segments=2)):
+        with pytest.raises(ValueError, match='chunked form only.*forces the sweep'):
+            _chunked(FusedBiConfig(**forced), q)
 
 
 def test_config_is_frozen_and_checked():

@@ -135,13 +135,15 @@ def test_fused_bi_vs_two_call(gates, dtype, L):
     assert e_dg < DG_TOL[dtype], (L, dtype, gates, e_dg)
 
 
-@pytest.mark.parametrize('family', ['simple_gla', 'retnet', 'gla'])
+@pytest.mark.parametrize('family', ['simple_gla', 'retnet', 'retnet-rotary', 'gla'])
 def test_fused_bi_mixer_trains_and_matches_two_call(family):
-    """A bi-scan TokenMixer (simple_gla / GLA with direction gates, RetNet): fused vs
-    two_call."""
+    """A bi-scan TokenMixer (simple_gla / GLA with direction gates, RetNet without and with
+    its rotary embeddings, per-direction q, k): fused vs two_call."""
     from fla_mm.layers.mixer import TokenMixer
     torch.manual_seed(0)
-    opts = dict(rotary=False) if family == 'retnet' else dict(direction_gates=True)
+    opts = (dict(rotary=False) if family == 'retnet' else {} if family == 'retnet-rotary'
+            else dict(direction_gates=True))
+    family = family.removesuffix('-rotary')
     a = TokenMixer(192, 3, family=family, scan='bi', bi_kernel='fused', **opts).cuda()
     b = TokenMixer(192, 3, family=family, scan='bi', bi_kernel='two_call', **opts).cuda()
     b.load_state_dict(a.state_dict())
@@ -268,3 +270,54 @@ def test_fused_bi_chunked_form(gates, dtype, L, batch, heads):
     assert e_sweep < TOL[dtype], (gates, dtype, L, batch, heads, e_sweep, n_sweep)
     e_dg = max([_rel(a, b) for a, b in zip(grads[3:], g_ref[3:]) if b is not None] + [0])
     assert e_dg < DG_TOL[dtype], (gates, dtype, L, batch, heads, e_dg)
+
+
+PER_DIRECTION_CASES = [pytest.param(g, d, L, marks=pytest.mark.xdist_group(f'qkb-{g}-{i}'),
+                                    id=f'{g}-{i}-{L}')
+                       for g in ('constant', 'separate-gla')
+                       for d, i in ((torch.float32, 'fp32'), (torch.bfloat16, 'bf16'))
+                       for L in (1, 49, 196, 3136, 16384, 65536)]
+
+
+@pytest.mark.parametrize('gates,dtype,L', PER_DIRECTION_CASES)
+def test_fused_bi_per_direction_q_k(gates, dtype, L):
+    """Each direction its own q and k (qb, kb: RetNet's rotary positions), which the default
+    config runs chunked at every length: against the fp32 chunked reference of the two scans
+    and FLA's two-call path, output and every gradient (q, k, qb, kb, v, gates)."""
+    gen = torch.Generator(device='cuda').manual_seed(L)
+    r = (lambda *s: torch.randn(*s, device='cuda', generator=gen))
+    per_channel = gates.endswith('gla')
+    gshape = (B, L, H) + ((D,) if per_channel else ())
+    x = [r(B, L, H, D) for _ in range(5)]             # q, k, v, qb, kb
+    gs = [F.logsigmoid(r(*gshape) + 3) / 4 for _ in range(2)] if per_channel else []
+    do = r(B, L, H, D)
+    scale = D ** -0.5
+
+    def run(kernel, work):
+        leaves = [t.detach().to(work).clone().requires_grad_() for t in x]
+        leaves += [t.clone().requires_grad_() for t in gs]
+        q, k, v, qb, kb = leaves[:5]
+        gf, gb = leaves[5:] if per_channel else [ops.retnet_decay(H, 'cuda').expand(B, L, H)] * 2
+        if kernel == 'reference':
+            cat = (lambda a, b: torch.cat([a, b.flip(1)], 0))
+            o = chunk_decay_attn_ref(cat(q, qb), cat(k, kb), cat(v, v), cat(gf, gb), scale,
+                                     chunk_size=64)
+            o = o.chunk(2, 0)[0] + o.chunk(2, 0)[1].flip(1)
+        else:
+            o = ops.bi_decay_attn(q, k, v, gf, gb, scale=scale, kernel=kernel, qb=qb, kb=kb)
+        o.backward(do.to(o.dtype))
+        return o, [t.grad for t in leaves]
+    out, grads = run('fused', dtype)
+    x = [t.to(dtype).float() for t in x]              # the reference on the rounded inputs
+    ref, g_ref = run('reference', torch.float32)
+    two, g_two = run('two_call', dtype)
+    names = ('o', 'dq', 'dk', 'dv', 'dqb', 'dkb', 'dg_f', 'dg_b')
+    errs = [(_rel(a, b), n) for a, b, n in zip([out] + grads, [ref] + g_ref, names)]
+    e_ref, n_ref = max(errs)
+    e_two, n_two = max((_rel(a, b), n) for a, b, n in zip([out] + grads, [two] + g_two, names))
+    gpu_report(f'\nfused_bi per-direction q,k {gates:12s} {str(dtype)[6:]:9s} L={L:6d}  '
+               f'vs reference={e_ref:.2e} ({n_ref})  vs two-call={e_two:.2e} ({n_two})')
+    assert e_ref < TOL[dtype], (gates, dtype, L, e_ref, n_ref)
+    assert e_two < TWO_CALL_TOL[dtype], (gates, dtype, L, e_two, n_two)
+    e_dg = max([e for e, n in errs if n.startswith('dg')] + [0])
+    assert e_dg < DG_TOL[dtype], (gates, dtype, L, e_dg)

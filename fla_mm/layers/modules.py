@@ -134,11 +134,14 @@ class LerpLinear(nn.Module):
         return self.linear(x + delta * (self.mu if mu is None else mu))
 
 
-def rotary(x, base=10000.0):
-    """Non-interleaved rotary embedding (fla.modules.RotaryEmbedding) at positions 0..L-1."""
+def rotary(x, base=10000.0, reverse=False):
+    """Non-interleaved rotary embedding (fla.modules.RotaryEmbedding) at positions 0..L-1 along
+    x's dim 1; ``reverse``: at L-1..0, the positions of the reversed sequence (a backward
+    scan's own, without flipping x: equal to flip(rotary(flip(x))))."""
     L, D = x.shape[1], x.shape[-1]
     inv = 1.0 / (base ** (torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D))
-    f = torch.outer(torch.arange(L, device=x.device, dtype=torch.float32), inv)
+    positions = torch.arange(L, device=x.device, dtype=torch.float32)
+    f = torch.outer(positions.flip(0) if reverse else positions, inv)
     cos, sin = f.cos()[:, None], f.sin()[:, None]                  # [L, 1, D/2]
     x1, x2 = x.float().chunk(2, -1)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).to(x.dtype)

@@ -203,13 +203,16 @@ BI_KERNELS = ('fused', 'two_call')
 BI_FUSED_FAMILIES = ('gla', 'retnet', 'simple_gla')
 
 
-def bi_decay_attn(q, k, v, gf, gb=None, scale=None, kernel='fused', stacked=False, config=None):
+def bi_decay_attn(q, k, v, gf, gb=None, scale=None, kernel='fused', stacked=False, config=None,
+                  qb=None, kb=None):
     """Both scans of decayed linear attention (simple_gla / RetNet / GLA), merged.
 
     o = fwd_scan(x) + flip(fwd_scan(flip(x))) with log decays ``gf`` / ``gb`` (fp32; [B, T, H]
     scalar per head, or [B, T, H, K] per key channel as GLA; ``gb=None``: the same gates both
     ways; ``stacked=True``: ``gf`` holds both, [B, T, 2, H(, K)], forward first, and the fused
-    kernel reads them in place), in the original token order. On CUDA ``kernel='fused'`` runs
+    kernel reads them in place), in the original token order. ``qb`` / ``kb``: the backward
+    scan's own queries / keys, in the original token order (rotary embeddings at the reversed
+    sequence's positions); None: q / k. On CUDA ``kernel='fused'`` runs
     :mod:`.fused_bi` (one kernel for both directions, forward and backward) in the variant
     ``config`` names (a ``fused_bi.FusedBiConfig``, a dict of its fields, or None for the
     default); 'two_call' and the CPU run the one-direction op on [x, flip(x)] batched, as the
@@ -223,13 +226,13 @@ def bi_decay_attn(q, k, v, gf, gb=None, scale=None, kernel='fused', stacked=Fals
     if kernel == 'fused' and _use_kernel(q):
         from .fused_bi import fused_bi_decay_attn
         return fused_bi_decay_attn(q, k, v, gf, gb, scale=scale, stacked=stacked,
-                                   config=config)
+                                   config=config, qb=qb, kb=kb)
     if stacked:
         gf, gb = gf[:, :, 0], gf[:, :, 1]
     gb = gf if gb is None else gb
-    cat = (lambda a: torch.cat([a, a.flip(1)], 0))
+    cat = (lambda a, b=None: torch.cat([a, (a if b is None else b).flip(1)], 0))
     op = gla if gf.dim() == 4 else simple_gla
-    o = op(cat(q), cat(k), cat(v), torch.cat([gf, gb.flip(1)], 0), scale=scale)
+    o = op(cat(q, qb), cat(k, kb), cat(v), cat(gf, gb), scale=scale)
     o_f, o_b = o.chunk(2, 0)
     return o_f + o_b.flip(1)
 

@@ -36,7 +36,7 @@ def _compile_times(args):
     data = {torch.bfloat16: '*bf16', torch.float16: '*fp16', torch.float32: '*fp32'}[dtype]
     fp32_buffers = {'g', 'dg', 'dg_tot', 'seg_S', 'seg_G', 'seg_dH', 'seg_E', 'S', 'G', 'Cq',
                     'out'}
-    ints = {'T', 'H', 'sg_d', 'sg_b', 'sg_t', 'sg_h', 'CPS', 'NSEG', 'NT', 'ROWS'}
+    ints = {'T', 'H', 'sg_d', 'sg_b', 'sg_t', 'sg_h', 'sq_d', 'CPS', 'NSEG', 'NT', 'ROWS'}
     d = args.head_dim
     target = GPUTarget('cuda', args.arch, 32)
     rows = []

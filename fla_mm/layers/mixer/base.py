@@ -83,7 +83,7 @@ class TokenMixer(nn.Module):
             separate decay gate per scan direction (gk_proj / a_proj output D times wider).
             For families with a data-dependent decay (gla, simple_gla, gated_delta_net).
         gate_low_rank_dim, gate_logit_normalizer: as in the ``fla.layers`` module.
-        bi_kernel: how a bi-scan (without short conv or rotary) of the families in
+        bi_kernel: how a bi-scan (without short conv) of the families in
             ``ops.BI_FUSED_FAMILIES`` runs on CUDA. 'fused' (default): one fused kernel for
             both directions; 'two_call': [x, flip(x)] through FLA's one-direction kernel.
             Same function either way; the other families ignore it. 'auto', the old

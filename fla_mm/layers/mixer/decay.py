@@ -1,8 +1,9 @@
 """GLA, simple GLA and RetNet: one output-gated linear attention, three decays.
 
 GLA decays per key channel (``gate='key'``), simple GLA per head (``'head'``), RetNet with a
-fixed per-head rate. Their bi-scan without short conv or rotary runs as one op for both
-directions, :func:`fla_mm.ops.bi_decay_attn`, which reads the directions in place (no flips).
+fixed per-head rate. Their bi-scan without short conv runs as one op for both directions,
+:func:`fla_mm.ops.bi_decay_attn`, which reads the directions in place (no flips); with rotary
+(RetNet's default) it takes each direction's own rotated q and k.
 """
 import torch.nn as nn
 import torch.nn.functional as F
@@ -75,11 +76,14 @@ class DecayMixer(TokenMixer):
         return q, k, v
 
     def fused_bi(self):
-        """True where a bi-scan runs as one op (the directions share q, k and v: no short
-        conv, no rotary)."""
+        """True where a bi-scan runs as one op: no short conv (the directions share v), and
+        with rotary (each direction its own q, k: the op's chunked form) a ``bi_config``
+        that does not force the sweep."""
         return (self.scan == 'bi' and self.bi_kernel == 'fused'
                 and self.family in ops.BI_FUSED_FAMILIES
-                and not self.cfg.get('use_short_conv') and not self.cfg.get('rotary'))
+                and not self.cfg.get('use_short_conv')
+                and (not self.cfg.get('rotary') or self.bi_config is None
+                     or self.bi_config.allows_chunked()))
 
     def mix(self, x, ctx):
         if self.fused_bi():
@@ -99,15 +103,19 @@ class DecayMixer(TokenMixer):
         B, L = x.shape[:2]
         q, k, v = self.split_heads(self.q_proj(x), self.k_proj(x), self.v_proj(x))
         H = q.shape[2]
+        kw = dict(config=self.bi_config)
+        if self.cfg.get('rotary'):     # positions along each scanned sequence, as two_call
+            kw.update(qb=rotary(q, reverse=True), kb=rotary(k, reverse=True))
+            q, k = rotary(q), rotary(k)
         if self.gate is None:     # RetNet: the fixed per-head decay, read through stride 0
             return ops.bi_decay_attn(q, k, v, ops.retnet_decay(H, x.device).expand(B, L, H),
-                                     config=self.bi_config)
+                                     **kw)
         g = log_decay(self, x).reshape(B, L, self.num_gates, H, -1)   # [B, L, D, H, K or 1]
         if self.gate == 'head':
             g = g.squeeze(-1)
         if self.num_gates > 1:    # direction gates: both read in place, no stacked copy
-            return ops.bi_decay_attn(q, k, v, g, stacked=True, config=self.bi_config)
-        return ops.bi_decay_attn(q, k, v, g[:, :, 0], config=self.bi_config)
+            return ops.bi_decay_attn(q, k, v, g, stacked=True, **kw)
+        return ops.bi_decay_attn(q, k, v, g[:, :, 0], **kw)
 
 
 @register_mixer

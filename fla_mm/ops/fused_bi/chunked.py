@@ -71,10 +71,10 @@ def _chunk_tiles(q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K: tl
 
 
 @triton.jit
-def _chunk_state_kernel(q, k, v, g, do, S, G, T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr,
-                        V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                        PRECISION: tl.constexpr, F32: tl.constexpr, BACKWARD: tl.constexpr,
-                        PER_CHANNEL: tl.constexpr):
+def _chunk_state_kernel(q, k, v, g, do, S, G, T, H, sg_d, sg_b, sg_t, sg_h, sq_d,
+                        K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                        BV: tl.constexpr, PRECISION: tl.constexpr, F32: tl.constexpr,
+                        BACKWARD: tl.constexpr, PER_CHANNEL: tl.constexpr):
     """Program (chunk i, bh, direction d): the chunk's local state into S[0, d, bh, i] and its
     total log decay into G[d, bh, i] (G[d, bh, i, :] per key channel); with BACKWARD also the
     adjoint state of its queries and output gradients into S[1, d, bh, i]. F32: fp32 operands
@@ -82,6 +82,7 @@ def _chunk_state_kernel(q, k, v, g, do, S, G, T, H, sg_d, sg_b, sg_t, sg_h, K: t
     adjoint state always has them. Every decay factor is exp of a partial sum within the
     chunk (<= 1), so per key channel no chunk needs GLA's exact steps here."""
     i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    q, k = q + i_dir * sq_d, k + i_dir * sq_d       # direction i_dir's (sq_d 0: shared)
     row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
     pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
         q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV,
@@ -184,11 +185,12 @@ def _gate_grad_after(S, row, i, dH_in, BK: tl.constexpr, BV: tl.constexpr):
 
 
 @triton.jit
-def _chunk_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr,
-                      V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                      PRECISION: tl.constexpr):
+def _chunk_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h, sq_d,
+                      K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, PRECISION: tl.constexpr):
     """Program (chunk i, bh, direction d): direction d's output on the chunk, into o[d]."""
     i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    q, k = q + i_dir * sq_d, k + i_dir * sq_d       # direction i_dir's (sq_d 0: shared)
     row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
     pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
         q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV, False)
@@ -207,7 +209,7 @@ def _chunk_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h, K: 
 
 @triton.jit
 def _chunk_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, S, scale, T, H, sg_d, sg_b, sg_t, sg_h,
-                      K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                      sq_d, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, PRECISION: tl.constexpr, NEED_DG: tl.constexpr):
     """Program (chunk i, bh, direction d): the gradients of direction d's scan on the chunk,
     dq, dk, dv into [d] of their [2, B, T, H, *] buffers and, with NEED_DG, the gradient of
@@ -217,6 +219,7 @@ def _chunk_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, S, scale, T, H, sg_d, sg_b
     the dots behind dq and dk take fp32 operands (TF32 for 16-bit inputs): they cancel in
     q.dq - k.dk."""
     i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    q, k = q + i_dir * sq_d, k + i_dir * sq_d       # direction i_dir's (sq_d 0: shared)
     rows = 2 * tl.num_programs(1) * tl.num_programs(0).to(tl.int64)
     row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
     pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
@@ -257,7 +260,7 @@ def _chunk_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, S, scale, T, H, sg_d, sg_b
 
 
 @triton.jit
-def _chunk_gla_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h,
+def _chunk_gla_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h, sq_d,
                           K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
                           BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
                           SAFE: tl.constexpr):
@@ -266,6 +269,7 @@ def _chunk_gla_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h,
     exp(-SAFE) takes the tensor-core form (q exp(C)) (k exp(-C))^T masked; any other chunk
     goes in BC-token exact steps (``gla._gla_fwd_step_exact``) from its entering state."""
     i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    q, k = q + i_dir * sq_d, k + i_dir * sq_d       # direction i_dir's (sq_d 0: shared)
     row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
     pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
         q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV, True)
@@ -292,7 +296,7 @@ def _chunk_gla_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h,
 
 @triton.jit
 def _chunk_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, Cq, S, scale, T, H, sg_d, sg_b,
-                          sg_t, sg_h, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                          sg_t, sg_h, sq_d, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                           BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                           PRECISION: tl.constexpr, NEED_DG: tl.constexpr, SAFE: tl.constexpr):
     """:func:`_chunk_bwd_kernel` with per-key-channel decays (GLA), split as the sweep's
@@ -310,6 +314,7 @@ def _chunk_gla_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, Cq, S, scale, T, H, sg
     after[i] (slot 2d + 1); :func:`_chunk_gate_grad_kernel` adds them up."""
     i, i_bh, i_pd = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_part, i_dir = i_pd // 2, i_pd % 2
+    q, k = q + i_dir * sq_d, k + i_dir * sq_d       # direction i_dir's (sq_d 0: shared)
     i_b, i_h = i_bh // H, i_bh % H
     B = tl.num_programs(1) // H
     NT = tl.num_programs(0)

@@ -76,14 +76,28 @@ class FusedBiConfig:
             if value & (value - 1):
                 raise ValueError(f'FusedBiConfig.{name} must be a power of 2 (got {value})')
 
-    def runs_chunked(self, heads, tokens):
+    def runs_chunked(self, heads, tokens, per_direction=False):
         """Whether a call on ``heads`` (batch x heads) sequences of ``tokens`` tokens runs the
-        chunked form."""
+        chunked form. ``per_direction``: each scan direction has its own q and k (rotary
+        positions), which only the chunked form reads (its programs each compute one
+        direction; a sweep program needs both directions' q and k), so it runs chunked at
+        every shape unless the sweep is forced, which is an error."""
+        if per_direction:
+            if not self.allows_chunked():
+                raise ValueError("fused bi-scan: per-direction q, k (qb / kb) run in the "
+                                 "chunked form only; this FusedBiConfig forces the sweep "
+                                 f"(form={self.form!r}, segments={self.segments!r})")
+            return True
         if self.form != 'auto':
             return self.form == 'chunked'
         if self.segments is not None:      # a forced segment count is the sweep's
             return False
         return heads <= self.chunked_max_heads and tokens >= self.chunked_min_tokens
+
+    def allows_chunked(self):
+        """False where the config forces the sweep (``form='sweep'``, or segments forced
+        under 'auto')."""
+        return self.form == 'chunked' or self.form == 'auto' and self.segments is None
 
     @classmethod
     def from_dict(cls, options):

@@ -81,7 +81,7 @@ def _prepared(q, k, v, g):
 
 def _output_pair(q, v):
     """Both directions' outputs [2, B, T, H, V], summed into the result by :func:`_sum_pair`."""
-    return q.new_empty(2, *q.shape[:3], v.shape[-1], dtype=v.dtype)
+    return v.new_empty(2, *v.shape)
 
 
 def _sum_pair(x2):
@@ -93,7 +93,7 @@ def run_forward(q, k, v, g, scale, config):
     (scalar decay) or [2, B, T, H, K] (per key channel), direction first; ``config`` a
     :class:`FusedBiConfig`. A fresh tensor, no view of an input."""
     q, k, v, g = _prepared(q, k, v, g)
-    B, T, H, _ = q.shape
+    B, T, H, _ = v.shape
     per_channel = g.dim() == 5
     meta = _meta(q, v, per_channel)
     if _chunked(config, q):
@@ -135,8 +135,17 @@ def _backward_buffers(q, k, v, g, need_dg):
 
 
 def _grad_pairs(q, k, v):
-    """Both scan directions' dq, dk, dv [2, ...], summed by :func:`_summed_grads`."""
-    return q.new_empty(2, *q.shape), k.new_empty(2, *k.shape), v.new_empty(2, *v.shape)
+    """Both scan directions' dq, dk, dv [2, ...], summed by :func:`_summed_grads` (per-direction
+    q, k [2, B, T, H, K] are their own pair)."""
+    pair = (lambda x: x.new_empty(x.shape if x.dim() == 5 else (2, *x.shape)))  # noqa: E731
+    return pair(q), pair(k), pair(v)
+
+
+def _direction_stride(q):
+    """Elements between the two directions' q (and k): 0 where they share one [B, T, H, K],
+    one direction's size for per-direction q, k [2, B, T, H, K] (the chunked kernels shift
+    their q and k by direction x this)."""
+    return q[0].numel() if q.dim() == 5 else 0
 
 
 def _backward_results(g, nseg, need_dg, dq2, dk2, dv2, dg, dg_tot):
@@ -157,6 +166,8 @@ def _summed_grads(dq2, dk2, dv2):
     """[dq, dk, dv], both directions' pieces summed in place: no third buffer per gradient at
     the backward's peak (the pair's storage lives on only until autograd has passed the
     gradient on)."""
+    if dq2.dim() == dv2.dim():           # per-direction q, k: their gradients stay pairs
+        return [dq2, dk2, dv2[0].add_(dv2[1])]
     return [dq2[0].add_(dq2[1]), dk2[0].add_(dk2[1]), dv2[0].add_(dv2[1])]
 
 
@@ -175,7 +186,7 @@ def run_backward(q, k, v, g, do, scale, config, need_dg):
     followed by the gradient of g (g's shape; in g's layout where it is dense) if ``need_dg``
     (else the kernels skip the gate-gradient pieces). Fresh tensors, no views of inputs."""
     q, k, v, g = _prepared(q, k, v, g)
-    B, T, H, _ = q.shape
+    B, T, H, _ = v.shape
     per_channel = g.dim() == 5
     meta = _meta(q, v, per_channel)
     do = do.contiguous()
@@ -223,10 +234,10 @@ def _segment_buffers(q, BH, nseg, meta):
 # --- the chunked form (``chunked.py``) -------------------------------------------------------
 
 def _chunked(config, q):
-    """Whether a pass on q [B, T, H, K] runs the chunk-parallel kernels (``chunked.py``)
-    or the sweep (:meth:`FusedBiConfig.runs_chunked`)."""
-    B, T, H, _ = q.shape
-    return config.runs_chunked(B * H, T)
+    """Whether a pass on q [B, T, H, K] (or per direction, [2, B, T, H, K]) runs the
+    chunk-parallel kernels (``chunked.py``) or the sweep (:meth:`FusedBiConfig.runs_chunked`)."""
+    B, T, H, _ = q.shape[-4:]
+    return config.runs_chunked(B * H, T, per_direction=q.dim() == 5)
 
 
 def _chunked_kernels(meta, per_channel, backward, f32, config=DEFAULT_CONFIG):
@@ -258,7 +269,7 @@ def _chunk_states(q, k, v, g, do, kernels, options, backward):
     BV] fp32 (the keys' states; with ``backward`` also the queries' adjoint states): local
     states in parallel over chunks, then the pass over them. One chunk: zeros, no launch."""
     (state, state_meta), (scan, scan_meta) = kernels[:2]
-    B, T, H, _ = q.shape
+    B, T, H, _ = v.shape
     NT = triton.cdiv(T, CHUNK)
     kinds = 2 if backward else 1
     BK, BV = state_meta['BK'], state_meta['BV']
@@ -267,7 +278,8 @@ def _chunk_states(q, k, v, g, do, kernels, options, backward):
         return q.new_zeros(shape, dtype=torch.float32)
     S = q.new_empty(shape, dtype=torch.float32)
     G = q.new_empty(2, B * H, NT, *((BK,) if g.dim() == 5 else ()), dtype=torch.float32)
-    state[(NT, B * H, 2)](q, k, v, g, do, S, G, T, H, *g.stride()[:4], **state_meta, **options)
+    state[(NT, B * H, 2)](q, k, v, g, do, S, G, T, H, *g.stride()[:4], _direction_stride(q),
+                          **state_meta, **options)
     scan[(2 * B * H, BK * BV // scan_meta['BLOCK'], kinds)](S, G, NT, 2 * B * H, **scan_meta,
                                                             **options)
     return S
@@ -276,13 +288,13 @@ def _chunk_states(q, k, v, g, do, kernels, options, backward):
 def _chunked_forward(q, k, v, g, scale, meta, options, config):
     """:func:`run_forward` in the chunked form: the chunk states, then both directions'
     outputs on every chunk (summed as the sweep's are)."""
-    B, T, H, _ = q.shape
+    B, T, H, _ = v.shape
     kernels = _chunked_kernels(meta, g.dim() == 5, backward=False, f32=False, config=config)
     S = _chunk_states(q, k, v, g, q, kernels, options, backward=False)
     o2 = _output_pair(q, v)
     kernel, kernel_meta = kernels[2]
     kernel[(triton.cdiv(T, CHUNK), B * H, 2)](q, k, v, g, o2, S, scale, T, H, *g.stride()[:4],
-                                              **kernel_meta, **options)
+                                              _direction_stride(q), **kernel_meta, **options)
     return _sum_pair(o2)
 
 
@@ -303,7 +315,7 @@ def _chunked_backward_results(need_dg, dq2, dk2, dv2, dg):
 def _chunked_backward(q, k, v, g, do, scale, meta, options, need_dg, config):
     """:func:`run_backward` in the chunked form: the chunk states and adjoint states, then
     every chunk's gradient pieces of both scan directions."""
-    B, T, H, _ = q.shape
+    B, T, H, _ = v.shape
     kernels = _chunked_kernels(meta, g.dim() == 5, backward=True, f32=need_dg, config=config)
     S = _chunk_states(q, k, v, g, do, kernels, options, backward=True)
     dq2, dk2, dv2, dg = _chunked_backward_buffers(q, k, v, g, need_dg)
@@ -311,14 +323,14 @@ def _chunked_backward(q, k, v, g, do, scale, meta, options, need_dg, config):
     NT = triton.cdiv(T, CHUNK)
     if g.dim() == 4:
         kernel[(NT, B * H, 2)](q, k, v, g, do, dq2, dk2, dv2, dg, S, scale, T, H,
-                               *g.stride()[:4], **kernel_meta, **options)
+                               *g.stride()[:4], _direction_stride(q), **kernel_meta, **options)
     else:       # per key channel: the two parts' gate-gradient pieces, then their sum
         pieces, totals = dg, dg
         if need_dg:
             pieces = q.new_empty(2, 2, *g.shape[1:], dtype=torch.float32)
             totals = q.new_empty(2, B * H, NT, meta['BK'], dtype=torch.float32)
         kernel[(NT, B * H, 4)](q, k, v, g, do, dq2, dk2, dv2, pieces, totals, S, scale, T, H,
-                               *g.stride()[:4], **kernel_meta, **options)
+                               *g.stride()[:4], _direction_stride(q), **kernel_meta, **options)
         if need_dg:
             gate_kernel, gate_meta = kernels[3]
             gate_kernel[(NT, B * H, 2)](pieces, totals, dg, T, H, **gate_meta, **options)

@@ -19,7 +19,7 @@ def _scan(q, k, v, g, order, scale):
     return torch.stack(out, 1)
 
 
-def naive_bi_decay_attn(q, k, v, gf, gb=None, scale=None, stacked=False):
+def naive_bi_decay_attn(q, k, v, gf, gb=None, scale=None, stacked=False, qb=None, kb=None):
     """What :func:`fused_bi_decay_attn` computes, with the same arguments::
 
         o_t = scale * sum_{s <= t} exp(gf_{s+1} + ... + gf_t) (q_t . k_s) v_s    (forward)
@@ -28,8 +28,9 @@ def naive_bi_decay_attn(q, k, v, gf, gb=None, scale=None, stacked=False):
     The forward scan visits t = 0 .. T-1 and decays by gf, the backward scan visits
     t = T-1 .. 0 and decays by gb; the diagonal s = t is in both sums, undecayed. Log decays
     [B, T, H] (one per head) or [B, T, H, K] (per key channel), ``gb=None`` meaning ``gf``;
-    ``stacked=True``: ``gf`` is [B, T, 2, H(, K)], forward first. Computed in fp32 (fp64 when
-    q is fp64), returned in q's dtype.
+    ``stacked=True``: ``gf`` is [B, T, 2, H(, K)], forward first. ``qb`` / ``kb``: the
+    backward scan's own q / k (None: q / k). Computed in fp32 (fp64 when q is fp64), returned
+    in q's dtype.
     """
     if stacked:
         gf, gb = gf[:, :, 0], gf[:, :, 1]
@@ -37,7 +38,8 @@ def naive_bi_decay_attn(q, k, v, gf, gb=None, scale=None, stacked=False):
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     dtype = q.dtype
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    q, k, v, gf, gb = (x.to(work) for x in (q, k, v, gf, gb))
+    qb, kb = q if qb is None else qb, k if kb is None else kb
+    q, k, v, gf, gb, qb, kb = (x.to(work) for x in (q, k, v, gf, gb, qb, kb))
     T = q.shape[1]
-    o = _scan(q, k, v, gf, range(T), scale) + _scan(q, k, v, gb, range(T - 1, -1, -1), scale)
+    o = _scan(q, k, v, gf, range(T), scale) + _scan(qb, kb, v, gb, range(T - 1, -1, -1), scale)
     return o.to(dtype)

@@ -22,7 +22,8 @@ from .config import FusedBiConfig
 @torch.library.custom_op('fla_mm::fused_bi_fwd', mutates_args=())
 def fused_bi_fwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, scale: float,
                  segments: Optional[int], counts: list[int]) -> Tensor:
-    """o [B, T, H, V]; g [2, B, T, H(, K)] direction first (see ``launch.run_forward``)."""
+    """o [B, T, H, V]; g [2, B, T, H(, K)] direction first, q and k [B, T, H, K] or per
+    direction [2, B, T, H, K] (see ``launch.run_forward``)."""
     return launch.run_forward(q, k, v, g, scale, FusedBiConfig.from_op_args(segments, counts))
 
 
@@ -61,7 +62,8 @@ def _backward(ctx, do):
 fused_bi_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def fused_bi_decay_attn(q, k, v, gf, gb=None, scale=None, stacked=False, config=None):
+def fused_bi_decay_attn(q, k, v, gf, gb=None, scale=None, stacked=False, config=None,
+                        qb=None, kb=None):
     """Both scans of decayed linear attention in one kernel pair (see :mod:`fla_mm.ops.fused_bi`).
 
     ``gf`` / ``gb``: log decays of the forward / backward scan, [B, T, H] (simple_gla, RetNet)
@@ -70,8 +72,16 @@ def fused_bi_decay_attn(q, k, v, gf, gb=None, scale=None, stacked=False, config=
     (forward first, ``gb`` None), read through a view: no stacked copy, and its gradient comes
     back in the same layout. ``config``: the kernel variant, a :class:`FusedBiConfig`, a dict
     of its fields or None (the default); every variant computes the same function.
+    ``qb`` / ``kb``: the backward scan's own queries / keys [B, T, H, K] in the original token
+    order (RetNet's rotary positions count along each scanned sequence, so they differ from
+    the forward scan's); None: q / k. Given, both directions' q and k go to the op as one
+    [2, B, T, H, K] pair, which only the chunked form reads (it runs at every shape).
     """
-    segments, counts = FusedBiConfig.coerce(config).to_op_args()
+    config = FusedBiConfig.coerce(config)
+    if qb is not None or kb is not None:
+        q = torch.stack([q, q if qb is None else qb])
+        k = torch.stack([k, k if kb is None else kb])
+    segments, counts = config.to_op_args()
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if stacked:
         g = gf.movedim(2, 0)
