@@ -29,6 +29,12 @@ The files:
 - ``config.py``: :class:`FusedBiConfig`, the kernel variant (segment counts, warps, stages)
   passed in by the caller; every variant computes the same function.
 
+With ``qb`` / ``kb`` the backward scan has its own queries and keys (RetNet's rotary positions
+count along each scanned sequence, so the two directions' q, k differ); they reach the op as
+one [2, B, T, H, K] pair each, which the chunked kernels read through a direction stride (a
+program computes one direction only) and the sweep cannot (its programs need both
+directions' q and k): such a call runs the chunked form at every shape.
+
 Which form runs is the config's ``form``: by default ('auto') the chunked form, for both decay
 kinds, at up to 96 (batch x head) sequences of 1024 tokens or more, where the sweep has too
 few programs to fill the GPU (every stage of FLAPyramid-T at batch 2 and 8 but the last at
