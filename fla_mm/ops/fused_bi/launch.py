@@ -79,7 +79,7 @@ def _prepared(q, k, v, g):
     return q, k, v, g
 
 
-def _output_pair(q, v):
+def _output_pair(v):
     """Both directions' outputs [2, B, T, H, V], summed into the result by :func:`_sum_pair`."""
     return v.new_empty(2, *v.shape)
 
@@ -89,8 +89,9 @@ def _sum_pair(x2):
 
 
 def run_forward(q, k, v, g, scale, config):
-    """The forward pass: o [B, T, H, V] of q, k [B, T, H, K], v [B, T, H, V] and g [2, B, T, H]
-    (scalar decay) or [2, B, T, H, K] (per key channel), direction first; ``config`` a
+    """The forward pass: o [B, T, H, V] of q, k [B, T, H, K] (or each direction its own,
+    [2, B, T, H, K]: the chunked form only), v [B, T, H, V] and g [2, B, T, H] (scalar decay)
+    or [2, B, T, H, K] (per key channel), direction first; ``config`` a
     :class:`FusedBiConfig`. A fresh tensor, no view of an input."""
     q, k, v, g = _prepared(q, k, v, g)
     B, T, H, _ = v.shape
@@ -99,7 +100,7 @@ def run_forward(q, k, v, g, scale, config):
     if _chunked(config, q):
         return _chunked_forward(q, k, v, g, scale, meta, _launch_options(meta, False, config),
                                 config)
-    o2 = _output_pair(q, v)
+    o2 = _output_pair(v)
     nseg, cps = _segments(T, meta['BT'], per_channel, config=config)
     seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
     state_kernel, seg_meta, kernel, programs = _kernels(meta, per_channel, False)
@@ -117,7 +118,7 @@ def run_forward(q, k, v, g, scale, config):
 def fake_forward(q, k, v, g):
     """What :func:`run_forward` returns, allocated the same way, without running kernels."""
     q, k, v, g = _prepared(q, k, v, g)
-    return _sum_pair(_output_pair(q, v))
+    return _sum_pair(_output_pair(v))
 
 
 def _backward_buffers(q, k, v, g, need_dg):
@@ -182,9 +183,10 @@ def _gate_grad_of_tokens(d):
 
 
 def run_backward(q, k, v, g, do, scale, config, need_dg):
-    """The backward pass of :func:`run_forward` for the output gradient ``do``: [dq, dk, dv],
-    followed by the gradient of g (g's shape; in g's layout where it is dense) if ``need_dg``
-    (else the kernels skip the gate-gradient pieces). Fresh tensors, no views of inputs."""
+    """The backward pass of :func:`run_forward` for the output gradient ``do``: [dq, dk, dv]
+    (dq, dk in q's shape: per direction where q is), followed by the gradient of g (g's
+    shape; in g's layout where it is dense) if ``need_dg`` (else the kernels skip the
+    gate-gradient pieces). Fresh tensors, no views of inputs."""
     q, k, v, g = _prepared(q, k, v, g)
     B, T, H, _ = v.shape
     per_channel = g.dim() == 5
@@ -291,7 +293,7 @@ def _chunked_forward(q, k, v, g, scale, meta, options, config):
     B, T, H, _ = v.shape
     kernels = _chunked_kernels(meta, g.dim() == 5, backward=False, f32=False, config=config)
     S = _chunk_states(q, k, v, g, q, kernels, options, backward=False)
-    o2 = _output_pair(q, v)
+    o2 = _output_pair(v)
     kernel, kernel_meta = kernels[2]
     kernel[(triton.cdiv(T, CHUNK), B * H, 2)](q, k, v, g, o2, S, scale, T, H, *g.stride()[:4],
                                               _direction_stride(q), **kernel_meta, **options)
