@@ -377,6 +377,9 @@ for T, per_channel, gates, segments, need_dg, form, own in [
     torch.library.opcheck(op.fused_bi_fwd, (q, k, v, g, 0.3, *cfg))
     torch.library.opcheck(op.fused_bi_bwd, (q, k, v, g, torch.randn(B, T, H, V), 0.3, *cfg,
                                            need_dg))
+    # each gradient has its input's shape (autograd would sum a [2, ...] pair silently)
+    grads = op.fused_bi_bwd(q, k, v, g, torch.randn(B, T, H, V), 0.3, *cfg, need_dg)
+    print('SHAPES', [t.shape for t in grads] == [t.shape for t in (q, k, v, g)[:len(grads)]])
     print('OPCHECK', T, per_channel, gates, segments, need_dg)
 
 def loss(q, k, v, gf, gb, config, own, fn=fused_bi_decay_attn):
@@ -420,6 +423,8 @@ def test_custom_ops_pass_opcheck_and_compile_in_one_graph():
     assert res.returncode == 0, res.stderr[-3000:]
     lines = res.stdout.splitlines()
     assert sum(line.startswith('OPCHECK') for line in lines) == 10, res.stdout
+    assert [line for line in lines if line.startswith('SHAPES')] == ['SHAPES True'] * 10, \
+        res.stdout
     assert [line for line in lines if line.startswith(('GRAPHS', 'EQUAL'))] == [
         'GRAPHS 1 0', 'EQUAL True'] * 5, res.stdout
     assert max(float(line.split()[1]) for line in lines if line.startswith('NAIVE')) < 1e-4

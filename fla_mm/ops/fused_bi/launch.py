@@ -146,7 +146,7 @@ def _direction_stride(q):
     """Elements between the two directions' q (and k): 0 where they share one [B, T, H, K],
     one direction's size for per-direction q, k [2, B, T, H, K] (the chunked kernels shift
     their q and k by direction x this)."""
-    return q[0].numel() if q.dim() == 5 else 0
+    return q.stride(0) if q.dim() == 5 else 0
 
 
 def _backward_results(g, nseg, need_dg, dq2, dk2, dv2, dg, dg_tot):
@@ -163,11 +163,12 @@ def _backward_results(g, nseg, need_dg, dq2, dk2, dv2, dg, dg_tot):
     return _summed_grads(dq2, dk2, dv2) + grads
 
 
-def _summed_grads(dq2, dk2, dv2):
+def _summed_grads(dq2, dk2, dv2, per_direction=False):
     """[dq, dk, dv], both directions' pieces summed in place: no third buffer per gradient at
     the backward's peak (the pair's storage lives on only until autograd has passed the
-    gradient on)."""
-    if dq2.dim() == dv2.dim():           # per-direction q, k: their gradients stay pairs
+    gradient on). ``per_direction``: q, k were [2, B, T, H, K], so their gradients stay
+    pairs (the buffers have the same shape either way: it cannot be read off them)."""
+    if per_direction:
         return [dq2, dk2, dv2[0].add_(dv2[1])]
     return [dq2[0].add_(dq2[1]), dk2[0].add_(dk2[1]), dv2[0].add_(dv2[1])]
 
@@ -218,7 +219,7 @@ def fake_backward(q, k, v, g, config, need_dg):
     q, k, v, g = _prepared(q, k, v, g)
     if _chunked(config, q):
         buffers = _chunked_backward_buffers(q, k, v, g, need_dg)
-        return _chunked_backward_results(need_dg, *buffers)
+        return _chunked_backward_results(q.dim() == 5, need_dg, *buffers)
     nseg, _ = _segments(q.shape[1], CHUNK, g.dim() == 5, backward=True, config=config)
     return _backward_results(g, nseg, need_dg, *_backward_buffers(q, k, v, g, need_dg))
 
@@ -308,10 +309,10 @@ def _chunked_backward_buffers(q, k, v, g, need_dg):
     return dq2, dk2, dv2, dg
 
 
-def _chunked_backward_results(need_dg, dq2, dk2, dv2, dg):
+def _chunked_backward_results(per_direction, need_dg, dq2, dk2, dv2, dg):
     """[dq, dk, dv] (+ the gate gradient) from the buffers of
     :func:`_chunked_backward_buffers`; :func:`fake_backward` runs it on empty ones."""
-    return _summed_grads(dq2, dk2, dv2) + ([dg] if need_dg else [])
+    return _summed_grads(dq2, dk2, dv2, per_direction) + ([dg] if need_dg else [])
 
 
 def _chunked_backward(q, k, v, g, do, scale, meta, options, need_dg, config):
@@ -336,4 +337,4 @@ def _chunked_backward(q, k, v, g, do, scale, meta, options, need_dg, config):
         if need_dg:
             gate_kernel, gate_meta = kernels[3]
             gate_kernel[(NT, B * H, 2)](pieces, totals, dg, T, H, **gate_meta, **options)
-    return _chunked_backward_results(need_dg, dq2, dk2, dv2, dg)
+    return _chunked_backward_results(q.dim() == 5, need_dg, dq2, dk2, dv2, dg)
