@@ -486,7 +486,7 @@ def test_op_shapes_match_the_backbone_stages(spec, family, monkeypatch):
     assert len(outs) == 4
     actual = [seen[i] for i in range(len(first))]
     if family == 'retnet':      # the retnet op takes no gate; the fused rows add its decay,
-        # as the mixer's fused call (rotary: per-direction q, k) does: [B, L, H]
+        # as the mixer's fused call (rotary in the kernels) does: [B, L, H]
         assert all(len(s) == 4 and s[3] == s[0][:3] for s in actual), actual
         actual = [s[:3] for s in actual]
     assert actual == derived, (actual, derived)

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fla_mm import ops
 from fla_mm.layers.mixer import TokenMixer
 from fla_mm.ops.fused_bi import FusedBiConfig, naive_bi_decay_attn
 from fla_mm.ops.fused_bi.launch import _chunked, _gate_grad_of_tokens, _segments
@@ -121,10 +122,17 @@ def test_fused_kernel_matches_two_call_in_triton_interpreter():
 # token loop and against the sweep form: output and every gradient, fp32 with IEEE dots.
 # Each run notes which kernels ran: the chunked ones, no sweep. Gates ending in '-qkb': the
 # backward scan has its own q and k (qb, kb: the form='auto' call, chunked at every shape, as
-# the sweep cannot read them), against the token loop only.
+# the sweep cannot read them), against the token loop only; ending in '-rot': rotary_base,
+# which the scalar-decay kernels apply themselves (no rotated pair made: PAIRS 0), against the
+# token loop on the rotated pairs (ops.rotary).
 CHUNKED = PRELUDE + r"""
 import sys
+import fla_mm.ops.fused_bi.op as op
+from fla_mm.ops import rotary
 launched = []
+pairs = []
+made_pairs = op.rotated_pairs
+op.rotated_pairs = lambda *a: pairs.append(1) or made_pairs(*a)
 
 class Counted:      # a kernel whose launches are noted in ``launched`` by name
     def __init__(self, name):
@@ -140,8 +148,8 @@ for name in ('_chunk_state_kernel', '_chunk_scan_kernel', '_chunk_fwd_kernel',
              '_bi_fwd_kernel', '_bi_bwd_kernel', '_bi_gla_fwd_kernel', '_bi_gla_bwd_kernel'):
     setattr(launch, name, Counted(name))
 gates = sys.argv[1]
-per_direction = gates.endswith('-qkb')
-gates = gates.removesuffix('-qkb')
+per_direction, rotated = gates.endswith('-qkb'), gates.endswith('-rot')
+gates = gates.removesuffix('-qkb').removesuffix('-rot')
 torch.manual_seed(0)
 worst = {'naive': 0.0, 'sweep': 0.0}
 # (1,100 tokens: 18 chunks, more than a load group of the pass over chunk states, 16)
@@ -161,16 +169,23 @@ for T, B, H in [(T, B, H) for T in (1, 49, 64, 100, 130)
         gf = torch.log1p(-2.0 ** (-5.0 - torch.arange(H))).expand(B, T, H)
     do = torch.randn(B, T, H, V)
     runs = {}
-    refs = ('naive',) if per_direction else ('naive', 'sweep')
+    refs = ('naive',) if per_direction or rotated else ('naive', 'sweep')
     for form in ('chunked',) + refs:
         leaves = [t.clone().requires_grad_() for t in x]
         leaves += [t.clone().requires_grad_(gates != 'constant') for t in (gf, gb)
                    if t is not None]
         own = dict(zip(('qb', 'kb'), [t.clone().requires_grad_() for t in qkb]))
         launched.clear()
-        config = dict(form='auto' if per_direction else form)
-        if form == 'naive':
+        config = dict(form='auto' if per_direction or rotated else form)
+        if form == 'naive' and rotated:
+            q, k = leaves[:2]
+            o = naive_bi_decay_attn(rotary(q), rotary(k), leaves[2], *leaves[3:], scale=0.3,
+                                    qb=rotary(q, reverse=True), kb=rotary(k, reverse=True))
+        elif form == 'naive':
             o = naive_bi_decay_attn(*leaves[:3], *leaves[3:], scale=0.3, **own)
+        elif rotated:
+            o = fused_bi_decay_attn(*leaves[:3], *leaves[3:], scale=0.3, config=config,
+                                    rotary_base=10000.0)
         elif per_direction:
             o = fused_bi_decay_attn(*leaves[:3], *leaves[3:], scale=0.3, config=config, **own)
         elif gates.startswith('separate') and T == 100:  # one [B, T, 2, H(, K)] view
@@ -191,12 +206,14 @@ for T, B, H in [(T, B, H) for T in (1, 49, 64, 100, 130)
         print(T, B, H, gates, ref, ' '.join('%.1e' % e for e in errs))
         worst[ref] = max(worst[ref], max(errs))
 print('WORST', *(worst[ref] for ref in refs))
+print('PAIRS', len(pairs))
 """
 
 
 @pytest.mark.parametrize('gates', ['shared', 'separate', 'constant', 'shared-gla',
                                    'separate-strong-gla', 'constant-qkb',
-                                   'separate-strong-gla-qkb'])
+                                   'separate-strong-gla-qkb', 'constant-rot', 'separate-rot',
+                                   'shared-gla-rot'])
 def test_chunked_form_matches_naive_and_sweep_in_triton_interpreter(gates):
     """form='chunked': lengths of one chunk, a partial chunk, and 2-3 chunks with a partial
     last one (the pass over chunk states, both ways), B*H 1 and 3, shared, separate (also as
@@ -204,7 +221,9 @@ def test_chunked_form_matches_naive_and_sweep_in_triton_interpreter(gates):
     also with a chunk that takes the exact steps: the output and every gradient within 1e-5
     of the token loop and of the sweep form. '-qkb': each direction its own q and k (RetNet's
     rotary), which form='auto' runs chunked at every length, against the token loop (q, k,
-    qb, kb and their gradients)."""
+    qb, kb and their gradients). '-rot': rotary_base, which the scalar-decay kernels apply to
+    their one q, k at each direction's positions (no rotated pair made) and GLA's kernels
+    take as the rotated pair, against the token loop on ``ops.rotary``'s pairs."""
     env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
     res = subprocess.run([sys.executable, '-c', CHUNKED, gates], env=env,
                          capture_output=True, text=True, timeout=600)
@@ -212,7 +231,7 @@ def test_chunked_form_matches_naive_and_sweep_in_triton_interpreter(gates):
     lines = res.stdout.splitlines()
     launched = {int(line.split()[1]): [names.split(',') for names in line.split()[2:]]
                 for line in lines if line.startswith('LAUNCHED')}
-    gla = gates.removesuffix('-qkb').endswith('gla')
+    gla = gates.removesuffix('-qkb').removesuffix('-rot').endswith('gla')
     states = ['_chunk_scan_kernel', '_chunk_state_kernel']
     fwd = ['_chunk_gla_fwd_kernel' if gla else '_chunk_fwd_kernel']
     # per key channel with a gate gradient, its pieces are summed by one more kernel
@@ -223,8 +242,11 @@ def test_chunked_form_matches_naive_and_sweep_in_triton_interpreter(gates):
     assert launched == {1: one, 49: one, 64: one, 100: several, 130: several,
                         **({1100: several} if gates == 'shared' else {})}, res.stdout
     worst = [float(x) for line in lines if line.startswith('WORST') for x in line.split()[1:]]
-    assert len(worst) == (1 if gates.endswith('-qkb') else 2), res.stdout
+    assert len(worst) == (1 if gates.endswith(('-qkb', '-rot')) else 2), res.stdout
     assert max(worst) < 1e-5, res.stdout
+    # one rotated pair per call (5 lengths x 2 batch shapes) where GLA's kernels need it
+    pairs = 10 if gla and gates.endswith('-rot') else 0
+    assert f'PAIRS {pairs}' in lines, res.stdout
 
 
 @pytest.mark.parametrize('T', [1, 63, 64, 130, 1100])
@@ -349,6 +371,7 @@ def test_gla_gate_gradient_under_emulated_tf32_dots():
 OPCHECKED = PRELUDE + r"""
 import torch._dynamo
 from fla_mm.ops.fused_bi import op
+from fla_mm.ops.rotary import rotary_inv_freq, rotated_pairs
 
 torch.manual_seed(0)
 B, H, K, V = 1, 2, 16, 16
@@ -371,28 +394,40 @@ for T, per_channel, gates, segments, need_dg, form, own in [
         (70, False, 'shared', None, False, 'chunked', False),
         (70, True, 'stacked', None, True, 'chunked', False),
         (70, False, 'shared', None, False, 'auto', True),
-        (20, True, 'stacked', None, True, 'auto', True)]:
-    q, k, v, g = inputs(T, per_channel, gates, own)
+        (20, True, 'stacked', None, True, 'auto', True),
+        (70, False, 'shared', None, False, 'auto', 'rot'),     # rotary in the kernels
+        (70, False, 'stacked', None, True, 'chunked', 'rot')]:
+    q, k, v, g = inputs(T, per_channel, gates, own is True)
     cfg = FusedBiConfig(segments=segments, form=form).to_op_args()
+    cfg += (rotary_inv_freq(K),) if own == 'rot' else ()
     torch.library.opcheck(op.fused_bi_fwd, (q, k, v, g, 0.3, *cfg))
-    torch.library.opcheck(op.fused_bi_bwd, (q, k, v, g, torch.randn(B, T, H, V), 0.3, *cfg,
-                                           need_dg))
+    torch.library.opcheck(op.fused_bi_bwd, (q, k, v, g, torch.randn(B, T, H, V), 0.3, *cfg[:2],
+                                           need_dg, *cfg[2:]))
     # each gradient has its input's shape (autograd would sum a [2, ...] pair silently)
-    grads = op.fused_bi_bwd(q, k, v, g, torch.randn(B, T, H, V), 0.3, *cfg, need_dg)
+    grads = op.fused_bi_bwd(q, k, v, g, torch.randn(B, T, H, V), 0.3, *cfg[:2], need_dg,
+                            *cfg[2:])
     print('SHAPES', [t.shape for t in grads] == [t.shape for t in (q, k, v, g)[:len(grads)]])
     print('OPCHECK', T, per_channel, gates, segments, need_dg)
 
 def loss(q, k, v, gf, gb, config, own, fn=fused_bi_decay_attn):
     # glue on both sides of the op, as in a mixer: Dynamo must trace through it in one graph;
-    # ``own``: the backward scan has its own q, k (made from q, k, as rotary would)
-    qkb = dict(qb=q.cos(), kb=k.flip(1)) if own else {}
+    # ``own``: the backward scan has its own q, k (made from q, k, as rotary would); 'rot':
+    # rotary_base (in the kernels; naive.py on ops.rotary's pairs)
+    q = q * 2
+    qkb = dict(qb=q.cos(), kb=k.flip(1)) if own is True else {}
+    if own == 'rot' and fn is naive_bi_decay_attn:
+        q, k, qb, kb = rotated_pairs(q, k, None, None, 10000.0)
+        qkb = dict(qb=qb, kb=kb)
+    elif own == 'rot':
+        qkb = dict(rotary_base=10000.0)
     kw = {} if fn is naive_bi_decay_attn else dict(config=config)
-    return fn(q * 2, k, v, -F.softplus(gf), gb, scale=0.3, **qkb, **kw).square().sum()
+    return fn(q, k, v, -F.softplus(gf), gb, scale=0.3, **qkb, **kw).square().sum()
 for per_channel, separate, config, own in [(True, True, dict(segments=2), False),
                                            (False, False, FusedBiConfig(), False),
                                            (False, True, dict(form='chunked'), False),
                                            (True, True, dict(form='chunked'), False),
-                                           (True, True, None, True)]:
+                                           (True, True, None, True),
+                                           (False, True, None, 'rot')]:
     T = 70
     q, k, v, _ = inputs(T, per_channel, 'shared')
     gshape = (B, T, H, K) if per_channel else (B, T, H)
@@ -415,18 +450,19 @@ def test_custom_ops_pass_opcheck_and_compile_in_one_graph():
     fused_bi_bwd: opcheck passes for both (scalar and per-channel gates, stacked and stride-0
     gates, one and two segments, with and without the gate gradient), and the entry with glue
     on both sides traces as one graph whose compiled gradients equal eager's exactly and the
-    token loop's within float error; the same for the chunked form, and for per-direction
-    q, k ([2, B, T, H, K], which the default config runs chunked)."""
+    token loop's within float error; the same for the chunked form, for per-direction
+    q, k ([2, B, T, H, K], which the default config runs chunked), and for rotary in the
+    kernels (the inverse frequencies an optional tensor argument of both ops)."""
     env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
     res = subprocess.run([sys.executable, '-c', OPCHECKED], env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     lines = res.stdout.splitlines()
-    assert sum(line.startswith('OPCHECK') for line in lines) == 10, res.stdout
-    assert [line for line in lines if line.startswith('SHAPES')] == ['SHAPES True'] * 10, \
+    assert sum(line.startswith('OPCHECK') for line in lines) == 12, res.stdout
+    assert [line for line in lines if line.startswith('SHAPES')] == ['SHAPES True'] * 12, \
         res.stdout
     assert [line for line in lines if line.startswith(('GRAPHS', 'EQUAL'))] == [
-        'GRAPHS 1 0', 'EQUAL True'] * 5, res.stdout
+        'GRAPHS 1 0', 'EQUAL True'] * 6, res.stdout
     assert max(float(line.split()[1]) for line in lines if line.startswith('NAIVE')) < 1e-4
 
 
@@ -557,6 +593,37 @@ def test_per_direction_q_k_run_chunked_and_refuse_a_forced_sweep():
     for forced in (dict(form='sweep'), dict(segments=2)):
         with pytest.raises(ValueError, match='chunked form only.*forces the sweep'):
             _chunked(FusedBiConfig(**forced), q)
+
+
+def test_rotary_in_the_kernels_runs_chunked_where_the_kernels_can_rotate():
+    """Inverse frequencies handed to the op make q, k per direction (the chunked form at every
+    shape, a forced sweep an error); the kernels take them with a scalar decay, one q, k and
+    a head dim they can halve, [K / 2] fp32; anything else is an error that says what it
+    needs, and fused_bi_decay_attn makes the rotated pair instead (GLA, odd head dims)."""
+    from fla_mm.ops import rotary
+    from fla_mm.ops.fused_bi.launch import check_rotary, rotary_supported
+    from fla_mm.ops.rotary import rotary_inv_freq
+    q, g, rot = torch.empty(2, 256, 24, 32), torch.empty(2, 2, 256, 24), rotary_inv_freq(32)
+    assert _chunked(FusedBiConfig(), q, rot) and not _chunked(FusedBiConfig(), q)
+    with pytest.raises(ValueError, match='chunked form only.*forces the sweep'):
+        _chunked(FusedBiConfig(form='sweep'), q, rot)
+    check_rotary(rot, q, g)
+    assert [rotary_supported(torch.empty(1, 1, 1, K), False) for K in (16, 24, 64, 128, 256)] \
+        == [True, False, True, True, False]
+    assert not rotary_supported(q, per_channel=True)
+    for bad_q, bad_g, bad_rot, match in [
+            (q, torch.empty(2, 2, 256, 24, 32), rot, 'scalar decay'),
+            (torch.empty(2, 256, 24, 24), g, rotary_inv_freq(24), 'K in 16, 32, 64, 128'),
+            (q, g, rotary_inv_freq(64), r'\[K / 2\] float32'),
+            (q, g, rot.double(), r'\[K / 2\] float32')]:
+        with pytest.raises(ValueError, match=match):
+            check_rotary(bad_rot, bad_q, bad_g)
+    with pytest.raises(ValueError, match='either rotary_base or'):
+        ops.bi_decay_attn(q, q, q, g[0], qb=q, rotary_base=10000.0)
+    # reversed positions: the backward scan's own, without a flip
+    x = torch.randn(2, 9, 3, 16)
+    torch.testing.assert_close(rotary(x, reverse=True), rotary(x.flip(1)).flip(1),
+                               rtol=0, atol=0)
 
 
 def test_config_is_frozen_and_checked():

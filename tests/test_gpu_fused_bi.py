@@ -138,7 +138,7 @@ def test_fused_bi_vs_two_call(gates, dtype, L):
 @pytest.mark.parametrize('family', ['simple_gla', 'retnet', 'retnet-rotary', 'gla'])
 def test_fused_bi_mixer_trains_and_matches_two_call(family):
     """A bi-scan TokenMixer (simple_gla / GLA with direction gates, RetNet without and with
-    its rotary embeddings, per-direction q, k): fused vs two_call."""
+    its rotary embeddings, which the fused kernels apply): fused vs two_call."""
     from fla_mm.layers.mixer import TokenMixer
     torch.manual_seed(0)
     opts = (dict(rotary=False) if family == 'retnet' else {} if family == 'retnet-rotary'
@@ -316,6 +316,61 @@ def test_fused_bi_per_direction_q_k(gates, dtype, L):
     e_ref, n_ref = max(errs)
     e_two, n_two = max((_rel(a, b), n) for a, b, n in zip([out] + grads, [two] + g_two, names))
     gpu_report(f'\nfused_bi per-direction q,k {gates:12s} {str(dtype)[6:]:9s} L={L:6d}  '
+               f'vs reference={e_ref:.2e} ({n_ref})  vs two-call={e_two:.2e} ({n_two})')
+    assert e_ref < TOL[dtype], (gates, dtype, L, e_ref, n_ref)
+    assert e_two < TWO_CALL_TOL[dtype], (gates, dtype, L, e_two, n_two)
+    e_dg = max([e for e, n in errs if n.startswith('dg')] + [0])
+    assert e_dg < DG_TOL[dtype], (gates, dtype, L, e_dg)
+
+
+ROTARY_CASES = [pytest.param(g, d, L, marks=pytest.mark.xdist_group(f'rot-{g}-{i}'),
+                             id=f'{g}-{i}-{L}')
+                for g in ('constant', 'separate')
+                for d, i in ((torch.float32, 'fp32'), (torch.bfloat16, 'bf16'))
+                for L in (1, 49, 196, 3136, 16384, 65536)]
+
+
+@pytest.mark.parametrize('gates,dtype,L', ROTARY_CASES)
+def test_fused_bi_rotary_in_the_kernels(gates, dtype, L):
+    """rotary_base (RetNet's rotary embeddings), which the chunked kernels apply to the one
+    q, k at each direction's positions and take back off dq, dk: against the fp32 chunked
+    reference on ``ops.rotary``'s rotated pairs and FLA's two-call path, output and every
+    gradient (q, k, v, gates), RetNet's constant decay and separate scalar gates; head dim 32
+    (FLAPyramid-T's stride-4 stage) at 65,536 tokens, 64 elsewhere."""
+    gen = torch.Generator(device='cuda').manual_seed(L)
+    r = (lambda *s: torch.randn(*s, device='cuda', generator=gen))
+    d = 32 if L == 65536 else D
+    x = [r(B, L, H, d) for _ in range(3)]
+    gs = [F.logsigmoid(r(B, L, H) + 3) / 4 for _ in range(2)] if gates == 'separate' else []
+    do = r(B, L, H, d)
+    scale = d ** -0.5
+
+    def run(kernel, work):
+        leaves = [t.detach().to(work).clone().requires_grad_() for t in x]
+        leaves += [t.clone().requires_grad_() for t in gs]
+        q, k, v = leaves[:3]
+        gf, gb = leaves[3:] if gs else [ops.retnet_decay(H, 'cuda').expand(B, L, H)] * 2
+        if kernel == 'reference':
+            q, k, qb, kb = ops.rotary(q), ops.rotary(k), ops.rotary(q, reverse=True), \
+                ops.rotary(k, reverse=True)
+            cat = (lambda a, b: torch.cat([a, b.flip(1)], 0))
+            o = chunk_decay_attn_ref(cat(q, qb), cat(k, kb), cat(v, v), cat(gf, gb), scale,
+                                     chunk_size=64)
+            o = o.chunk(2, 0)[0] + o.chunk(2, 0)[1].flip(1)
+        else:
+            o = ops.bi_decay_attn(q, k, v, gf, gb, scale=scale, kernel=kernel,
+                                  rotary_base=ops.ROTARY_BASE)
+        o.backward(do.to(o.dtype))
+        return o, [t.grad for t in leaves]
+    out, grads = run('fused', dtype)
+    x = [t.to(dtype).float() for t in x]              # the reference on the rounded inputs
+    ref, g_ref = run('reference', torch.float32)
+    two, g_two = run('two_call', dtype)
+    names = ('o', 'dq', 'dk', 'dv', 'dg_f', 'dg_b')
+    errs = [(_rel(a, b), n) for a, b, n in zip([out] + grads, [ref] + g_ref, names)]
+    e_ref, n_ref = max(errs)
+    e_two, n_two = max((_rel(a, b), n) for a, b, n in zip([out] + grads, [two] + g_two, names))
+    gpu_report(f'\nfused_bi rotary in kernels {gates:9s} {str(dtype)[6:]:9s} L={L:6d} d={d}  '
                f'vs reference={e_ref:.2e} ({n_ref})  vs two-call={e_two:.2e} ({n_two})')
     assert e_ref < TOL[dtype], (gates, dtype, L, e_ref, n_ref)
     assert e_two < TWO_CALL_TOL[dtype], (gates, dtype, L, e_two, n_two)

@@ -1,7 +1,7 @@
 """Everything between the stem and a backbone's stage outputs, in PyTorch modules.
 
 - ``modules``: small shared layers with ``fla.modules``' parameter names (RMSNorm,
-  ShortConv, BitLinear, LoRA, rotary, token shift).
+  ShortConv, BitLinear, LoRA, token shift).
 - ``scan``: scan orders, the 2-D grid to 1-D sequences and back, and the ScanContext a
   mixer's forward receives.
 - ``mixer/``: one registered TokenMixer class per family (``mixer/base.py`` owns the

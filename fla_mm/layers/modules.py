@@ -1,9 +1,10 @@
 """Small layers the mixers and blocks share, named and shaped as in ``fla.modules``.
 
 ``fla.modules`` is to ``fla.layers`` what this file is to :mod:`fla_mm.layers.mixer`: norms,
-short convolutions, BitLinear, LoRA, rotary embedding and token shift, each with the parameter
-names of its FLA counterpart, so that checkpoints map without renames. Pure PyTorch: these
-run the same on CPU and CUDA.
+short convolutions, BitLinear, LoRA and token shift, each with the parameter names of its FLA
+counterpart, so that checkpoints map without renames (rotary embedding is an op,
+:func:`fla_mm.ops.rotary`, as the fused bi-scan applies it too). Pure PyTorch: these run the
+same on CPU and CUDA.
 """
 import math
 
@@ -132,19 +133,6 @@ class LerpLinear(nn.Module):
 
     def forward(self, x, delta, mu=None):
         return self.linear(x + delta * (self.mu if mu is None else mu))
-
-
-def rotary(x, base=10000.0, reverse=False):
-    """Non-interleaved rotary embedding (fla.modules.RotaryEmbedding) at positions 0..L-1 along
-    x's dim 1; ``reverse``: at L-1..0, the positions of the reversed sequence (a backward
-    scan's own, without flipping x: equal to flip(rotary(flip(x))))."""
-    L, D = x.shape[1], x.shape[-1]
-    inv = 1.0 / (base ** (torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D))
-    positions = torch.arange(L, device=x.device, dtype=torch.float32)
-    f = torch.outer(positions.flip(0) if reverse else positions, inv)
-    cos, sin = f.cos()[:, None], f.sin()[:, None]                  # [L, 1, D/2]
-    x1, x2 = x.float().chunk(2, -1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).to(x.dtype)
 
 
 def token_shift(x):

@@ -21,6 +21,8 @@ The files:
   RetNet) in one call (:func:`bi_decay_attn`), beside ``naive.py``, its token-by-token
   specification; the variant is chosen by a :class:`~.fused_bi.FusedBiConfig` passed in.
 - ``fla_configs.py``: FLA's autotuned kernel configs, measured per GPU model and shipped.
+- ``rotary.py``: rotary position embedding, which the mixers apply and the fused bi-scan's
+  kernels apply to their tiles.
 
 Rules of this room: a family's op is one function here plus its reference; a kernel of
 fla_mm's own lives in a package of its own beside a ``naive.py`` with the same math, is
@@ -32,8 +34,10 @@ from .families import (BACKENDS, BI_FUSED_FAMILIES, BI_KERNELS, OPS, KernelError
                        bi_decay_attn, delta_rule, fla_available, gated_delta_rule, gla, gsa,
                        hgrn, l2norm, linear_attn, retnet, retnet_decay, rwkv6, rwkv7,
                        simple_gla, softmax_attn, triton_bwd_broken, triton_bwd_broken_for)
+from .rotary import ROTARY_BASE, rotary
 
 __all__ = ['BACKENDS', 'BI_FUSED_FAMILIES', 'BI_KERNELS', 'OPS', 'KernelError', 'abc', 'backend',
            'bi_decay_attn', 'delta_rule', 'fla_available', 'gated_delta_rule', 'gla', 'gsa',
-           'hgrn', 'l2norm', 'linear_attn', 'retnet', 'retnet_decay', 'rwkv6', 'rwkv7',
-           'simple_gla', 'softmax_attn', 'triton_bwd_broken', 'triton_bwd_broken_for']
+           'hgrn', 'l2norm', 'linear_attn', 'retnet', 'retnet_decay', 'rotary', 'ROTARY_BASE',
+           'rwkv6', 'rwkv7', 'simple_gla', 'softmax_attn', 'triton_bwd_broken',
+           'triton_bwd_broken_for']

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .fla_calls import RWKV7_LOG_DECAY_MIN  # noqa: F401  (the mixers read it here)
 from .fla_calls import call as _fla_call
 from .fla_configs import use_shipped_configs
+from .rotary import rotated_pairs
 from .reference import (abc_slots, chunk_decay_attn_ref, chunk_delta_rule_ref, chunk_dplr_ref,
                         chunk_hgrn_ref, chunk_linear_ref, chunk_slot_attn_ref)
 
@@ -204,7 +205,7 @@ BI_FUSED_FAMILIES = ('gla', 'retnet', 'simple_gla')
 
 
 def bi_decay_attn(q, k, v, gf, gb=None, scale=None, kernel='fused', stacked=False, config=None,
-                  qb=None, kb=None):
+                  qb=None, kb=None, rotary_base=None):
     """Both scans of decayed linear attention (simple_gla / RetNet / GLA), merged.
 
     o = fwd_scan(x) + flip(fwd_scan(flip(x))) with log decays ``gf`` / ``gb`` (fp32; [B, T, H]
@@ -212,7 +213,9 @@ def bi_decay_attn(q, k, v, gf, gb=None, scale=None, kernel='fused', stacked=Fals
     ways; ``stacked=True``: ``gf`` holds both, [B, T, 2, H(, K)], forward first, and the fused
     kernel reads them in place), in the original token order. ``qb`` / ``kb``: the backward
     scan's own queries / keys, in the original token order (rotary embeddings at the reversed
-    sequence's positions); None: q / k. On CUDA ``kernel='fused'`` runs
+    sequence's positions); None: q / k. ``rotary_base``: rotate q, k (:func:`.rotary.rotary`)
+    at the positions along each scanned sequence, which the fused kernels do on their tiles
+    where they can (RetNet's case), instead of qb, kb. On CUDA ``kernel='fused'`` runs
     :mod:`.fused_bi` (one kernel for both directions, forward and backward) in the variant
     ``config`` names (a ``fused_bi.FusedBiConfig``, a dict of its fields, or None for the
     default); 'two_call' and the CPU run the one-direction op on [x, flip(x)] batched, as the
@@ -226,7 +229,9 @@ def bi_decay_attn(q, k, v, gf, gb=None, scale=None, kernel='fused', stacked=Fals
     if kernel == 'fused' and _use_kernel(q):
         from .fused_bi import fused_bi_decay_attn
         return fused_bi_decay_attn(q, k, v, gf, gb, scale=scale, stacked=stacked,
-                                   config=config, qb=qb, kb=kb)
+                                   config=config, qb=qb, kb=kb, rotary_base=rotary_base)
+    if rotary_base is not None:
+        q, k, qb, kb = rotated_pairs(q, k, qb, kb, rotary_base)
     if stacked:
         gf, gb = gf[:, :, 0], gf[:, :, 1]
     gb = gf if gb is None else gb

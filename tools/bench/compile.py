@@ -35,7 +35,7 @@ def _compile_times(args):
     dtype = torch_dtype(args.dtype)
     data = {torch.bfloat16: '*bf16', torch.float16: '*fp16', torch.float32: '*fp32'}[dtype]
     fp32_buffers = {'g', 'dg', 'dg_tot', 'seg_S', 'seg_G', 'seg_dH', 'seg_E', 'S', 'G', 'Cq',
-                    'out'}
+                    'out', 'rot'}
     ints = {'T', 'H', 'sg_d', 'sg_b', 'sg_t', 'sg_h', 'sq_d', 'CPS', 'NSEG', 'NT', 'ROWS'}
     d = args.head_dim
     target = GPUTarget('cuda', args.arch, 32)
@@ -82,17 +82,21 @@ def _variants(meta, per_channel, config):
     ``form='chunked'`` config lists): forward and backward with one segment, and with
     segments also the two segment-state kernels; the chunked form: each pass's chunk-state
     kernel, the pass over the states (the same kernel in both passes) and its main kernel,
-    and per key channel the sum of the gate gradient's pieces."""
+    and per key channel the sum of the gate gradient's pieces; with a scalar decay also the
+    chunk-state and main kernels that apply rotary embeddings (RetNet's default)."""
     if config.form == 'chunked':
         variants = []
-        for backward in (False, True):
-            name = 'backward' if backward else 'forward'
-            (state, state_meta), (scan, scan_meta), (main, main_meta), *gate = \
-                fb._chunked_kernels(meta, per_channel, backward, f32=backward, config=config)
-            variants += [(f'chunk states, {name}', state, state_meta, backward)]
-            variants += [] if backward else [('chunk state pass', scan, scan_meta, False)]
-            variants += [(name, main, main_meta, backward)]
-            variants += [('gate gradient sum', *kernel, True) for kernel in gate]
+        for rotary in (False,) if per_channel else (False, True):
+            for backward in (False, True):
+                name = ('backward' if backward else 'forward') + (', rotary' if rotary else '')
+                (state, state_meta), (scan, scan_meta), (main, main_meta), *gate = \
+                    fb._chunked_kernels(meta, per_channel, backward, f32=backward,
+                                        config=config, rotary=rotary)
+                variants += [(f'chunk states, {name}', state, state_meta, backward)]
+                if not backward and not rotary:
+                    variants += [('chunk state pass', scan, scan_meta, False)]
+                variants += [(name, main, main_meta, backward)]
+                variants += [('gate gradient sum', *kernel, True) for kernel in gate]
         return [(False, variants)]
     state, state_meta, fwd, _ = fb._kernels(meta, per_channel, backward=False)
     _, _, bwd, _ = fb._kernels(meta, per_channel, backward=True)

@@ -6,7 +6,7 @@ causal attention like the linear families.
 import torch.nn as nn
 
 from ... import ops
-from ..modules import BitLinear, RMSNorm, rotary
+from ..modules import BitLinear, RMSNorm
 from .base import TokenMixer, heads, register_mixer
 
 
@@ -30,7 +30,7 @@ class AttentionMixer(TokenMixer):
         if self.cfg.get('qk_norm'):
             q, k = self.q_norm(q), self.k_norm(k)
         if self.cfg['rope_theta']:
-            q, k = rotary(q, self.cfg['rope_theta']), rotary(k, self.cfg['rope_theta'])
+            q, k = ops.rotary(q, self.cfg['rope_theta']), ops.rotary(k, self.cfg['rope_theta'])
         o = ctx.merge(self.op(q, k, v, causal=self.cfg['causal']))
         return self.o_proj(o.reshape(B, L, -1))
 

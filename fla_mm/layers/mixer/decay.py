@@ -3,13 +3,13 @@
 GLA decays per key channel (``gate='key'``), simple GLA per head (``'head'``), RetNet with a
 fixed per-head rate. Their bi-scan without short conv runs as one op for both directions,
 :func:`fla_mm.ops.bi_decay_attn`, which reads the directions in place (no flips); with rotary
-(RetNet's default) it takes each direction's own rotated q and k.
+(RetNet's default) it rotates q and k at each direction's own positions.
 """
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ... import ops
-from ..modules import RMSNorm, activation_fn, rotary
+from ..modules import RMSNorm, activation_fn
 from .base import TokenMixer, heads, register_mixer
 
 CONV = dict(use_short_conv=False, conv_size=4, conv_bias=False)
@@ -96,7 +96,7 @@ class DecayMixer(TokenMixer):
             g = ctx.scan_gates(log_decay(self, x), self.num_gates)
             args += (heads(g, self.head_k_dim) if self.gate == 'key' else g,)
         elif self.cfg.get('rotary'):
-            args = (rotary(q), rotary(k), v)
+            args = (ops.rotary(q), ops.rotary(k), v)
         return self.output(x, ctx.merge(self.op(*args)))
 
     def mix_bi_fused(self, x):
@@ -105,8 +105,7 @@ class DecayMixer(TokenMixer):
         H = q.shape[2]
         kw = dict(config=self.bi_config)
         if self.cfg.get('rotary'):     # positions along each scanned sequence, as two_call
-            kw.update(qb=rotary(q, reverse=True), kb=rotary(k, reverse=True))
-            q, k = rotary(q), rotary(k)
+            kw.update(rotary_base=ops.ROTARY_BASE)
         if self.gate is None:     # RetNet: the fixed per-head decay, read through stride 0
             return ops.bi_decay_attn(q, k, v, ops.retnet_decay(H, x.device).expand(B, L, H),
                                      **kw)

@@ -3,7 +3,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ... import ops
-from ..modules import RMSNorm, activation_fn, rotary
+from ..modules import RMSNorm, activation_fn
 from .base import TokenMixer, heads, register_mixer
 
 CONV_NORM = dict(use_short_conv=False, conv_size=4, conv_bias=False, norm_eps=1e-5,
@@ -82,7 +82,7 @@ class ABCMixer(SlotMixer):
         if cfg['use_input_gate']:
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
         if cfg['use_rope']:
-            q, k = rotary(q), rotary(k)
+            q, k = ops.rotary(q), ops.rotary(k)
         s = self.s_proj(x).clamp(cfg['clamp_min'], cfg['clamp_max'])
         o = ctx.merge(self.op(q, k, v, heads(ctx.scan(s), self.num_slots)))
         if cfg['use_output_gate']:

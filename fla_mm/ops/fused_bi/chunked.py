@@ -39,28 +39,39 @@ the pass, read once more) and one more read of k and v (and q, do) by the state 
 offsets are 64-bit (the backward's buffer passes 2^31 elements at B*H = 48, 65536 tokens and
 d = 128). One chunk (T <= 64) has no states to pass on: the output kernel alone runs, from
 zeros.
+
+With a scalar decay the kernels can apply RetNet's rotary embeddings themselves (ROTARY):
+each direction's programs rotate the one q, k they load at that direction's positions and
+rotate dq, dk back, so no rotated copies of q and k (two per direction) are made around the
+op, and its backward needs no rotary gradient either.
 """
 import triton
 import triton.language as tl
 
-from .common import (_chunk_ptrs, _kv_tile, _load_tile, _other_decay, _own_decay, _state_step,
-                     _sweep_pos)
+from .common import (_chunk_ptrs, _kv_tile, _load_tile, _other_decay, _own_decay, _rotary_angles,
+                     _rotate, _state_step, _sweep_pos)
 from .gla import (_chunk_dA, _dg_piece, _gla_bwd_other_step_exact, _gla_bwd_own_step_exact,
                   _gla_fwd_step_exact)
 
 
 @triton.jit
-def _chunk_tiles(q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K: tl.constexpr,
-                 V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                 PER_CHANNEL: tl.constexpr):
+def _chunk_tiles(q, k, v, g, rot, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h,
+                 K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                 BV: tl.constexpr, PER_CHANNEL: tl.constexpr, ROTARY: tl.constexpr):
     """Chunk i of direction i_dir's sweep: its token positions (sweep order), q, k, v tiles,
     the masks of a K-wide and a V-wide tile, and its cumulative log decays C and their total
-    in the sweep's own scan ([BT] and a scalar; per key channel [BT, BK] and [BK])."""
+    in the sweep's own scan ([BT] and a scalar; per key channel [BT, BK] and [BK]). ROTARY:
+    q and k rotated at the positions along direction i_dir's sequence (inverse frequencies
+    ``rot``), rounded to their dtype as ``ops.rotary`` rounds them."""
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)
     pos = _sweep_pos(i, i_dir, NT, BT)
     b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
     b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
+    if ROTARY:
+        cos, sin = _rotary_angles(rot, pos, i_dir, T, BK)
+        b_q = _rotate(b_q, cos, sin, BT, BK).to(b_q.dtype)
+        b_k = _rotate(b_k, cos, sin, BT, BK).to(b_k.dtype)
     b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
     p_g = g + i_dir * sg_d + i_b * sg_b + i_h * sg_h
     if PER_CHANNEL:
@@ -71,10 +82,11 @@ def _chunk_tiles(q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K: tl
 
 
 @triton.jit
-def _chunk_state_kernel(q, k, v, g, do, S, G, T, H, sg_d, sg_b, sg_t, sg_h, sq_d,
+def _chunk_state_kernel(q, k, v, g, do, S, G, rot, T, H, sg_d, sg_b, sg_t, sg_h, sq_d,
                         K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                         BV: tl.constexpr, PRECISION: tl.constexpr, F32: tl.constexpr,
-                        BACKWARD: tl.constexpr, PER_CHANNEL: tl.constexpr):
+                        BACKWARD: tl.constexpr, PER_CHANNEL: tl.constexpr,
+                        ROTARY: tl.constexpr):
     """Program (chunk i, bh, direction d): the chunk's local state into S[0, d, bh, i] and its
     total log decay into G[d, bh, i] (G[d, bh, i, :] per key channel); with BACKWARD also the
     adjoint state of its queries and output gradients into S[1, d, bh, i]. F32: fp32 operands
@@ -85,8 +97,8 @@ def _chunk_state_kernel(q, k, v, g, do, S, G, T, H, sg_d, sg_b, sg_t, sg_h, sq_d
     q, k = q + i_dir * sq_d, k + i_dir * sq_d       # direction i_dir's (sq_d 0: shared)
     row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
     pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
-        q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV,
-        PER_CHANNEL)
+        q, k, v, g, rot, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV,
+        PER_CHANNEL, ROTARY)
     if PER_CHANNEL:
         to_end, from_start = tl.exp(C_last[None, :] - C), tl.exp(C)
         tl.store(G + row * BK + tl.arange(0, BK), C_last)
@@ -185,15 +197,17 @@ def _gate_grad_after(S, row, i, dH_in, BK: tl.constexpr, BV: tl.constexpr):
 
 
 @triton.jit
-def _chunk_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h, sq_d,
+def _chunk_fwd_kernel(q, k, v, g, o, S, rot, scale, T, H, sg_d, sg_b, sg_t, sg_h, sq_d,
                       K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                      BV: tl.constexpr, PRECISION: tl.constexpr):
-    """Program (chunk i, bh, direction d): direction d's output on the chunk, into o[d]."""
+                      BV: tl.constexpr, PRECISION: tl.constexpr, ROTARY: tl.constexpr):
+    """Program (chunk i, bh, direction d): direction d's output on the chunk, into o[d]
+    (ROTARY: of q and k rotated along d's sequence, see :func:`_chunk_tiles`)."""
     i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     q, k = q + i_dir * sq_d, k + i_dir * sq_d       # direction i_dir's (sq_d 0: shared)
     row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
     pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
-        q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV, False)
+        q, k, v, g, rot, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV, False,
+        ROTARY)
     ar = tl.arange(0, BT)
     causal = ar[:, None] >= ar[None, :]          # in sweep order: key s not after query t
     S_in = tl.load(_kv_tile(S + row * BK * BV, BK, BV))
@@ -208,22 +222,26 @@ def _chunk_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h, sq_
 
 
 @triton.jit
-def _chunk_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, S, scale, T, H, sg_d, sg_b, sg_t, sg_h,
-                      sq_d, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                      BV: tl.constexpr, PRECISION: tl.constexpr, NEED_DG: tl.constexpr):
+def _chunk_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, S, rot, scale, T, H, sg_d, sg_b, sg_t,
+                      sg_h, sq_d, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
+                      NEED_DG: tl.constexpr, ROTARY: tl.constexpr):
     """Program (chunk i, bh, direction d): the gradients of direction d's scan on the chunk,
     dq, dk, dv into [d] of their [2, B, T, H, *] buffers and, with NEED_DG, the gradient of
     direction d's log decays on the chunk into dg[d] ([2, B, T, H] fp32), whole: see
     :func:`_gate_grad_after`. The state entering the chunk (S[0]) gives dq, the adjoint state
     entering it from the chunks after it in the sweep (S[1]) gives dk and dv. As in the sweep,
     the dots behind dq and dk take fp32 operands (TF32 for 16-bit inputs): they cancel in
-    q.dq - k.dk."""
+    q.dq - k.dk. ROTARY: q and k are rotated along d's sequence on loading
+    (:func:`_chunk_tiles`), and dq, dk are rotated back before they are stored, so both
+    directions' pieces are gradients of the one unrotated q, k (summed as for shared q, k)."""
     i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     q, k = q + i_dir * sq_d, k + i_dir * sq_d       # direction i_dir's (sq_d 0: shared)
     rows = 2 * tl.num_programs(1) * tl.num_programs(0).to(tl.int64)
     row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
     pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
-        q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV, False)
+        q, k, v, g, rot, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV, False,
+        ROTARY)
     i_b, i_h = i_bh // H, i_bh % H
     B = tl.num_programs(1) // H
     b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
@@ -246,6 +264,11 @@ def _chunk_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, S, scale, T, H, sg_d, sg_b
     b_dv = tl.dot(tl.trans(A).to(b_do.dtype), b_do, input_precision=PRECISION)
     b_dv += to_end * tl.dot(b_k, dH_in.to(b_k.dtype), input_precision=PRECISION)
     b_dv *= scale
+    if NEED_DG:
+        x = tl.sum(qf * b_dq, 1) - tl.sum(kf * b_dk, 1)       # q.dq - k.dk, sweep order
+    if ROTARY:
+        cos, sin = _rotary_angles(rot, pos, i_dir, T, BK)
+        b_dq, b_dk = _rotate(b_dq, cos, -sin, BT, BK), _rotate(b_dk, cos, -sin, BT, BK)
     p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
     p_dk, _ = _chunk_ptrs(dk + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
     p_dv, _ = _chunk_ptrs(dv + i_dir * B * T * H * V, i_b, i_h, pos, T, H, V, BV)
@@ -253,7 +276,6 @@ def _chunk_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, S, scale, T, H, sg_d, sg_b
     tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_k)
     tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
     if NEED_DG:
-        x = tl.sum(qf * b_dq, 1) - tl.sum(kf * b_dk, 1)       # q.dq - k.dk, sweep order
         after = tl.sum(_gate_grad_after(S, row, i, dH_in, BK, BV), 0) * scale
         tl.store(dg + i_dir * B * T * H + (i_b * T + pos) * H + i_h,
                  after + tl.sum(x, 0) - tl.cumsum(x, 0) + x, mask=(pos >= 0) & (pos < T))
@@ -272,7 +294,8 @@ def _chunk_gla_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h,
     q, k = q + i_dir * sq_d, k + i_dir * sq_d       # direction i_dir's (sq_d 0: shared)
     row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
     pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
-        q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV, True)
+        q, k, v, g, q, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV, True,
+        False)
     S_in = tl.load(_kv_tile(S + row * BK * BV, BK, BV))
     o_dir = o + i_dir * (tl.num_programs(1) // H) * T * H * V
     if tl.min(C_last, 0) > -SAFE:

@@ -64,3 +64,25 @@ def _state_step(S, decay, x, y, F32: tl.constexpr, PRECISION: tl.constexpr):
         return S * decay + tl.dot(tl.trans(x), y.to(tl.float32), input_precision=PRECISION)
     return S * decay + tl.dot(tl.trans(x.to(y.dtype)), y, input_precision=PRECISION)
 
+
+
+@triton.jit
+def _rotary_angles(rot, pos, i_dir, T, BK: tl.constexpr):
+    """cos and sin [BT, BK // 2] of the rotary angles of the tokens at ``pos``, at their
+    positions along direction i_dir's scanned sequence (t forward, T - 1 - t backward), from
+    the inverse frequencies ``rot`` [BK // 2] (fp32, as ``ops.rotary`` computes them, so the
+    angles are the same products)."""
+    p = tl.where(i_dir == 0, pos, T - 1 - pos).to(tl.float32)
+    f = p[:, None] * tl.load(rot + tl.arange(0, BK // 2))[None, :]
+    return tl.cos(f), tl.sin(f)
+
+
+@triton.jit
+def _rotate(x, cos, sin, BT: tl.constexpr, BK: tl.constexpr):
+    """Non-interleaved rotary embedding of a [BT, BK] tile (``ops.rotary``): halves (x1, x2)
+    -> (x1 cos - x2 sin, x2 cos + x1 sin), in fp32. With -sin it is the inverse rotation,
+    which takes a gradient back to the unrotated q or k."""
+    halves = tl.permute(tl.reshape(x.to(tl.float32), [BT, 2, BK // 2]), (0, 2, 1))
+    x1, x2 = tl.split(halves)
+    y = tl.join(x1 * cos - x2 * sin, x2 * cos + x1 * sin)
+    return tl.reshape(tl.permute(y, (0, 2, 1)), [BT, BK])

@@ -88,18 +88,21 @@ def _sum_pair(x2):
     return x2[0] + x2[1]
 
 
-def run_forward(q, k, v, g, scale, config):
+def run_forward(q, k, v, g, scale, config, rot=None):
     """The forward pass: o [B, T, H, V] of q, k [B, T, H, K] (or each direction its own,
     [2, B, T, H, K]: the chunked form only), v [B, T, H, V] and g [2, B, T, H] (scalar decay)
     or [2, B, T, H, K] (per key channel), direction first; ``config`` a
-    :class:`FusedBiConfig`. A fresh tensor, no view of an input."""
+    :class:`FusedBiConfig`. ``rot``: rotary inverse frequencies [K / 2] (fp32), which the
+    chunked kernels apply to q, k at each direction's own positions (scalar decay, one q, k,
+    a power-of-two head dim; :func:`check_rotary`). A fresh tensor, no view of an input."""
     q, k, v, g = _prepared(q, k, v, g)
     B, T, H, _ = v.shape
     per_channel = g.dim() == 5
     meta = _meta(q, v, per_channel)
-    if _chunked(config, q):
+    check_rotary(rot, q, g)
+    if _chunked(config, q, rot):
         return _chunked_forward(q, k, v, g, scale, meta, _launch_options(meta, False, config),
-                                config)
+                                config, rot)
     o2 = _output_pair(v)
     nseg, cps = _segments(T, meta['BT'], per_channel, config=config)
     seg_S, seg_G = _segment_buffers(q, B * H, nseg, meta)
@@ -183,19 +186,21 @@ def _gate_grad_of_tokens(d):
     return torch.stack([pre[0][..., -1:] - pre[0] + d[0], pre[1]]).movedim(-1, 2)
 
 
-def run_backward(q, k, v, g, do, scale, config, need_dg):
+def run_backward(q, k, v, g, do, scale, config, need_dg, rot=None):
     """The backward pass of :func:`run_forward` for the output gradient ``do``: [dq, dk, dv]
-    (dq, dk in q's shape: per direction where q is), followed by the gradient of g (g's
-    shape; in g's layout where it is dense) if ``need_dg`` (else the kernels skip the
-    gate-gradient pieces). Fresh tensors, no views of inputs."""
+    (dq, dk in q's shape: per direction where q is; with ``rot``, of the unrotated q, k),
+    followed by the gradient of g (g's shape; in g's layout where it is dense) if
+    ``need_dg`` (else the kernels skip the gate-gradient pieces). Fresh tensors, no views
+    of inputs."""
     q, k, v, g = _prepared(q, k, v, g)
     B, T, H, _ = v.shape
     per_channel = g.dim() == 5
     meta = _meta(q, v, per_channel)
     do = do.contiguous()
-    if _chunked(config, q):
+    check_rotary(rot, q, g)
+    if _chunked(config, q, rot):
         return _chunked_backward(q, k, v, g, do, scale, meta,
-                                 _launch_options(meta, True, config), need_dg, config)
+                                 _launch_options(meta, True, config), need_dg, config, rot)
     buffers = _backward_buffers(q, k, v, g, need_dg)
     dq2, dk2, dv2, dg, dg_tot = buffers
     state_kernel, seg_meta, kernel, programs = _kernels(meta, per_channel, True)
@@ -214,10 +219,10 @@ def run_backward(q, k, v, g, do, scale, config, need_dg):
     return _backward_results(g, nseg, need_dg, *buffers)
 
 
-def fake_backward(q, k, v, g, config, need_dg):
+def fake_backward(q, k, v, g, config, need_dg, rot=None):
     """What :func:`run_backward` returns (shapes, dtypes, strides), without running kernels."""
     q, k, v, g = _prepared(q, k, v, g)
-    if _chunked(config, q):
+    if _chunked(config, q, rot):
         buffers = _chunked_backward_buffers(q, k, v, g, need_dg)
         return _chunked_backward_results(q.dim() == 5, need_dg, *buffers)
     nseg, _ = _segments(q.shape[1], CHUNK, g.dim() == 5, backward=True, config=config)
@@ -236,20 +241,42 @@ def _segment_buffers(q, BH, nseg, meta):
 
 # --- the chunked form (``chunked.py``) -------------------------------------------------------
 
-def _chunked(config, q):
+def _chunked(config, q, rot=None):
     """Whether a pass on q [B, T, H, K] (or per direction, [2, B, T, H, K]) runs the
-    chunk-parallel kernels (``chunked.py``) or the sweep (:meth:`FusedBiConfig.runs_chunked`)."""
+    chunk-parallel kernels (``chunked.py``) or the sweep (:meth:`FusedBiConfig.runs_chunked`);
+    rotary in the kernels (``rot``) makes q, k per direction too."""
     B, T, H, _ = q.shape[-4:]
-    return config.runs_chunked(B * H, T, per_direction=q.dim() == 5)
+    return config.runs_chunked(B * H, T, per_direction=q.dim() == 5 or rot is not None)
 
 
-def _chunked_kernels(meta, per_channel, backward, f32, config=DEFAULT_CONFIG):
+def rotary_supported(q, per_channel):
+    """Whether the chunked kernels can rotate q [B, T, H, K] themselves: a scalar decay (the
+    per-key-channel kernels load q, k in more places) and a head dim of 16, 32, 64 or 128
+    (the rotation splits a whole tile in halves)."""
+    return not per_channel and q.dim() == 4 and q.shape[-1] in (16, 32, 64, 128)
+
+
+def check_rotary(rot, q, g):
+    """ValueError unless ``rot`` is None or inverse frequencies the kernels can apply."""
+    if rot is None:
+        return
+    if not rotary_supported(q, g.dim() == 5):
+        raise ValueError('fused bi-scan: rotary in the kernels needs a scalar decay, one q, k '
+                         f'[B, T, H, K] and K in 16, 32, 64, 128 (got q {tuple(q.shape)}, '
+                         f'g {tuple(g.shape)})')
+    if rot.shape != (q.shape[-1] // 2,) or rot.dtype != torch.float32:
+        raise ValueError('fused bi-scan: rotary inverse frequencies are [K / 2] float32 (got '
+                         f'{tuple(rot.shape)} {rot.dtype})')
+
+
+def _chunked_kernels(meta, per_channel, backward, f32, config=DEFAULT_CONFIG, rotary=False):
     """What a chunked pass launches, each kernel with its constexprs: the chunk-state kernel
     (``f32``: fp32 operands for the keys' states, which the gate gradient needs), the pass
     over the states (``config.scan_group``, ``scan_block``), and the output
     (forward) or gradient (backward) kernel; per key channel with ``f32`` (the gate gradient
-    asked for), the backward also the kernel that sums the gate gradient's pieces. Used by the
-    passes and by ``tools/benchmark.py compile``."""
+    asked for), the backward also the kernel that sums the gate gradient's pieces.
+    ``rotary``: the scalar-decay kernels rotate q, k themselves. Used by the passes and by
+    ``tools/benchmark.py compile``."""
     BK, BV = meta['BK'], meta['BV']
     state_meta = {n: meta[n] for n in ('K', 'V', 'BT', 'BK', 'BV', 'PRECISION')}
     scan_meta = dict(SIZE=BK * BV, BLOCK=min(config.scan_block, BK * BV),
@@ -259,15 +286,17 @@ def _chunked_kernels(meta, per_channel, backward, f32, config=DEFAULT_CONFIG):
         main_meta = dict(meta, NEED_DG=f32)
     else:
         main, main_meta = (_chunk_gla_fwd_kernel if per_channel else _chunk_fwd_kernel), meta
+    if not per_channel:
+        main_meta = dict(main_meta, ROTARY=rotary)
     kernels = [(_chunk_state_kernel, dict(state_meta, F32=f32, BACKWARD=backward,
-                                          PER_CHANNEL=per_channel)),
+                                          PER_CHANNEL=per_channel, ROTARY=rotary)),
                (_chunk_scan_kernel, scan_meta), (main, main_meta)]
     if backward and per_channel and f32:
         kernels.append((_chunk_gate_grad_kernel, {n: meta[n] for n in ('K', 'BT', 'BK')}))
     return kernels
 
 
-def _chunk_states(q, k, v, g, do, kernels, options, backward):
+def _chunk_states(q, k, v, g, do, rot, kernels, options, backward):
     """The state entering every chunk of both directions' sweeps, [1 or 2, 2, B*H, NT, BK,
     BV] fp32 (the keys' states; with ``backward`` also the queries' adjoint states): local
     states in parallel over chunks, then the pass over them. One chunk: zeros, no launch."""
@@ -281,23 +310,32 @@ def _chunk_states(q, k, v, g, do, kernels, options, backward):
         return q.new_zeros(shape, dtype=torch.float32)
     S = q.new_empty(shape, dtype=torch.float32)
     G = q.new_empty(2, B * H, NT, *((BK,) if g.dim() == 5 else ()), dtype=torch.float32)
-    state[(NT, B * H, 2)](q, k, v, g, do, S, G, T, H, *g.stride()[:4], _direction_stride(q),
-                          **state_meta, **options)
+    state[(NT, B * H, 2)](q, k, v, g, do, S, G, rot, T, H, *g.stride()[:4],
+                          _direction_stride(q), **state_meta, **options)
     scan[(2 * B * H, BK * BV // scan_meta['BLOCK'], kinds)](S, G, NT, 2 * B * H, **scan_meta,
                                                             **options)
     return S
 
 
-def _chunked_forward(q, k, v, g, scale, meta, options, config):
+def _rot_arg(rot, g):
+    """The kernels' ``rot`` pointer: the inverse frequencies, or (ROTARY off, never read) g."""
+    return g if rot is None else rot.contiguous()
+
+
+def _chunked_forward(q, k, v, g, scale, meta, options, config, rot=None):
     """:func:`run_forward` in the chunked form: the chunk states, then both directions'
     outputs on every chunk (summed as the sweep's are)."""
     B, T, H, _ = v.shape
-    kernels = _chunked_kernels(meta, g.dim() == 5, backward=False, f32=False, config=config)
-    S = _chunk_states(q, k, v, g, q, kernels, options, backward=False)
+    kernels = _chunked_kernels(meta, g.dim() == 5, backward=False, f32=False, config=config,
+                               rotary=rot is not None)
+    rot = _rot_arg(rot, g)
+    S = _chunk_states(q, k, v, g, q, rot, kernels, options, backward=False)
     o2 = _output_pair(v)
     kernel, kernel_meta = kernels[2]
-    kernel[(triton.cdiv(T, CHUNK), B * H, 2)](q, k, v, g, o2, S, scale, T, H, *g.stride()[:4],
-                                              _direction_stride(q), **kernel_meta, **options)
+    args = (rot,) if g.dim() == 4 else ()
+    kernel[(triton.cdiv(T, CHUNK), B * H, 2)](q, k, v, g, o2, S, *args, scale, T, H,
+                                              *g.stride()[:4], _direction_stride(q),
+                                              **kernel_meta, **options)
     return _sum_pair(o2)
 
 
@@ -315,17 +353,19 @@ def _chunked_backward_results(per_direction, need_dg, dq2, dk2, dv2, dg):
     return _summed_grads(dq2, dk2, dv2, per_direction) + ([dg] if need_dg else [])
 
 
-def _chunked_backward(q, k, v, g, do, scale, meta, options, need_dg, config):
+def _chunked_backward(q, k, v, g, do, scale, meta, options, need_dg, config, rot=None):
     """:func:`run_backward` in the chunked form: the chunk states and adjoint states, then
     every chunk's gradient pieces of both scan directions."""
     B, T, H, _ = v.shape
-    kernels = _chunked_kernels(meta, g.dim() == 5, backward=True, f32=need_dg, config=config)
-    S = _chunk_states(q, k, v, g, do, kernels, options, backward=True)
+    kernels = _chunked_kernels(meta, g.dim() == 5, backward=True, f32=need_dg, config=config,
+                               rotary=rot is not None)
+    rot = _rot_arg(rot, g)
+    S = _chunk_states(q, k, v, g, do, rot, kernels, options, backward=True)
     dq2, dk2, dv2, dg = _chunked_backward_buffers(q, k, v, g, need_dg)
     kernel, kernel_meta = kernels[2]
     NT = triton.cdiv(T, CHUNK)
     if g.dim() == 4:
-        kernel[(NT, B * H, 2)](q, k, v, g, do, dq2, dk2, dv2, dg, S, scale, T, H,
+        kernel[(NT, B * H, 2)](q, k, v, g, do, dq2, dk2, dv2, dg, S, rot, scale, T, H,
                                *g.stride()[:4], _direction_stride(q), **kernel_meta, **options)
     else:       # per key channel: the two parts' gate-gradient pieces, then their sum
         pieces, totals = dg, dg

@@ -15,55 +15,61 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..rotary import rotary_inv_freq, rotated_pairs
 from . import launch
 from .config import FusedBiConfig
 
 
 @torch.library.custom_op('fla_mm::fused_bi_fwd', mutates_args=())
 def fused_bi_fwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, scale: float,
-                 segments: Optional[int], counts: list[int]) -> Tensor:
+                 segments: Optional[int], counts: list[int],
+                 rot: Optional[Tensor] = None) -> Tensor:
     """o [B, T, H, V]; g [2, B, T, H(, K)] direction first, q and k [B, T, H, K] or per
-    direction [2, B, T, H, K] (see ``launch.run_forward``)."""
-    return launch.run_forward(q, k, v, g, scale, FusedBiConfig.from_op_args(segments, counts))
+    direction [2, B, T, H, K]; ``rot``: rotary inverse frequencies that the kernels apply to
+    q, k at each direction's positions (see ``launch.run_forward``)."""
+    return launch.run_forward(q, k, v, g, scale, FusedBiConfig.from_op_args(segments, counts),
+                              rot)
 
 
 @fused_bi_fwd.register_fake
-def _(q, k, v, g, scale, segments, counts):
+def _(q, k, v, g, scale, segments, counts, rot=None):
+    launch.check_rotary(rot, q, g)
     return launch.fake_forward(q, k, v, g)
 
 
 @torch.library.custom_op('fla_mm::fused_bi_bwd', mutates_args=())
 def fused_bi_bwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, do: Tensor, scale: float,
-                 segments: Optional[int], counts: list[int], need_dg: bool) -> list[Tensor]:
+                 segments: Optional[int], counts: list[int], need_dg: bool,
+                 rot: Optional[Tensor] = None) -> list[Tensor]:
     """[dq, dk, dv] (+ [dg] with ``need_dg``) of :func:`fused_bi_fwd` for the output gradient
     ``do`` (see ``launch.run_backward``)."""
     return launch.run_backward(q, k, v, g, do, scale,
-                               FusedBiConfig.from_op_args(segments, counts), need_dg)
+                               FusedBiConfig.from_op_args(segments, counts), need_dg, rot)
 
 
 @fused_bi_bwd.register_fake
-def _(q, k, v, g, do, scale, segments, counts, need_dg):
+def _(q, k, v, g, do, scale, segments, counts, need_dg, rot=None):
     return launch.fake_backward(q, k, v, g, FusedBiConfig.from_op_args(segments, counts),
-                                need_dg)
+                                need_dg, rot)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, g, ctx.scale, ctx.segments, ctx.counts = inputs
-    ctx.save_for_backward(q, k, v, g)
+    q, k, v, g, ctx.scale, ctx.segments, ctx.counts, rot = inputs
+    ctx.save_for_backward(q, k, v, g, rot)
 
 
 def _backward(ctx, do):
-    q, k, v, g = ctx.saved_tensors
+    q, k, v, g, rot = ctx.saved_tensors
     need_dg = ctx.needs_input_grad[3]
-    grads = fused_bi_bwd(q, k, v, g, do, ctx.scale, ctx.segments, ctx.counts, need_dg)
-    return (*grads[:3], grads[3] if need_dg else None, None, None, None)
+    grads = fused_bi_bwd(q, k, v, g, do, ctx.scale, ctx.segments, ctx.counts, need_dg, rot)
+    return (*grads[:3], grads[3] if need_dg else None, None, None, None, None)
 
 
 fused_bi_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def fused_bi_decay_attn(q, k, v, gf, gb=None, scale=None, stacked=False, config=None,
-                        qb=None, kb=None):
+                        qb=None, kb=None, rotary_base=None):
     """Both scans of decayed linear attention in one kernel pair (see :mod:`fla_mm.ops.fused_bi`).
 
     ``gf`` / ``gb``: log decays of the forward / backward scan, [B, T, H] (simple_gla, RetNet)
@@ -76,8 +82,19 @@ def fused_bi_decay_attn(q, k, v, gf, gb=None, scale=None, stacked=False, config=
     order (RetNet's rotary positions count along each scanned sequence, so they differ from
     the forward scan's); None: q / k. Given, both directions' q and k go to the op as one
     [2, B, T, H, K] pair, which only the chunked form reads (it runs at every shape).
+    ``rotary_base``: rotary embeddings at the positions along each scanned sequence
+    (``ops.rotary``), instead of ``qb`` / ``kb``: with a scalar decay and a head dim of 16,
+    32, 64 or 128 the chunked kernels rotate the one q, k themselves (and dq, dk back);
+    otherwise the rotated pair is made here.
     """
     config = FusedBiConfig.coerce(config)
+    rot = None
+    if rotary_base is not None:
+        per_channel = gf.dim() == (5 if stacked else 4)
+        if launch.rotary_supported(q, per_channel) and qb is None and kb is None:
+            rot = rotary_inv_freq(q.shape[-1], rotary_base, q.device)
+        else:           # (an error with qb / kb given too)
+            q, k, qb, kb = rotated_pairs(q, k, qb, kb, rotary_base)
     if qb is not None or kb is not None:
         q = torch.stack([q, q if qb is None else qb])
         k = torch.stack([k, k if kb is None else kb])
@@ -92,4 +109,4 @@ def fused_bi_decay_attn(q, k, v, gf, gb=None, scale=None, stacked=False, config=
     # contiguous here, outside the op: autograd saves these for the backward, and under
     # torch.compile the copies (if any) fuse with the ops that made q, k, v
     return fused_bi_fwd(q.contiguous(), k.contiguous(), v.contiguous(), g, float(scale),
-                        segments, counts)
+                        segments, counts, rot)

@@ -1,0 +1,35 @@
+"""Rotary position embedding, non-interleaved (``fla.modules.RotaryEmbedding``): the one
+definition that the mixers apply in PyTorch and that the fused bi-scan's kernels apply to
+their tiles (from the same inverse frequencies, so at the same angles)."""
+import torch
+
+ROTARY_BASE = 10000.0     # FLA's default (RetNet's)
+
+
+def rotary_inv_freq(dim, base=ROTARY_BASE, device=None):
+    """The inverse frequencies base^(-2i / dim), i < dim / 2, fp32 [dim / 2]."""
+    return 1.0 / (base ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
+
+
+def rotary(x, base=ROTARY_BASE, reverse=False):
+    """Rotary embedding at positions 0..L-1 along x's dim 1 ([B, L, H, D]); ``reverse``: at
+    L-1..0, the positions of the reversed sequence (a backward scan's own, without flipping
+    x: equal to flip(rotary(flip(x)))). Computed in fp32, returned in x's dtype."""
+    L = x.shape[1]
+    inv = rotary_inv_freq(x.shape[-1], base, x.device)
+    positions = torch.arange(L, device=x.device, dtype=torch.float32)
+    f = torch.outer(positions.flip(0) if reverse else positions, inv)
+    cos, sin = f.cos()[:, None], f.sin()[:, None]                  # [L, 1, D/2]
+    x1, x2 = x.float().chunk(2, -1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).to(x.dtype)
+
+
+def rotated_pairs(q, k, qb, kb, base):
+    """Both scan directions' rotated q, k: (q, k) at positions 0..L-1 and (qb, kb) at the
+    reversed sequence's, for a bi-scan asked to rotate (``rotary_base``); a caller that also
+    hands its own qb / kb asks for two things at once, an error."""
+    if qb is not None or kb is not None:
+        raise ValueError('bi-scan: pass either rotary_base or the backward scan\'s own qb / kb, '
+                         'not both')
+    return (rotary(q, base), rotary(k, base), rotary(q, base, reverse=True),
+            rotary(k, base, reverse=True))
