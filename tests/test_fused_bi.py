@@ -371,7 +371,7 @@ def test_gla_gate_gradient_under_emulated_tf32_dots():
 OPCHECKED = PRELUDE + r"""
 import torch._dynamo
 from fla_mm.ops.fused_bi import op
-from fla_mm.ops.rotary import rotary_inv_freq, rotated_pairs
+from fla_mm.ops.rotary import rotary_table, rotated_pairs
 
 torch.manual_seed(0)
 B, H, K, V = 1, 2, 16, 16
@@ -399,7 +399,7 @@ for T, per_channel, gates, segments, need_dg, form, own in [
         (70, False, 'stacked', None, True, 'chunked', 'rot')]:
     q, k, v, g = inputs(T, per_channel, gates, own is True)
     cfg = FusedBiConfig(segments=segments, form=form).to_op_args()
-    cfg += (rotary_inv_freq(K),) if own == 'rot' else ()
+    cfg += (rotary_table(T, K),) if own == 'rot' else ()
     torch.library.opcheck(op.fused_bi_fwd, (q, k, v, g, 0.3, *cfg))
     torch.library.opcheck(op.fused_bi_bwd, (q, k, v, g, torch.randn(B, T, H, V), 0.3, *cfg[:2],
                                            need_dg, *cfg[2:]))
@@ -452,7 +452,7 @@ def test_custom_ops_pass_opcheck_and_compile_in_one_graph():
     on both sides traces as one graph whose compiled gradients equal eager's exactly and the
     token loop's within float error; the same for the chunked form, for per-direction
     q, k ([2, B, T, H, K], which the default config runs chunked), and for rotary in the
-    kernels (the inverse frequencies an optional tensor argument of both ops)."""
+    kernels (the rotary table an optional tensor argument of both ops)."""
     env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT)
     res = subprocess.run([sys.executable, '-c', OPCHECKED], env=env, capture_output=True,
                          text=True, timeout=600)
@@ -596,14 +596,14 @@ def test_per_direction_q_k_run_chunked_and_refuse_a_forced_sweep():
 
 
 def test_rotary_in_the_kernels_runs_chunked_where_the_kernels_can_rotate():
-    """Inverse frequencies handed to the op make q, k per direction (the chunked form at every
-    shape, a forced sweep an error); the kernels take them with a scalar decay, one q, k and
-    a head dim they can halve, [K / 2] fp32; anything else is an error that says what it
+    """A rotary table handed to the op makes q, k per direction (the chunked form at every
+    shape, a forced sweep an error); the kernels take it with a scalar decay, one q, k and a
+    head dim they can halve, [2, T, K / 2] fp32; anything else is an error that says what it
     needs, and fused_bi_decay_attn makes the rotated pair instead (GLA, odd head dims)."""
     from fla_mm.ops import rotary
     from fla_mm.ops.fused_bi.launch import check_rotary, rotary_supported
-    from fla_mm.ops.rotary import rotary_inv_freq
-    q, g, rot = torch.empty(2, 256, 24, 32), torch.empty(2, 2, 256, 24), rotary_inv_freq(32)
+    from fla_mm.ops.rotary import rotary_table
+    q, g, rot = torch.empty(2, 256, 24, 32), torch.empty(2, 2, 256, 24), rotary_table(256, 32)
     assert _chunked(FusedBiConfig(), q, rot) and not _chunked(FusedBiConfig(), q)
     with pytest.raises(ValueError, match='chunked form only.*forces the sweep'):
         _chunked(FusedBiConfig(form='sweep'), q, rot)
@@ -613,9 +613,10 @@ def test_rotary_in_the_kernels_runs_chunked_where_the_kernels_can_rotate():
     assert not rotary_supported(q, per_channel=True)
     for bad_q, bad_g, bad_rot, match in [
             (q, torch.empty(2, 2, 256, 24, 32), rot, 'scalar decay'),
-            (torch.empty(2, 256, 24, 24), g, rotary_inv_freq(24), 'K in 16, 32, 64, 128'),
-            (q, g, rotary_inv_freq(64), r'\[K / 2\] float32'),
-            (q, g, rot.double(), r'\[K / 2\] float32')]:
+            (torch.empty(2, 256, 24, 24), g, rotary_table(256, 24), 'K in 16, 32, 64, 128'),
+            (q, g, rotary_table(256, 64), r'\[2, T, K / 2\] float32'),
+            (q, g, rotary_table(255, 32), r'\[2, T, K / 2\] float32'),
+            (q, g, rot.double(), r'\[2, T, K / 2\] float32')]:
         with pytest.raises(ValueError, match=match):
             check_rotary(bad_rot, bad_q, bad_g)
     with pytest.raises(ValueError, match='either rotary_base or'):

@@ -30,7 +30,7 @@ from fla_mm.layers import FAMILIES, Block
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not ops.fla_available(),
                                 reason='needs a CUDA GPU and an importable fla + triton')
 
-FUSED = {'gla': {}, 'simple_gla': {}, 'retnet': {}}    # RetNet with rotary: per-direction q, k
+FUSED = {'gla': {}, 'simple_gla': {}, 'retnet': {}}    # RetNet with rotary (in the kernels)
 DIM, HEADS, HW = 64, 2, (16, 16)
 SMALL = dict(embed_dims=[32, 64, 64, 64], depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 2])
 

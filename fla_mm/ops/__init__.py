@@ -34,10 +34,10 @@ from .families import (BACKENDS, BI_FUSED_FAMILIES, BI_KERNELS, OPS, KernelError
                        bi_decay_attn, delta_rule, fla_available, gated_delta_rule, gla, gsa,
                        hgrn, l2norm, linear_attn, retnet, retnet_decay, rwkv6, rwkv7,
                        simple_gla, softmax_attn, triton_bwd_broken, triton_bwd_broken_for)
-from .rotary import ROTARY_BASE, rotary
+from .rotary import ROTARY_BASE, rotary, rotary_table
 
 __all__ = ['BACKENDS', 'BI_FUSED_FAMILIES', 'BI_KERNELS', 'OPS', 'KernelError', 'abc', 'backend',
            'bi_decay_attn', 'delta_rule', 'fla_available', 'gated_delta_rule', 'gla', 'gsa',
            'hgrn', 'l2norm', 'linear_attn', 'retnet', 'retnet_decay', 'rotary', 'ROTARY_BASE',
-           'rwkv6', 'rwkv7', 'simple_gla', 'softmax_attn', 'triton_bwd_broken',
+           'rotary_table', 'rwkv6', 'rwkv7', 'simple_gla', 'softmax_attn', 'triton_bwd_broken',
            'triton_bwd_broken_for']

@@ -1,6 +1,6 @@
 """Rotary position embedding, non-interleaved (``fla.modules.RotaryEmbedding``): the one
 definition that the mixers apply in PyTorch and that the fused bi-scan's kernels apply to
-their tiles (from the same inverse frequencies, so at the same angles)."""
+their tiles (from the same table of cos and sin, so by the same factors)."""
 import torch
 
 ROTARY_BASE = 10000.0     # FLA's default (RetNet's)
@@ -11,15 +11,22 @@ def rotary_inv_freq(dim, base=ROTARY_BASE, device=None):
     return 1.0 / (base ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
 
 
+def rotary_table(length, dim, base=ROTARY_BASE, device=None):
+    """cos and sin of the rotary angles at positions 0..length-1, fp32 [2, length, dim / 2]:
+    what :func:`rotary` multiplies by, and what the fused bi-scan's kernels read."""
+    positions = torch.arange(length, device=device, dtype=torch.float32)
+    f = torch.outer(positions, rotary_inv_freq(dim, base, device))
+    return torch.stack([f.cos(), f.sin()])
+
+
 def rotary(x, base=ROTARY_BASE, reverse=False):
     """Rotary embedding at positions 0..L-1 along x's dim 1 ([B, L, H, D]); ``reverse``: at
     L-1..0, the positions of the reversed sequence (a backward scan's own, without flipping
     x: equal to flip(rotary(flip(x)))). Computed in fp32, returned in x's dtype."""
-    L = x.shape[1]
-    inv = rotary_inv_freq(x.shape[-1], base, x.device)
-    positions = torch.arange(L, device=x.device, dtype=torch.float32)
-    f = torch.outer(positions.flip(0) if reverse else positions, inv)
-    cos, sin = f.cos()[:, None], f.sin()[:, None]                  # [L, 1, D/2]
+    table = rotary_table(x.shape[1], x.shape[-1], base, x.device)
+    if reverse:
+        table = table.flip(1)
+    cos, sin = table[0, :, None], table[1, :, None]                # [L, 1, D/2]
     x1, x2 = x.float().chunk(2, -1)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).to(x.dtype)
 

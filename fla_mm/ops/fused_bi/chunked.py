@@ -61,8 +61,8 @@ def _chunk_tiles(q, k, v, g, rot, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h,
     """Chunk i of direction i_dir's sweep: its token positions (sweep order), q, k, v tiles,
     the masks of a K-wide and a V-wide tile, and its cumulative log decays C and their total
     in the sweep's own scan ([BT] and a scalar; per key channel [BT, BK] and [BK]). ROTARY:
-    q and k rotated at the positions along direction i_dir's sequence (inverse frequencies
-    ``rot``), rounded to their dtype as ``ops.rotary`` rounds them."""
+    q and k rotated at the positions along direction i_dir's sequence (by the table of cos
+    and sin ``rot``), rounded to their dtype as ``ops.rotary`` rounds them."""
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)
     pos = _sweep_pos(i, i_dir, NT, BT)

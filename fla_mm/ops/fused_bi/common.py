@@ -69,12 +69,14 @@ def _state_step(S, decay, x, y, F32: tl.constexpr, PRECISION: tl.constexpr):
 @triton.jit
 def _rotary_angles(rot, pos, i_dir, T, BK: tl.constexpr):
     """cos and sin [BT, BK // 2] of the rotary angles of the tokens at ``pos``, at their
-    positions along direction i_dir's scanned sequence (t forward, T - 1 - t backward), from
-    the inverse frequencies ``rot`` [BK // 2] (fp32, as ``ops.rotary`` computes them, so the
-    angles are the same products)."""
-    p = tl.where(i_dir == 0, pos, T - 1 - pos).to(tl.float32)
-    f = p[:, None] * tl.load(rot + tl.arange(0, BK // 2))[None, :]
-    return tl.cos(f), tl.sin(f)
+    positions along direction i_dir's scanned sequence (t forward, T - 1 - t backward), read
+    from the table ``rot`` [2, T, BK // 2] (cos, sin by position: ``ops.rotary``'s values, so
+    the rotation is the one made in PyTorch; one table serves both directions)."""
+    p = tl.where(i_dir == 0, pos, T - 1 - pos)
+    m = ((pos >= 0) & (pos < T))[:, None]
+    offs = p[:, None] * (BK // 2) + tl.arange(0, BK // 2)[None, :]
+    return (tl.load(rot + offs, mask=m, other=1.),
+            tl.load(rot + T * (BK // 2) + offs, mask=m, other=0.))
 
 
 @triton.jit

@@ -92,9 +92,10 @@ def run_forward(q, k, v, g, scale, config, rot=None):
     """The forward pass: o [B, T, H, V] of q, k [B, T, H, K] (or each direction its own,
     [2, B, T, H, K]: the chunked form only), v [B, T, H, V] and g [2, B, T, H] (scalar decay)
     or [2, B, T, H, K] (per key channel), direction first; ``config`` a
-    :class:`FusedBiConfig`. ``rot``: rotary inverse frequencies [K / 2] (fp32), which the
-    chunked kernels apply to q, k at each direction's own positions (scalar decay, one q, k,
-    a power-of-two head dim; :func:`check_rotary`). A fresh tensor, no view of an input."""
+    :class:`FusedBiConfig`. ``rot``: the rotary table [2, T, K / 2] (cos, sin; fp32), which
+    the chunked kernels apply to q, k at each direction's own positions (scalar decay, one
+    q, k, a power-of-two head dim; :func:`check_rotary`). A fresh tensor, no view of an
+    input."""
     q, k, v, g = _prepared(q, k, v, g)
     B, T, H, _ = v.shape
     per_channel = g.dim() == 5
@@ -257,16 +258,16 @@ def rotary_supported(q, per_channel):
 
 
 def check_rotary(rot, q, g):
-    """ValueError unless ``rot`` is None or inverse frequencies the kernels can apply."""
+    """ValueError unless ``rot`` is None or a rotary table the kernels can apply."""
     if rot is None:
         return
     if not rotary_supported(q, g.dim() == 5):
         raise ValueError('fused bi-scan: rotary in the kernels needs a scalar decay, one q, k '
                          f'[B, T, H, K] and K in 16, 32, 64, 128 (got q {tuple(q.shape)}, '
                          f'g {tuple(g.shape)})')
-    if rot.shape != (q.shape[-1] // 2,) or rot.dtype != torch.float32:
-        raise ValueError('fused bi-scan: rotary inverse frequencies are [K / 2] float32 (got '
-                         f'{tuple(rot.shape)} {rot.dtype})')
+    if rot.shape != (2, q.shape[1], q.shape[-1] // 2) or rot.dtype != torch.float32:
+        raise ValueError('fused bi-scan: the rotary table is [2, T, K / 2] float32 (cos, sin; '
+                         f'got {tuple(rot.shape)} {rot.dtype} for q {tuple(q.shape)})')
 
 
 def _chunked_kernels(meta, per_channel, backward, f32, config=DEFAULT_CONFIG, rotary=False):
@@ -318,7 +319,7 @@ def _chunk_states(q, k, v, g, do, rot, kernels, options, backward):
 
 
 def _rot_arg(rot, g):
-    """The kernels' ``rot`` pointer: the inverse frequencies, or (ROTARY off, never read) g."""
+    """The kernels' ``rot`` pointer: the rotary table, or (ROTARY off, never read) g."""
     return g if rot is None else rot.contiguous()
 
 

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..rotary import rotary_inv_freq, rotated_pairs
+from ..rotary import rotary_table, rotated_pairs
 from . import launch
 from .config import FusedBiConfig
 
@@ -25,8 +25,8 @@ def fused_bi_fwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, scale: float,
                  segments: Optional[int], counts: list[int],
                  rot: Optional[Tensor] = None) -> Tensor:
     """o [B, T, H, V]; g [2, B, T, H(, K)] direction first, q and k [B, T, H, K] or per
-    direction [2, B, T, H, K]; ``rot``: rotary inverse frequencies that the kernels apply to
-    q, k at each direction's positions (see ``launch.run_forward``)."""
+    direction [2, B, T, H, K]; ``rot``: a rotary table (cos, sin by position) that the
+    kernels apply to q, k at each direction's positions (see ``launch.run_forward``)."""
     return launch.run_forward(q, k, v, g, scale, FusedBiConfig.from_op_args(segments, counts),
                               rot)
 
@@ -92,7 +92,7 @@ def fused_bi_decay_attn(q, k, v, gf, gb=None, scale=None, stacked=False, config=
     if rotary_base is not None:
         per_channel = gf.dim() == (5 if stacked else 4)
         if launch.rotary_supported(q, per_channel) and qb is None and kb is None:
-            rot = rotary_inv_freq(q.shape[-1], rotary_base, q.device)
+            rot = rotary_table(q.shape[1], q.shape[-1], rotary_base, q.device)
         else:           # (an error with qb / kb given too)
             q, k, qb, kb = rotated_pairs(q, k, qb, kb, rotary_base)
     if qb is not None or kb is not None:
