@@ -621,6 +621,8 @@ def test_rotary_in_the_kernels_runs_chunked_where_the_kernels_can_rotate():
             check_rotary(bad_rot, bad_q, bad_g)
     with pytest.raises(ValueError, match='either rotary_base or'):
         ops.bi_decay_attn(q, q, q, g[0], qb=q, rotary_base=10000.0)
+    with torch.autocast('cpu', dtype=torch.bfloat16):      # the table stays fp32 under AMP
+        assert rotary_table(8, 32).dtype == torch.float32
     # reversed positions: the backward scan's own, without a flip
     x = torch.randn(2, 9, 3, 16)
     torch.testing.assert_close(rotary(x, reverse=True), rotary(x.flip(1)).flip(1),

@@ -13,9 +13,10 @@ def rotary_inv_freq(dim, base=ROTARY_BASE, device=None):
 
 def rotary_table(length, dim, base=ROTARY_BASE, device=None):
     """cos and sin of the rotary angles at positions 0..length-1, fp32 [2, length, dim / 2]:
-    what :func:`rotary` multiplies by, and what the fused bi-scan's kernels read."""
+    what :func:`rotary` multiplies by, and what the fused bi-scan's kernels read. Elementwise
+    products (no matmul-like op that autocast would run in 16 bits), so fp32 under AMP too."""
     positions = torch.arange(length, device=device, dtype=torch.float32)
-    f = torch.outer(positions, rotary_inv_freq(dim, base, device))
+    f = positions[:, None] * rotary_inv_freq(dim, base, device)[None, :]
     return torch.stack([f.cos(), f.sin()])
 
 
