@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops.rotary import rotary  # noqa: F401  (its home is fla_mm.ops now; kept importable here)
+
 ACTS = dict(swish=F.silu, silu=F.silu, sigmoid=torch.sigmoid, relu=F.relu, gelu=F.gelu,
             identity=lambda x: x, elu=lambda x: F.elu(x) + 1.0)
 
