@@ -65,7 +65,6 @@ def _state_step(S, decay, x, y, F32: tl.constexpr, PRECISION: tl.constexpr):
     return S * decay + tl.dot(tl.trans(x.to(y.dtype)), y, input_precision=PRECISION)
 
 
-
 @triton.jit
 def _rotary_angles(rot, pos, i_dir, T, BK: tl.constexpr):
     """cos and sin [BT, BK // 2] of the rotary angles of the tokens at ``pos``, at their
