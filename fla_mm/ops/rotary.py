@@ -25,8 +25,11 @@ def rotary(x, base=ROTARY_BASE, reverse=False):
     L-1..0, the positions of the reversed sequence (a backward scan's own, without flipping
     x: equal to flip(rotary(flip(x)))). Computed in fp32, returned in x's dtype."""
     table = rotary_table(x.shape[1], x.shape[-1], base, x.device)
-    if reverse:
-        table = table.flip(1)
+    return _rotated(x, table.flip(1) if reverse else table)
+
+
+def _rotated(x, table):
+    """x [B, L, H, D] rotated by ``table`` [2, L, D / 2] (cos, sin of each row's angles)."""
     cos, sin = table[0, :, None], table[1, :, None]                # [L, 1, D/2]
     x1, x2 = x.float().chunk(2, -1)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).to(x.dtype)
@@ -34,10 +37,11 @@ def rotary(x, base=ROTARY_BASE, reverse=False):
 
 def rotated_pairs(q, k, qb, kb, base):
     """Both scan directions' rotated q, k: (q, k) at positions 0..L-1 and (qb, kb) at the
-    reversed sequence's, for a bi-scan asked to rotate (``rotary_base``); a caller that also
-    hands its own qb / kb asks for two things at once, an error."""
+    reversed sequence's, from one table; for a bi-scan asked to rotate (``rotary_base``). A
+    caller that also hands its own qb / kb asks for two things at once, an error."""
     if qb is not None or kb is not None:
         raise ValueError('bi-scan: pass either rotary_base or the backward scan\'s own qb / kb, '
                          'not both')
-    return (rotary(q, base), rotary(k, base), rotary(q, base, reverse=True),
-            rotary(k, base, reverse=True))
+    table = rotary_table(q.shape[1], q.shape[-1], base, q.device)
+    back = table.flip(1)
+    return _rotated(q, table), _rotated(k, table), _rotated(q, back), _rotated(k, back)
