@@ -18,7 +18,8 @@ The files:
 - ``scalar.py``: the kernels for a scalar decay per head (simple_gla, RetNet).
 - ``gla.py``: the kernels for a decay per key channel (GLA).
 - ``chunked.py``: the chunk-parallel form of both families (``FusedBiConfig.form='chunked'``):
-  per-chunk parts and states in parallel over (chunk, batch*head, direction), a short pass
+  per-chunk parts and states in parallel over (chunk, batch*head), both directions of a
+  chunk in one program (a scalar decay's outputs and gradients summed there), a short pass
   over the chunk states (groups of chunks as parallel scans), then the states' contribution
   in parallel.
 - ``launch.py``: block sizes, launch options, segments per sweep, and the forward and
@@ -31,9 +32,9 @@ The files:
 
 With ``qb`` / ``kb`` the backward scan has its own queries and keys (RetNet's rotary positions
 count along each scanned sequence, so the two directions' q, k differ); they reach the op as
-one [2, B, T, H, K] pair each, which the chunked kernels read through a direction stride (a
-program computes one direction only) and the sweep cannot (its programs need both
-directions' q and k): such a call runs the chunked form at every shape.
+one [2, B, T, H, K] pair each, which the chunked kernels read through a direction stride
+and the sweep cannot (its programs need both directions' q and k): such a call runs the
+chunked form at every shape.
 
 Which form runs is the config's ``form``: by default ('auto') the chunked form, for both decay
 kinds, at up to 96 (batch x head) sequences of 1024 tokens or more, where the sweep has too

@@ -5,45 +5,50 @@
 The sweep kernels (``scalar.py``, ``gla.py``) give one program a whole direction's run of
 chunks, so a pass has (batch x head) x 2 x segments programs, few at a backbone's shapes
 (6 (batch x head) pairs at FLAPyramid-T's stride-4 stage with mmseg's batch of 2). Here every
-pass is three launches, the first and last parallel over (chunk, batch x head, direction):
+pass is three launches, the first and last parallel over (chunk, batch x head):
 
-1. :func:`_chunk_state_kernel`: each chunk's local state, its keys decayed to the chunk's end
-   (sum_s exp(C_last - C_s) k_s v_s^T), and its total log decay C_last; the backward also
-   sums the adjoint state of the chunk's queries (sum_t exp(C_t) q_t do_t^T), whose decay
-   runs from the chunk's start.
+1. :func:`_chunk_state_kernel`: each chunk's local state of each direction, its keys decayed
+   to the chunk's end in that direction's sweep (sum_s exp(E_s) k_s v_s^T), and its total log
+   decay C_last; the backward also sums the adjoint state of the chunk's queries
+   (sum_t exp(C_t) q_t do_t^T), whose decay runs from the chunk's start.
 2. :func:`_chunk_scan_kernel`: a short pass over the chunk states only (one [K, V] update
    per chunk, split over element blocks; groups of chunks as parallel scans), replacing each
    local state in place by the state that enters the chunk: S_in[i+1] = exp(C_last[i])
    S_in[i] + S_loc[i] in sweep order, and for the adjoint the same recurrence in reversed
    chunk order.
-3. :func:`_chunk_fwd_kernel` / :func:`_chunk_bwd_kernel`: the chunk's own causal part (in
-   sweep order) plus the incoming state's contribution, o += exp(C_t) q_t S_in; the
-   backward's dq from S_in, its dk, dv from the adjoint state, and the gate gradient of the
-   program's scan direction on the chunk: suffix sums of q.dq - k.dk over its own tokens plus
-   the share of all later tokens, one product of two states (:func:`_gate_grad_after`), so no
-   scan over the whole sequence follows.
+3. :func:`_chunk_fwd_kernel` / :func:`_chunk_bwd_kernel`: each direction's own part of the
+   chunk (causal in its sweep order) plus the incoming state's contribution,
+   o += exp(C_t) q_t S_in; the backward's dq from S_in, its dk, dv from the adjoint state,
+   and the gate gradient of each scan direction on the chunk: suffix sums (in that sweep) of
+   q.dq - k.dk over its own tokens plus the share of all later tokens, one product of two
+   states (:func:`_gate_grad_after`), so no scan over the whole sequence follows.
+
+A program of the state, output and gradient kernels holds one chunk's tokens in token order
+and does both directions on them: direction 1's chunk i of its sweep is chunk NT - 1 - i of
+the sequence (``common._sweep_pos``: it walks chunks and tokens backwards, its first chunk the
+partial one), so both directions' chunks cover the same tokens, and in token order direction
+1's causal mask is the transposed one and its cumulative decays run from the chunk's end.
+The tiles are loaded once for both, and the two directions' parts of o, dq, dk, dv are summed
+in fp32 and stored once, with no pair buffers and no adds after the kernels.
 
 Per key channel the state update is diag(exp(C_last)) S + K~^T V (the pass decays each state
 row by its channel's total), and the chunk's own part is the sweep's: the tensor-core form
 where every channel decays by less than exp(-SAFE) in the chunk, GLA's exact 16-token steps
-(reused from ``gla.py``) elsewhere; its backward keeps the sweep's split into a dq program
-and a dk, dv program per chunk.
+(reused from ``gla.py``) elsewhere; its output and backward kernels keep one program per
+direction (in d's sweep order, their pieces summed after them, as the sweep's are), the
+backward the sweep's split into a dq program and a dk, dv program per chunk.
 
-Direction d's programs read the chunks in d's sweep order (``common._sweep_pos``: direction 1
-walks chunks and tokens backwards), so the backward scan is the forward scan of the reversed
-sequence without a flip materialised; a program computes everything of its own scan direction
-and the two directions' pieces are summed afterwards, as the sweep does. States are fp32, a
-[K, V] per chunk, (batch x head) and direction: the price of the parallelism is their memory
-traffic (per direction V / 32 times k's bytes in bf16, written once, read and rewritten by
-the pass, read once more) and one more read of k and v (and q, do) by the state kernel. Their
-offsets are 64-bit (the backward's buffer passes 2^31 elements at B*H = 48, 65536 tokens and
-d = 128). One chunk (T <= 64) has no states to pass on: the output kernel alone runs, from
-zeros.
+States are fp32, a [K, V] per chunk, (batch x head) and direction: the price of the
+parallelism is their memory traffic (per direction V / 32 times k's bytes in bf16, written
+once, read and rewritten by the pass, read once more) and one more read of k and v (and q,
+do) by the state kernel. Their offsets are 64-bit (the backward's buffer passes 2^31
+elements at B*H = 48, 65536 tokens and d = 128). One chunk (T <= 64) has no states to pass
+on: the output kernel alone runs, from zeros.
 
 With a scalar decay the kernels can apply RetNet's rotary embeddings themselves (ROTARY):
-each direction's programs rotate the one q, k they load at that direction's positions and
-rotate dq, dk back, so no rotated copies of q and k (two per direction) are made around the
-op, and its backward needs no rotary gradient either.
+a program rotates the one q, k it loads at each direction's positions and rotates that
+direction's dq, dk back, so no rotated copies of q and k (two per direction) are made
+around the op, and its backward needs no rotary gradient either.
 """
 import triton
 import triton.language as tl
@@ -55,30 +60,83 @@ from .gla import (_chunk_dA, _dg_piece, _gla_bwd_other_step_exact, _gla_bwd_own_
 
 
 @triton.jit
-def _chunk_tiles(q, k, v, g, rot, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h,
+def _chunk_tiles(q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h,
                  K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                 BV: tl.constexpr, PER_CHANNEL: tl.constexpr, ROTARY: tl.constexpr):
-    """Chunk i of direction i_dir's sweep: its token positions (sweep order), q, k, v tiles,
-    the masks of a K-wide and a V-wide tile, and its cumulative log decays C and their total
-    in the sweep's own scan ([BT] and a scalar; per key channel [BT, BK] and [BK]). ROTARY:
-    q and k rotated at the positions along direction i_dir's sequence (by the table of cos
-    and sin ``rot``), rounded to their dtype as ``ops.rotary`` rounds them."""
+                 BV: tl.constexpr):
+    """Chunk i of direction i_dir's sweep, per key channel: its token positions (sweep order),
+    q, k, v tiles, the masks of a K-wide and a V-wide tile, and its cumulative log decays C
+    [BT, BK] and their total [BK] in the sweep's own scan."""
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)
     pos = _sweep_pos(i, i_dir, NT, BT)
     b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
     b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
-    if ROTARY:
-        cos, sin = _rotary_angles(rot, pos, i_dir, T, BK)
-        b_q = _rotate(b_q, cos, sin, BT, BK).to(b_q.dtype)
-        b_k = _rotate(b_k, cos, sin, BT, BK).to(b_k.dtype)
     b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
     p_g = g + i_dir * sg_d + i_b * sg_b + i_h * sg_h
-    if PER_CHANNEL:
-        C, C_last = _own_decay(p_g + pos[:, None] * sg_t + tl.arange(0, BK)[None, :], m_k)
-    else:
-        C, C_last = _own_decay(p_g + pos * sg_t, (pos >= 0) & (pos < T))
+    C, C_last = _own_decay(p_g + pos[:, None] * sg_t + tl.arange(0, BK)[None, :], m_k)
     return pos, b_q, b_k, b_v, m_k, m_v, C, C_last
+
+
+@triton.jit
+def _direction_qk(q, k, rot, b_q, b_k, d: tl.constexpr, sq_d, i_b, i_h, pos, T, H,
+                  K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PAIRED: tl.constexpr,
+                  ROTARY: tl.constexpr, NEED_Q: tl.constexpr = True):
+    """Direction d's q, k on a chunk in token order, from the tiles ``b_q``, ``b_k`` loaded
+    for direction 0 (PAIRED: direction 1 has its own, loaded here at sq_d) and, with ROTARY,
+    rotated at the positions along d's scanned sequence by the table of cos and sin ``rot``,
+    rounded to their dtype as ``ops.rotary`` rounds them; also the cos and sin (ROTARY off:
+    placeholders), which turn dq, dk back. NEED_Q False: q is neither loaded nor rotated
+    (``b_q`` is returned as it came)."""
+    if PAIRED:
+        if d == 1:
+            if NEED_Q:
+                b_q, _ = _load_tile(q + sq_d, i_b, i_h, pos, T, H, K, BK)
+            b_k, _ = _load_tile(k + sq_d, i_b, i_h, pos, T, H, K, BK)
+    cos, sin = 1., 0.
+    if ROTARY:
+        cos, sin = _rotary_angles(rot, pos, d, T, BK)
+        if NEED_Q:
+            b_q = _rotate(b_q, cos, sin, BT, BK).to(b_q.dtype)
+        b_k = _rotate(b_k, cos, sin, BT, BK).to(b_k.dtype)
+    return b_q, b_k, cos, sin
+
+
+@triton.jit
+def _direction_decay(g, d: tl.constexpr, i_b, i_h, pos, T, sg_d, sg_b, sg_t, sg_h,
+                     m_k, BK: tl.constexpr, PER_CHANNEL: tl.constexpr):
+    """Direction d's log decays on a chunk in token order, cumulative in d's sweep order: C_t
+    sums them from the chunk's start in that sweep up to and including t (direction 1 sweeps
+    backwards: the sums run from the chunk's last token), so key s reaches query t decayed
+    by C_t - C_s; their total; and E_s, the sum of those after s in the sweep (key s's decay
+    to the chunk's end), summed on its own rather than taken as total - C_s, which would
+    cancel two large sums where a chunk decays strongly. [BT] and a scalar, per key channel
+    [BT, BK] and [BK]."""
+    p_g = g + d * sg_d + i_b * sg_b + i_h * sg_h
+    if PER_CHANNEL:
+        b_g = tl.load(p_g + pos[:, None] * sg_t + tl.arange(0, BK)[None, :], mask=m_k, other=0.)
+    else:
+        b_g = tl.load(p_g + pos * sg_t, mask=(pos >= 0) & (pos < T), other=0.)
+    b_g = b_g.to(tl.float32)
+    C = tl.cumsum(b_g, 0, reverse=d == 1)
+    return C, tl.sum(b_g, 0), tl.cumsum(b_g, 0, reverse=d == 0) - b_g
+
+
+@triton.jit
+def _in_sweep(d: tl.constexpr, BT: tl.constexpr):
+    """[t, s] pairs of a chunk in token order where key s is not after query t in direction
+    d's sweep (s <= t forward, s >= t backward)."""
+    ar = tl.arange(0, BT)
+    if d == 0:
+        return ar[:, None] >= ar[None, :]
+    return ar[:, None] <= ar[None, :]
+
+
+@triton.jit
+def _state_row(d: tl.constexpr, c, i_bh):
+    """Row of the chunk-state buffers of direction d's sweep chunk on the tokens of chunk c
+    (direction 1 numbers the chunks from the sequence's end)."""
+    NT = tl.num_programs(0)
+    return ((d * tl.num_programs(1) + i_bh) * NT + c + d * (NT - 1 - 2 * c)).to(tl.int64)
 
 
 @triton.jit
@@ -86,34 +144,43 @@ def _chunk_state_kernel(q, k, v, g, do, S, G, rot, T, H, sg_d, sg_b, sg_t, sg_h,
                         K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                         BV: tl.constexpr, PRECISION: tl.constexpr, F32: tl.constexpr,
                         BACKWARD: tl.constexpr, PER_CHANNEL: tl.constexpr,
-                        ROTARY: tl.constexpr):
-    """Program (chunk i, bh, direction d): the chunk's local state into S[0, d, bh, i] and its
-    total log decay into G[d, bh, i] (G[d, bh, i, :] per key channel); with BACKWARD also the
-    adjoint state of its queries and output gradients into S[1, d, bh, i]. F32: fp32 operands
-    for the state's dot (the gate gradient needs them, see ``common._state_step``); the
-    adjoint state always has them. Every decay factor is exp of a partial sum within the
-    chunk (<= 1), so per key channel no chunk needs GLA's exact steps here."""
-    i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    q, k = q + i_dir * sq_d, k + i_dir * sq_d       # direction i_dir's (sq_d 0: shared)
-    row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
-    pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
-        q, k, v, g, rot, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV,
-        PER_CHANNEL, ROTARY)
-    if PER_CHANNEL:
-        to_end, from_start = tl.exp(C_last[None, :] - C), tl.exp(C)
-        tl.store(G + row * BK + tl.arange(0, BK), C_last)
-    else:
-        to_end, from_start = tl.exp(C_last - C)[:, None], tl.exp(C)[:, None]
-        tl.store(G + row, C_last)
-    zero = tl.zeros([BK, BV], dtype=tl.float32)
-    tl.store(_kv_tile(S + row * BK * BV, BK, BV),
-             _state_step(zero, 1.0, b_k * to_end, b_v, F32, PRECISION))
+                        PAIRED: tl.constexpr, ROTARY: tl.constexpr):
+    """Program (chunk c, bh), both directions: the chunk's local state of each direction d
+    into S[0, d, bh, i] (i: the chunk's index in d's sweep) and its total log decay into
+    G[d, bh, i] (G[d, bh, i, :] per key channel); with BACKWARD also the adjoint state of its
+    queries and output gradients into S[1, d, bh, i]. The chunk's tiles are loaded once for
+    both (PAIRED: each direction its own q, k). F32: fp32 operands for the state's dot (the
+    gate gradient needs them, see ``common._state_step``); the adjoint state always has them.
+    Every decay factor is exp of a partial sum within the chunk (<= 1), so per key channel no
+    chunk needs GLA's exact steps here."""
+    c, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    pos = c * BT + tl.arange(0, BT)
+    b_k, m_k = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
+    b_v, _ = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
+    b_q = b_k                                     # (the forward's states need no queries)
     if BACKWARD:
-        i_b, i_h = i_bh // H, i_bh % H
+        b_q, _ = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
         b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
-        rows = 2 * tl.num_programs(1) * tl.num_programs(0).to(tl.int64)
-        tl.store(_kv_tile(S + (rows + row) * BK * BV, BK, BV),
-                 _state_step(zero, 1.0, b_q * from_start, b_do, True, PRECISION))
+    zero = tl.zeros([BK, BV], dtype=tl.float32)
+    rows = 2 * tl.num_programs(1) * tl.num_programs(0).to(tl.int64)
+    for d in tl.static_range(2):
+        row = _state_row(d, c, i_bh)
+        q_d, k_d, cos, sin = _direction_qk(q, k, rot, b_q, b_k, d, sq_d, i_b, i_h, pos, T, H,
+                                           K, BT, BK, PAIRED, ROTARY, BACKWARD)
+        C, C_last, E = _direction_decay(g, d, i_b, i_h, pos, T, sg_d, sg_b, sg_t, sg_h, m_k,
+                                        BK, PER_CHANNEL)
+        if PER_CHANNEL:
+            to_end, from_start = tl.exp(E), tl.exp(C)
+            tl.store(G + row * BK + tl.arange(0, BK), C_last)
+        else:
+            to_end, from_start = tl.exp(E)[:, None], tl.exp(C)[:, None]
+            tl.store(G + row, C_last)
+        tl.store(_kv_tile(S + row * BK * BV, BK, BV),
+                 _state_step(zero, 1.0, k_d * to_end, b_v, F32, PRECISION))
+        if BACKWARD:
+            tl.store(_kv_tile(S + (rows + row) * BK * BV, BK, BV),
+                     _state_step(zero, 1.0, q_d * from_start, b_do, True, PRECISION))
 
 
 @triton.jit
@@ -199,25 +266,30 @@ def _gate_grad_after(S, row, i, dH_in, BK: tl.constexpr, BV: tl.constexpr):
 @triton.jit
 def _chunk_fwd_kernel(q, k, v, g, o, S, rot, scale, T, H, sg_d, sg_b, sg_t, sg_h, sq_d,
                       K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                      BV: tl.constexpr, PRECISION: tl.constexpr, ROTARY: tl.constexpr):
-    """Program (chunk i, bh, direction d): direction d's output on the chunk, into o[d]
-    (ROTARY: of q and k rotated along d's sequence, see :func:`_chunk_tiles`)."""
-    i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    q, k = q + i_dir * sq_d, k + i_dir * sq_d       # direction i_dir's (sq_d 0: shared)
-    row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
-    pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
-        q, k, v, g, rot, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV, False,
-        ROTARY)
-    ar = tl.arange(0, BT)
-    causal = ar[:, None] >= ar[None, :]          # in sweep order: key s not after query t
-    S_in = tl.load(_kv_tile(S + row * BK * BV, BK, BV))
-    A = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)
-    A = A * tl.exp(tl.where(causal, C[:, None] - C[None, :], float('-inf')))
-    b_o = tl.dot(A.to(b_v.dtype), b_v, input_precision=PRECISION)
-    b_o += tl.dot((b_q * tl.exp(C)[:, None]).to(b_q.dtype), S_in.to(b_q.dtype),
-                  input_precision=PRECISION)
-    B = tl.num_programs(1) // H
-    p_o, _ = _chunk_ptrs(o + i_dir * B * T * H * V, i_bh // H, i_bh % H, pos, T, H, V, BV)
+                      BV: tl.constexpr, PRECISION: tl.constexpr, PAIRED: tl.constexpr,
+                      ROTARY: tl.constexpr):
+    """Program (chunk c, bh): the output on the chunk's tokens, both directions' parts summed
+    in fp32 and stored once into o [B, T, H, V] (ROTARY: of q and k rotated along each
+    direction's sequence, see :func:`_direction_qk`)."""
+    c, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    pos = c * BT + tl.arange(0, BT)
+    b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
+    b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
+    b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
+    b_o = tl.zeros([BT, BV], dtype=tl.float32)
+    for d in tl.static_range(2):
+        q_d, k_d, cos, sin = _direction_qk(q, k, rot, b_q, b_k, d, sq_d, i_b, i_h, pos, T, H,
+                                           K, BT, BK, PAIRED, ROTARY)
+        C, C_tot, E = _direction_decay(g, d, i_b, i_h, pos, T, sg_d, sg_b, sg_t, sg_h, m_k,
+                                       BK, False)
+        S_in = tl.load(_kv_tile(S + _state_row(d, c, i_bh) * BK * BV, BK, BV))
+        A = tl.dot(q_d, tl.trans(k_d), input_precision=PRECISION)
+        A = A * tl.exp(tl.where(_in_sweep(d, BT), C[:, None] - C[None, :], float('-inf')))
+        b_o += tl.dot(A.to(b_v.dtype), b_v, input_precision=PRECISION)
+        b_o += tl.dot((q_d * tl.exp(C)[:, None]).to(q_d.dtype), S_in.to(q_d.dtype),
+                      input_precision=PRECISION)
+    p_o, _ = _chunk_ptrs(o, i_b, i_h, pos, T, H, V, BV)
     tl.store(p_o, (b_o * scale).to(p_o.dtype.element_ty), mask=m_v)
 
 
@@ -225,60 +297,78 @@ def _chunk_fwd_kernel(q, k, v, g, o, S, rot, scale, T, H, sg_d, sg_b, sg_t, sg_h
 def _chunk_bwd_kernel(q, k, v, g, do, dq, dk, dv, dg, S, rot, scale, T, H, sg_d, sg_b, sg_t,
                       sg_h, sq_d, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
-                      NEED_DG: tl.constexpr, ROTARY: tl.constexpr):
-    """Program (chunk i, bh, direction d): the gradients of direction d's scan on the chunk,
-    dq, dk, dv into [d] of their [2, B, T, H, *] buffers and, with NEED_DG, the gradient of
-    direction d's log decays on the chunk into dg[d] ([2, B, T, H] fp32), whole: see
-    :func:`_gate_grad_after`. The state entering the chunk (S[0]) gives dq, the adjoint state
-    entering it from the chunks after it in the sweep (S[1]) gives dk and dv. As in the sweep,
-    the dots behind dq and dk take fp32 operands (TF32 for 16-bit inputs): they cancel in
-    q.dq - k.dk. ROTARY: q and k are rotated along d's sequence on loading
-    (:func:`_chunk_tiles`), and dq, dk are rotated back before they are stored, so both
-    directions' pieces are gradients of the one unrotated q, k (summed as for shared q, k)."""
-    i, i_bh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    q, k = q + i_dir * sq_d, k + i_dir * sq_d       # direction i_dir's (sq_d 0: shared)
-    rows = 2 * tl.num_programs(1) * tl.num_programs(0).to(tl.int64)
-    row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
-    pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
-        q, k, v, g, rot, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV, False,
-        ROTARY)
+                      NEED_DG: tl.constexpr, PAIRED: tl.constexpr, ROTARY: tl.constexpr):
+    """Program (chunk c, bh): the gradients on the chunk's tokens, both scan directions'
+    pieces of dq, dk, dv summed in fp32 and stored once (PAIRED: dq, dk of each direction's
+    own q, k into [d] of [2, B, T, H, K]) and, with NEED_DG, the gradient of each direction's
+    log decays on the chunk into dg[d] ([2, B, T, H] fp32), whole: see
+    :func:`_gate_grad_after`. Direction d's state entering the chunk (S[0]) gives its dq, the
+    adjoint state entering it from the chunks after it in d's sweep (S[1]) its dk and dv. As
+    in the sweep, the dots behind dq and dk take fp32 operands (TF32 for 16-bit inputs): they
+    cancel in q.dq - k.dk. ROTARY: q and k are rotated along d's sequence on loading
+    (:func:`_direction_qk`), and d's dq, dk are rotated back before they are summed, so both
+    directions' pieces are gradients of the one unrotated q, k."""
+    c, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     B = tl.num_programs(1) // H
+    rows = 2 * tl.num_programs(1) * tl.num_programs(0).to(tl.int64)
+    pos = c * BT + tl.arange(0, BT)
+    b_q, m_k = _load_tile(q, i_b, i_h, pos, T, H, K, BK)
+    b_k, _ = _load_tile(k, i_b, i_h, pos, T, H, K, BK)
+    b_v, m_v = _load_tile(v, i_b, i_h, pos, T, H, V, BV)
     b_do, _ = _load_tile(do, i_b, i_h, pos, T, H, V, BV)
-    qf, kf = b_q.to(tl.float32), b_k.to(tl.float32)
-    S_in = tl.load(_kv_tile(S + row * BK * BV, BK, BV))
-    dH_in = tl.load(_kv_tile(S + (rows + row) * BK * BV, BK, BV))
-    ar = tl.arange(0, BT)
-    causal = ar[:, None] >= ar[None, :]          # [t, s]: s not after t, in sweep order
-    M = tl.exp(tl.where(causal, C[:, None] - C[None, :], float('-inf')))
-    A = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * M      # decayed q_t . k_s
-    dA = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION) * M    # decayed do_t . v_s
-    to_end = tl.exp(C_last - C)[:, None]         # key s to the chunk's end
-    b_dq = tl.dot(dA, kf, input_precision=PRECISION)
-    b_dq += tl.exp(C)[:, None] * tl.dot(b_do.to(tl.float32), tl.trans(S_in),
-                                        input_precision=PRECISION)
-    b_dq *= scale
-    b_dk = tl.dot(tl.trans(dA), qf, input_precision=PRECISION)
-    b_dk += to_end * tl.dot(b_v.to(tl.float32), tl.trans(dH_in), input_precision=PRECISION)
-    b_dk *= scale
-    b_dv = tl.dot(tl.trans(A).to(b_do.dtype), b_do, input_precision=PRECISION)
-    b_dv += to_end * tl.dot(b_k, dH_in.to(b_k.dtype), input_precision=PRECISION)
-    b_dv *= scale
-    if NEED_DG:
-        x = tl.sum(qf * b_dq, 1) - tl.sum(kf * b_dk, 1)       # q.dq - k.dk, sweep order
-    if ROTARY:
-        cos, sin = _rotary_angles(rot, pos, i_dir, T, BK)
-        b_dq, b_dk = _rotate(b_dq, cos, -sin, BT, BK), _rotate(b_dk, cos, -sin, BT, BK)
-    p_dq, _ = _chunk_ptrs(dq + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
-    p_dk, _ = _chunk_ptrs(dk + i_dir * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
-    p_dv, _ = _chunk_ptrs(dv + i_dir * B * T * H * V, i_b, i_h, pos, T, H, V, BV)
-    tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
-    tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_k)
-    tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_v)
-    if NEED_DG:
-        after = tl.sum(_gate_grad_after(S, row, i, dH_in, BK, BV), 0) * scale
-        tl.store(dg + i_dir * B * T * H + (i_b * T + pos) * H + i_h,
-                 after + tl.sum(x, 0) - tl.cumsum(x, 0) + x, mask=(pos >= 0) & (pos < T))
+    dof, vf = b_do.to(tl.float32), b_v.to(tl.float32)
+    DV = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)      # do_t . v_s
+    sum_dq = tl.zeros([BT, BK], dtype=tl.float32)
+    sum_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    sum_dv = tl.zeros([BT, BV], dtype=tl.float32)
+    for d in tl.static_range(2):
+        q_d, k_d, cos, sin = _direction_qk(q, k, rot, b_q, b_k, d, sq_d, i_b, i_h, pos, T, H,
+                                           K, BT, BK, PAIRED, ROTARY)
+        C, C_tot, E = _direction_decay(g, d, i_b, i_h, pos, T, sg_d, sg_b, sg_t, sg_h, m_k,
+                                       BK, False)
+        row = _state_row(d, c, i_bh)
+        S_in = tl.load(_kv_tile(S + row * BK * BV, BK, BV))
+        dH_in = tl.load(_kv_tile(S + (rows + row) * BK * BV, BK, BV))
+        qf, kf = q_d.to(tl.float32), k_d.to(tl.float32)
+        M = tl.exp(tl.where(_in_sweep(d, BT), C[:, None] - C[None, :], float('-inf')))
+        A = tl.dot(q_d, tl.trans(k_d), input_precision=PRECISION) * M    # decayed q_t . k_s
+        dA = DV * M                                                      # decayed do_t . v_s
+        to_end = tl.exp(E)[:, None]                  # key s to the chunk's end in d's sweep
+        b_dq = tl.dot(dA, kf, input_precision=PRECISION)
+        b_dq += tl.exp(C)[:, None] * tl.dot(dof, tl.trans(S_in), input_precision=PRECISION)
+        b_dq *= scale
+        b_dk = tl.dot(tl.trans(dA), qf, input_precision=PRECISION)
+        b_dk += to_end * tl.dot(vf, tl.trans(dH_in), input_precision=PRECISION)
+        b_dk *= scale
+        b_dv = tl.dot(tl.trans(A).to(b_do.dtype), b_do, input_precision=PRECISION)
+        b_dv += to_end * tl.dot(k_d, dH_in.to(k_d.dtype), input_precision=PRECISION)
+        sum_dv += b_dv * scale
+        if NEED_DG:
+            # q.dq - k.dk, summed over the tokens from t to the end of d's sweep: from the
+            # chunk's last token forward, from its first backward
+            x = tl.sum(qf * b_dq, 1) - tl.sum(kf * b_dk, 1)
+            after = tl.sum(_gate_grad_after(S, row, c + d * (tl.num_programs(0) - 1 - 2 * c),
+                                            dH_in, BK, BV), 0) * scale
+            tl.store(dg + d * B * T * H + (i_b * T + pos) * H + i_h,
+                     after + tl.cumsum(x, 0, reverse=d == 0), mask=(pos >= 0) & (pos < T))
+        if ROTARY:
+            b_dq, b_dk = _rotate(b_dq, cos, -sin, BT, BK), _rotate(b_dk, cos, -sin, BT, BK)
+        if PAIRED:
+            p_dq, _ = _chunk_ptrs(dq + d * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+            p_dk, _ = _chunk_ptrs(dk + d * B * T * H * K, i_b, i_h, pos, T, H, K, BK)
+            tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), mask=m_k)
+            tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_k)
+        else:
+            sum_dq += b_dq
+            sum_dk += b_dk
+    if not PAIRED:
+        p_dq, _ = _chunk_ptrs(dq, i_b, i_h, pos, T, H, K, BK)
+        p_dk, _ = _chunk_ptrs(dk, i_b, i_h, pos, T, H, K, BK)
+        tl.store(p_dq, sum_dq.to(p_dq.dtype.element_ty), mask=m_k)
+        tl.store(p_dk, sum_dk.to(p_dk.dtype.element_ty), mask=m_k)
+    p_dv, _ = _chunk_ptrs(dv, i_b, i_h, pos, T, H, V, BV)
+    tl.store(p_dv, sum_dv.to(p_dv.dtype.element_ty), mask=m_v)
 
 
 @triton.jit
@@ -294,8 +384,7 @@ def _chunk_gla_fwd_kernel(q, k, v, g, o, S, scale, T, H, sg_d, sg_b, sg_t, sg_h,
     q, k = q + i_dir * sq_d, k + i_dir * sq_d       # direction i_dir's (sq_d 0: shared)
     row = ((i_dir * tl.num_programs(1) + i_bh) * tl.num_programs(0) + i).to(tl.int64)
     pos, b_q, b_k, b_v, m_k, m_v, C, C_last = _chunk_tiles(
-        q, k, v, g, q, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV, True,
-        False)
+        q, k, v, g, i, i_bh, i_dir, T, H, sg_d, sg_b, sg_t, sg_h, K, V, BT, BK, BV)
     S_in = tl.load(_kv_tile(S + row * BK * BV, BK, BV))
     o_dir = o + i_dir * (tl.num_programs(1) // H) * T * H * V
     if tl.min(C_last, 0) > -SAFE:

@@ -30,9 +30,9 @@ class FusedBiConfig:
             compiles one variant). Head dims above 64 take at least 8 warps.
         form: 'sweep' (one program per (batch x head, direction, segment) sweeps its chunks
             with the state in registers), 'chunked' (``chunked.py``: the chunks' own parts
-            and local states in parallel over (chunk, batch x head, direction), a short
-            sequential pass over the chunk states, then the states' contribution in
-            parallel), for every decay family, or 'auto': by shape, as
+            and local states in parallel over (chunk, batch x head), both directions in a
+            program, a short sequential pass over the chunk states, then the states'
+            contribution in parallel), for every decay family, or 'auto': by shape, as
             :meth:`runs_chunked` says (the sweep where ``segments`` is forced). The segment
             fields apply to the sweep only.
         scan_group, scan_block: the chunked form's pass over the chunk states
@@ -79,8 +79,8 @@ class FusedBiConfig:
     def runs_chunked(self, heads, tokens, per_direction=False):
         """Whether a call on ``heads`` (batch x heads) sequences of ``tokens`` tokens runs the
         chunked form. ``per_direction``: each scan direction has its own q and k (rotary
-        positions), which only the chunked form reads (its programs each compute one
-        direction; a sweep program needs both directions' q and k), so it runs chunked at
+        positions), which only the chunked form reads (its programs load each direction's own;
+        a sweep program needs both directions' q and k), so it runs chunked at
         every shape unless the sweep is forced, which is an error."""
         if per_direction:
             if not self.allows_chunked():

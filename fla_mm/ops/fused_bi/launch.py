@@ -225,7 +225,7 @@ def fake_backward(q, k, v, g, config, need_dg, rot=None):
     q, k, v, g = _prepared(q, k, v, g)
     if _chunked(config, q, rot):
         buffers = _chunked_backward_buffers(q, k, v, g, need_dg)
-        return _chunked_backward_results(q.dim() == 5, need_dg, *buffers)
+        return _chunked_backward_results(g, q.dim() == 5, need_dg, *buffers)
     nseg, _ = _segments(q.shape[1], CHUNK, g.dim() == 5, backward=True, config=config)
     return _backward_results(g, nseg, need_dg, *_backward_buffers(q, k, v, g, need_dg))
 
@@ -270,14 +270,15 @@ def check_rotary(rot, q, g):
                          f'got {tuple(rot.shape)} {rot.dtype} for q {tuple(q.shape)})')
 
 
-def _chunked_kernels(meta, per_channel, backward, f32, config=DEFAULT_CONFIG, rotary=False):
+def _chunked_kernels(meta, per_channel, backward, f32, config=DEFAULT_CONFIG, rotary=False,
+                     paired=False):
     """What a chunked pass launches, each kernel with its constexprs: the chunk-state kernel
     (``f32``: fp32 operands for the keys' states, which the gate gradient needs), the pass
     over the states (``config.scan_group``, ``scan_block``), and the output
     (forward) or gradient (backward) kernel; per key channel with ``f32`` (the gate gradient
     asked for), the backward also the kernel that sums the gate gradient's pieces.
-    ``rotary``: the scalar-decay kernels rotate q, k themselves. Used by the passes and by
-    ``tools/benchmark.py compile``."""
+    ``rotary``: the scalar-decay kernels rotate q, k themselves; ``paired``: each direction
+    its own q, k ([2, B, T, H, K]). Used by the passes and by ``tools/benchmark.py compile``."""
     BK, BV = meta['BK'], meta['BV']
     state_meta = {n: meta[n] for n in ('K', 'V', 'BT', 'BK', 'BV', 'PRECISION')}
     scan_meta = dict(SIZE=BK * BV, BLOCK=min(config.scan_block, BK * BV),
@@ -288,9 +289,10 @@ def _chunked_kernels(meta, per_channel, backward, f32, config=DEFAULT_CONFIG, ro
     else:
         main, main_meta = (_chunk_gla_fwd_kernel if per_channel else _chunk_fwd_kernel), meta
     if not per_channel:
-        main_meta = dict(main_meta, ROTARY=rotary)
+        main_meta = dict(main_meta, PAIRED=paired, ROTARY=rotary)
     kernels = [(_chunk_state_kernel, dict(state_meta, F32=f32, BACKWARD=backward,
-                                          PER_CHANNEL=per_channel, ROTARY=rotary)),
+                                          PER_CHANNEL=per_channel, PAIRED=paired,
+                                          ROTARY=rotary)),
                (_chunk_scan_kernel, scan_meta), (main, main_meta)]
     if backward and per_channel and f32:
         kernels.append((_chunk_gate_grad_kernel, {n: meta[n] for n in ('K', 'BT', 'BK')}))
@@ -300,7 +302,8 @@ def _chunked_kernels(meta, per_channel, backward, f32, config=DEFAULT_CONFIG, ro
 def _chunk_states(q, k, v, g, do, rot, kernels, options, backward):
     """The state entering every chunk of both directions' sweeps, [1 or 2, 2, B*H, NT, BK,
     BV] fp32 (the keys' states; with ``backward`` also the queries' adjoint states): local
-    states in parallel over chunks, then the pass over them. One chunk: zeros, no launch."""
+    states in parallel over chunks (a program makes both directions' of its chunk), then the
+    pass over them. One chunk: zeros, no launch."""
     (state, state_meta), (scan, scan_meta) = kernels[:2]
     B, T, H, _ = v.shape
     NT = triton.cdiv(T, CHUNK)
@@ -311,8 +314,8 @@ def _chunk_states(q, k, v, g, do, rot, kernels, options, backward):
         return q.new_zeros(shape, dtype=torch.float32)
     S = q.new_empty(shape, dtype=torch.float32)
     G = q.new_empty(2, B * H, NT, *((BK,) if g.dim() == 5 else ()), dtype=torch.float32)
-    state[(NT, B * H, 2)](q, k, v, g, do, S, G, rot, T, H, *g.stride()[:4],
-                          _direction_stride(q), **state_meta, **options)
+    state[(NT, B * H)](q, k, v, g, do, S, G, rot, T, H, *g.stride()[:4],
+                       _direction_stride(q), **state_meta, **options)
     scan[(2 * B * H, BK * BV // scan_meta['BLOCK'], kinds)](S, G, NT, 2 * B * H, **scan_meta,
                                                             **options)
     return S
@@ -324,34 +327,45 @@ def _rot_arg(rot, g):
 
 
 def _chunked_forward(q, k, v, g, scale, meta, options, config, rot=None):
-    """:func:`run_forward` in the chunked form: the chunk states, then both directions'
-    outputs on every chunk (summed as the sweep's are)."""
+    """:func:`run_forward` in the chunked form: the chunk states, then the output on every
+    chunk (a scalar decay's programs sum both directions' parts; per key channel each
+    direction's programs write their own, summed as the sweep's are)."""
     B, T, H, _ = v.shape
-    kernels = _chunked_kernels(meta, g.dim() == 5, backward=False, f32=False, config=config,
-                               rotary=rot is not None)
+    per_channel = g.dim() == 5
+    kernels = _chunked_kernels(meta, per_channel, backward=False, f32=False, config=config,
+                               rotary=rot is not None, paired=q.dim() == 5)
     rot = _rot_arg(rot, g)
     S = _chunk_states(q, k, v, g, q, rot, kernels, options, backward=False)
-    o2 = _output_pair(v)
     kernel, kernel_meta = kernels[2]
-    args = (rot,) if g.dim() == 4 else ()
-    kernel[(triton.cdiv(T, CHUNK), B * H, 2)](q, k, v, g, o2, S, *args, scale, T, H,
-                                              *g.stride()[:4], _direction_stride(q),
-                                              **kernel_meta, **options)
+    NT = triton.cdiv(T, CHUNK)
+    if not per_channel:
+        o = v.new_empty(v.shape)
+        kernel[(NT, B * H)](q, k, v, g, o, S, rot, scale, T, H, *g.stride()[:4],
+                            _direction_stride(q), **kernel_meta, **options)
+        return o
+    o2 = _output_pair(v)
+    kernel[(NT, B * H, 2)](q, k, v, g, o2, S, scale, T, H, *g.stride()[:4],
+                           _direction_stride(q), **kernel_meta, **options)
     return _sum_pair(o2)
 
 
 def _chunked_backward_buffers(q, k, v, g, need_dg):
-    """Both scan directions' dq, dk, dv [2, ...] and, with ``need_dg``, the gate gradient
-    [2, B, T, H(, K)] (fp32)."""
-    dq2, dk2, dv2 = _grad_pairs(q, k, v)
+    """dq, dk, dv (a scalar decay's kernel sums both directions' pieces into q's, k's and v's
+    shapes; per key channel, both scan directions' [2, ...]) and, with ``need_dg``, the gate
+    gradient [2, B, T, H(, K)] (fp32)."""
+    if g.dim() == 4:
+        grads = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+    else:
+        grads = _grad_pairs(q, k, v)
     dg = q.new_empty(2, *g.shape[1:], dtype=torch.float32) if need_dg else q.new_empty(1)
-    return dq2, dk2, dv2, dg
+    return (*grads, dg)
 
 
-def _chunked_backward_results(per_direction, need_dg, dq2, dk2, dv2, dg):
+def _chunked_backward_results(g, per_direction, need_dg, dq, dk, dv, dg):
     """[dq, dk, dv] (+ the gate gradient) from the buffers of
     :func:`_chunked_backward_buffers`; :func:`fake_backward` runs it on empty ones."""
-    return _summed_grads(dq2, dk2, dv2, per_direction) + ([dg] if need_dg else [])
+    grads = [dq, dk, dv] if g.dim() == 4 else _summed_grads(dq, dk, dv, per_direction)
+    return grads + ([dg] if need_dg else [])
 
 
 def _chunked_backward(q, k, v, g, do, scale, meta, options, need_dg, config, rot=None):
@@ -359,23 +373,23 @@ def _chunked_backward(q, k, v, g, do, scale, meta, options, need_dg, config, rot
     every chunk's gradient pieces of both scan directions."""
     B, T, H, _ = v.shape
     kernels = _chunked_kernels(meta, g.dim() == 5, backward=True, f32=need_dg, config=config,
-                               rotary=rot is not None)
+                               rotary=rot is not None, paired=q.dim() == 5)
     rot = _rot_arg(rot, g)
     S = _chunk_states(q, k, v, g, do, rot, kernels, options, backward=True)
-    dq2, dk2, dv2, dg = _chunked_backward_buffers(q, k, v, g, need_dg)
+    dq, dk, dv, dg = _chunked_backward_buffers(q, k, v, g, need_dg)
     kernel, kernel_meta = kernels[2]
     NT = triton.cdiv(T, CHUNK)
     if g.dim() == 4:
-        kernel[(NT, B * H, 2)](q, k, v, g, do, dq2, dk2, dv2, dg, S, rot, scale, T, H,
-                               *g.stride()[:4], _direction_stride(q), **kernel_meta, **options)
+        kernel[(NT, B * H)](q, k, v, g, do, dq, dk, dv, dg, S, rot, scale, T, H,
+                            *g.stride()[:4], _direction_stride(q), **kernel_meta, **options)
     else:       # per key channel: the two parts' gate-gradient pieces, then their sum
         pieces, totals = dg, dg
         if need_dg:
             pieces = q.new_empty(2, 2, *g.shape[1:], dtype=torch.float32)
             totals = q.new_empty(2, B * H, NT, meta['BK'], dtype=torch.float32)
-        kernel[(NT, B * H, 4)](q, k, v, g, do, dq2, dk2, dv2, pieces, totals, S, scale, T, H,
+        kernel[(NT, B * H, 4)](q, k, v, g, do, dq, dk, dv, pieces, totals, S, scale, T, H,
                                *g.stride()[:4], _direction_stride(q), **kernel_meta, **options)
         if need_dg:
             gate_kernel, gate_meta = kernels[3]
             gate_kernel[(NT, B * H, 2)](pieces, totals, dg, T, H, **gate_meta, **options)
-    return _chunked_backward_results(q.dim() == 5, need_dg, dq2, dk2, dv2, dg)
+    return _chunked_backward_results(g, q.dim() == 5, need_dg, dq, dk, dv, dg)
